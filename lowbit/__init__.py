@@ -1,0 +1,17 @@
+"""lowbit: quantize, fine-tune, evaluate and serve large language models in low bit widths."""
+__version__ = "0.1.0"
+
+
+def load(src, device=None, dtype=None):
+    """A ready model from a lowbit checkpoint, a Hugging Face folder, a hub id, a GGUF file
+    or "demo"; its tokenizer is at ``model.tokenizer``. See ``lowbit.models.load``."""
+    from .models.load import load as _load
+
+    return _load(src, device=device, dtype=dtype)
+
+
+def memory_footprint(model) -> int:
+    """Bytes of the model's parameters and buffers (like transformers' get_memory_footprint)."""
+    from .evaluate.memory import memory_footprint as _footprint
+
+    return _footprint(model)

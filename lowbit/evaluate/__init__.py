@@ -1,0 +1,1 @@
+"""Measuring what quantization lost and gained: perplexity, speed, memory."""

@@ -1,0 +1,40 @@
+"""Kernel dispatch: the fastest correct kernel for a layer and input, else the reference.
+
+``LOWBIT_KERNEL=reference`` forces the reference kernels (for debugging a fast path).
+A fast kernel registers itself in ``KERNELS[op]`` as a function ``(x, layer) -> y`` that
+returns ``None`` for inputs it does not take; the reference always takes them.
+"""
+from __future__ import annotations
+
+import os
+from typing import Callable
+
+import torch
+
+from . import reference
+
+KernelFn = Callable[[torch.Tensor, torch.nn.Module], "torch.Tensor | None"]
+KERNELS: dict[str, list[KernelFn]] = {"int_group": []}
+
+
+def _reference_int_group(x: torch.Tensor, layer: torch.nn.Module) -> torch.Tensor:
+    return reference.int_group_linear(
+        x, layer.qweight, layer.qzeros, layer.scales, layer.g_idx, layer.bits, layer.bias
+    )
+
+
+REFERENCE: dict[str, KernelFn] = {"int_group": _reference_int_group}
+
+
+def forced_reference() -> bool:
+    return os.environ.get("LOWBIT_KERNEL", "").lower() == "reference"
+
+
+def dispatch(op: str, x: torch.Tensor, layer: torch.nn.Module) -> torch.Tensor:
+    """Run ``op`` on input x [..., K] with the weights held by ``layer``."""
+    if not forced_reference():
+        for kernel in KERNELS.get(op, ()):
+            y = kernel(x, layer)
+            if y is not None:
+                return y
+    return REFERENCE[op](x, layer)
