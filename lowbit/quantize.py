@@ -19,9 +19,9 @@ from . import __version__
 from .algorithms import ALGORITHMS
 from .config import INT_GROUP_METHODS, CalibrationConfig, QuantConfig
 from .errors import LowbitError
-from .models import load_float
-from .models.checkpoint import REPORT_FILE, disk_bytes, save_checkpoint, set_module
-from .models.registry import block_linears, get_arch, get_blocks, model_type
+from .models import load_float, resolve_source
+from .models.checkpoint import REPORT_FILE, disk_bytes, read_config, save_checkpoint, set_module
+from .models.registry import arch_for, block_linears, get_arch, get_blocks, model_type
 from .nn import QuantLinear
 from .outdir import atomic_output_dir, check_output_dir
 
@@ -39,6 +39,13 @@ def check_implemented(method: str) -> None:
             f"quantization type '{method}' is not implemented in this version of lowbit; "
             f"available: {', '.join(sorted(ALGORITHMS))}"
         )
+
+
+def check_source_supported(model_path: str | Path) -> None:
+    """Refuse an unsupported architecture from config.json alone, before loading weights."""
+    kind, where = resolve_source(model_path)
+    if kind in ("folder", "demo"):
+        arch_for(read_config(where).get("model_type", "unknown"))
 
 
 def quantize_linear(name: str, linear: nn.Linear, cfg: QuantConfig, stats: object = None) -> tuple[QuantLinear, dict]:
@@ -97,6 +104,7 @@ def quantize(
     """
     check_output_dir(output_dir, overwrite)  # fail before the slow part
     check_implemented(cfg.method)
+    check_source_supported(model_path)
     t0 = time.perf_counter()
     model, tokenizer = load_float(model_path)
     get_arch(model)

@@ -25,7 +25,7 @@ def _configs():
     import transformers as tf
 
     return {
-        "llama": (tf.LlamaConfig, dict(_COMMON, num_key_value_heads=2)),
+        "llama": (tf.LlamaConfig, dict(_COMMON, num_key_value_heads=2, tie_word_embeddings=True)),  # tied, like the demo
         "mistral": (tf.MistralConfig, dict(_COMMON, num_key_value_heads=2)),
         "qwen2": (tf.Qwen2Config, dict(_COMMON, num_key_value_heads=2)),
         "qwen3": (tf.Qwen3Config, dict(_COMMON, num_key_value_heads=2, head_dim=24)),

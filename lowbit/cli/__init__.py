@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import sys
 
 from ..errors import LowbitError
@@ -32,6 +33,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def silence_progress_bars() -> None:
+    """--quiet: no bars from lowbit (tqdm reads TQDM_DISABLE) nor from transformers / the hub."""
+    os.environ["TQDM_DISABLE"] = "1"
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    try:
+        import transformers
+
+        transformers.utils.logging.disable_progress_bar()
+        transformers.utils.logging.set_verbosity_error()
+    except ImportError:
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -39,6 +53,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 2
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="lowbit: %(message)s")
+    if args.quiet:
+        silence_progress_bars()
     try:
         return int(args._run(args) or 0)
     except LowbitError as e:

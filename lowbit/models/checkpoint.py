@@ -33,7 +33,7 @@ ModuleFactory = Callable[[nn.Linear, str, dict, QuantConfig], nn.Module]
 def _empty_quant_linear(linear: nn.Linear, name: str, tensors: dict, cfg: QuantConfig) -> nn.Module:
     return QuantLinear.empty(
         linear.in_features, linear.out_features, cfg.bits, cfg.group_size, linear.bias is not None,
-        scale_dtype=tensors[f"{name}.scales"].dtype,
+        scale_dtype=getattr(tensors.get(f"{name}.scales"), "dtype", torch.float16),
     )
 
 

@@ -91,7 +91,11 @@ def model_type(model: nn.Module) -> str:
 
 
 def get_arch(model: nn.Module) -> Arch:
-    mt = model_type(model)
+    return arch_for(model_type(model))
+
+
+def arch_for(mt: str) -> Arch:
+    """The registry entry of a ``config.model_type``; unsupported ones raise LowbitError."""
     if mt not in ARCHITECTURES:
         raise LowbitError(
             f"architecture '{mt}' is not supported; supported: {', '.join(sorted(ARCHITECTURES))}"
