@@ -53,7 +53,7 @@ def pack(codes: torch.Tensor, bits: int, dim: int = -1) -> torch.Tensor:
 def unpack(words: torch.Tensor, bits: int, length: int, dim: int = -1) -> torch.Tensor:
     """Inverse of ``pack``: int32 words along ``dim`` -> uint8 codes [..., length, ...]."""
     check_bits(bits)
-    x = words.movedim(dim, -1).to(torch.int64) & 0xFFFFFFFF
+    x = words.movedim(dim, -1)
     if x.shape[-1] != packed_length(length, bits):
         raise ValueError(
             f"{x.shape[-1]} packed words cannot hold exactly {length} codes of {bits} bits "
@@ -61,9 +61,11 @@ def unpack(words: torch.Tensor, bits: int, length: int, dim: int = -1) -> torch.
         )
     mask = 2**bits - 1
     if 32 % bits == 0:
-        shifts = torch.arange(0, 32, bits, device=x.device)
-        codes = ((x.unsqueeze(-1) >> shifts) & mask).flatten(-2)
+        # int32 arithmetic shifts drag the sign bit along; the mask drops it again.
+        shifts = torch.arange(0, 32, bits, device=x.device, dtype=torch.int32)
+        codes = ((x.to(torch.int32).unsqueeze(-1) >> shifts) & mask).flatten(-2)
     else:
+        x = x.to(torch.int64) & 0xFFFFFFFF
         stream = ((x.unsqueeze(-1) >> torch.arange(32, device=x.device)) & 1).flatten(-2)
         usable = stream.shape[-1] // bits * bits
         stream = stream[..., :usable].reshape(*stream.shape[:-1], usable // bits, bits)

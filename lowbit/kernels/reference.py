@@ -30,9 +30,19 @@ def dequantize_int_group(
     n = scales.shape[1]
     q = unpack(qweight, bits, k, dim=0)  # [K, N]
     z = unpack(qzeros, bits, n, dim=1)  # [G, N]
+    groups = scales.shape[0]
+    # (q - z) * s exactly as formats.dequantize computes it, so both agree bit for bit.
+    if k % groups == 0 and torch.equal(g_idx, _contiguous_g_idx(k, groups, g_idx.device)):
+        # Plain consecutive groups: broadcast instead of gathering [K, N] scales and zeros.
+        w = (q.to(dtype).view(groups, k // groups, n) - z.to(dtype)[:, None]) * scales.to(dtype)[:, None]
+        return w.view(k, n).t()
     g = g_idx.long()
-    w = (q.to(dtype) - z[g].to(dtype)) * scales[g].to(dtype)  # [K, N]
+    w = (q.to(dtype) - z.to(dtype).index_select(0, g)) * scales.to(dtype).index_select(0, g)  # [K, N]
     return w.t()
+
+
+def _contiguous_g_idx(k: int, groups: int, device) -> torch.Tensor:
+    return torch.arange(k, device=device, dtype=torch.int32) // (k // groups)
 
 
 def int_group_linear(
