@@ -14,7 +14,7 @@ import torch
 from . import reference
 
 KernelFn = Callable[[torch.Tensor, torch.nn.Module], "torch.Tensor | None"]
-KERNELS: dict[str, list[KernelFn]] = {"int_group": []}
+KERNELS: dict[str, list[KernelFn]] = {"int_group": [], "nf4": [], "int8": []}
 
 
 def _reference_int_group(x: torch.Tensor, layer: torch.nn.Module) -> torch.Tensor:
@@ -23,7 +23,19 @@ def _reference_int_group(x: torch.Tensor, layer: torch.nn.Module) -> torch.Tenso
     )
 
 
-REFERENCE: dict[str, KernelFn] = {"int_group": _reference_int_group}
+def _reference_nf4(x: torch.Tensor, layer: torch.nn.Module) -> torch.Tensor:
+    return reference.nf4_linear(
+        x, layer.weight_4bit, layer.absmax_float(), layer.quant_type, layer.blocksize, layer.compute_dtype, layer.bias
+    )
+
+
+def _reference_int8(x: torch.Tensor, layer: torch.nn.Module) -> torch.Tensor:
+    return reference.int8_linear(
+        x, layer.weight_int8, layer.weight_scale, layer.threshold, layer.compute_dtype, layer.bias
+    )
+
+
+REFERENCE: dict[str, KernelFn] = {"int_group": _reference_int_group, "nf4": _reference_nf4, "int8": _reference_int8}
 
 
 def forced_reference() -> bool:

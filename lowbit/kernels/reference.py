@@ -57,3 +57,70 @@ def int_group_linear(
     """y [..., N] = x [..., K] @ dequantized W.T + bias, computed in x.dtype."""
     w = dequantize_int_group(qweight, qzeros, scales, g_idx, bits, x.dtype)
     return F.linear(x, w, None if bias is None else bias.to(x.dtype))
+
+
+def nf4_linear(
+    x: torch.Tensor,
+    weight_4bit: torch.Tensor,
+    absmax: torch.Tensor,
+    quant_type: str,
+    blocksize: int,
+    compute_dtype: torch.dtype,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """y [..., N] in x.dtype = x @ W.T + bias, computed in ``compute_dtype``.
+
+    weight_4bit: uint8 [N, K/2] NF4/FP4 codes (high nibble first); absmax: float32 [nb]
+    (already un-double-quantized). See ``lowbit.nn.linear4bit`` for the layout.
+    """
+    from ..formats.nf4 import dequantize_4bit
+
+    n, k = weight_4bit.shape[0], weight_4bit.shape[1] * 2
+    w = dequantize_4bit(weight_4bit, absmax, quant_type, blocksize, (n, k), compute_dtype)
+    y = F.linear(x.to(compute_dtype), w, None if bias is None else bias.to(compute_dtype))
+    return y.to(x.dtype)
+
+
+def int8_linear(
+    x: torch.Tensor,
+    weight_int8: torch.Tensor,
+    weight_scale: torch.Tensor,
+    threshold: float,
+    compute_dtype: torch.dtype,
+    bias: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """LLM.int8 (Dettmers et al. 2022): y [..., N] in x.dtype.
+
+    weight_int8: int8 [N, K] row-wise codes; weight_scale: float32 [N] (row absmax / 127).
+    Input columns j with max |x[:, j]| > threshold ("outliers") go through a matmul in
+    ``compute_dtype`` with the matching (dequantized) weight columns; the rest is quantized
+    per token (row absmax / 127) and multiplied int8 x int8 with int32 accumulation.
+    threshold <= 0 disables the decomposition (everything through int8).
+    """
+    shape = x.shape
+    xc = x.reshape(-1, shape[-1]).to(compute_dtype)  # [M, K]
+    y = torch.zeros(xc.shape[0], weight_int8.shape[0], dtype=torch.float32, device=x.device)
+    if threshold > 0:
+        outlier = (xc.abs() > threshold).any(dim=0)  # [K]
+        if outlier.any():
+            cols = outlier.nonzero().flatten()
+            w_out = weight_int8[:, cols].to(compute_dtype) * weight_scale[:, None].to(compute_dtype)  # [N, k_out]
+            y += (xc[:, cols] @ w_out.t()).float()
+            xc = xc.masked_fill(outlier[None, :], 0)
+    x_scale = xc.abs().amax(dim=1).float().clamp_min(1e-12) / 127  # [M]
+    xq = torch.round(xc.float() / x_scale[:, None]).clamp(-127, 127).to(torch.int8)  # [M, K]
+    acc = _int8_matmul(xq, weight_int8)  # [M, N] int32
+    y += acc.float() * x_scale[:, None] * weight_scale[None, :].float()
+    if bias is not None:
+        y += bias.float()
+    return y.to(compute_dtype).to(x.dtype).reshape(*shape[:-1], weight_int8.shape[0])
+
+
+def _int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """int32 [M, N] = a int8 [M, K] @ b int8 [N, K].T, accumulated in int32."""
+    try:
+        return torch._int_mm(a, b.t())
+    except RuntimeError:
+        # CUDA's _int_mm wants M > 16 and K, N multiples of 8; int64 is exact for any K
+        # (|sum| <= 127^2 * K) and is the same number.
+        return (a.long() @ b.long().t()).to(torch.int32)

@@ -1,4 +1,5 @@
 """nn.Module replacements that hold quantized weights and call kernels."""
+from .linear4bit import Linear4bit
 from .quant_linear import QuantLinear
 
-__all__ = ["QuantLinear"]
+__all__ = ["Linear4bit", "QuantLinear"]
