@@ -15,6 +15,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "quantize": ("quantize", "quantize a model and write a checkpoint"),
     "inspect": ("inspect", "show a model's architecture, quantization and size"),
     "generate": ("generate", "generate text from a model"),
+    "train": ("train", "fine-tune with LoRA on a 4-bit base (QLoRA); writes a peft adapter"),
+    "merge": ("merge", "merge a LoRA adapter into its float base model"),
 }
 
 
