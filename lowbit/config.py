@@ -42,6 +42,11 @@ class QuantConfig:
     quantize_lm_head: bool = False
     modules_to_not_convert: list[str] = field(default_factory=list)
     format: str = "lowbit"
+    # nf4 / fp4 / int8 (bitsandbytes-style) only; ignored by the integer methods.
+    blocksize: int = 64
+    double_quant: bool = True
+    compute_dtype: str = "float32"
+    int8_threshold: float = 6.0
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -62,6 +67,7 @@ class QuantConfig:
         if self.sym is None:
             self.sym = DEFAULT_SYM.get(self.method, True)
         self.modules_to_not_convert = list(self.modules_to_not_convert)
+        _check_bnb_fields(self)
 
     def to_dict(self) -> dict:
         """The ``quantization_config`` entry of config.json."""
@@ -116,3 +122,133 @@ class CalibrationConfig:
             raise LowbitError(f"--calibration-samples {self.n_samples} must be at least 1")
         if self.seq_len < 2:
             raise LowbitError(f"--max-seq-length {self.seq_len} must be at least 2")
+
+
+# ---- bitsandbytes-style on-the-fly quantization (NF4/FP4, LLM.int8) ----
+
+#: Bits each bitsandbytes-style method stores per weight; ``QuantConfig.bits`` is set from it.
+BNB_BITS = {"nf4": 4, "fp4": 4, "int8": 8}
+BNB_4BIT_TYPES = ("nf4", "fp4")
+COMPUTE_DTYPES = ("float32", "float16", "bfloat16")
+_DTYPE_ALIASES = {"fp32": "float32", "float": "float32", "fp16": "float16", "half": "float16", "bf16": "bfloat16"}
+
+
+def compute_dtype_name(dtype: object, what: str = "bnb_4bit_compute_dtype") -> str:
+    """'float32' | 'float16' | 'bfloat16' from a torch.dtype or its name (None -> float32)."""
+    if dtype is None:
+        return "float32"
+    name = str(dtype).replace("torch.", "")
+    name = _DTYPE_ALIASES.get(name, name)
+    if name not in COMPUTE_DTYPES:
+        raise LowbitError(f"{what} {dtype!r} is not supported: choose one of {', '.join(COMPUTE_DTYPES)}")
+    return name
+
+
+def _check_bnb_fields(cfg: "QuantConfig") -> None:
+    if isinstance(cfg.blocksize, bool) or not isinstance(cfg.blocksize, int) or cfg.blocksize < 2 or cfg.blocksize % 2:
+        raise LowbitError(f"blocksize {cfg.blocksize!r} is invalid: use an even number of weights, e.g. 64")
+    if not isinstance(cfg.double_quant, bool):
+        raise LowbitError(f"double_quant must be true or false, got {cfg.double_quant!r}")
+    cfg.compute_dtype = compute_dtype_name(cfg.compute_dtype, "compute_dtype")
+    if isinstance(cfg.int8_threshold, bool) or not isinstance(cfg.int8_threshold, (int, float)) or cfg.int8_threshold < 0:
+        raise LowbitError(f"int8 threshold {cfg.int8_threshold!r} must be a number >= 0 (6.0 is usual; 0 disables outliers)")
+    cfg.int8_threshold = float(cfg.int8_threshold)
+    if cfg.method in BNB_BITS:
+        cfg.bits = BNB_BITS[cfg.method]  # implied by the type: --bits does not apply
+
+
+@dataclass
+class BnbConfig:
+    """On-the-fly quantization while loading, with bitsandbytes' / transformers' names.
+
+    Exactly one of load_in_4bit / load_in_8bit. Differences from transformers'
+    BitsAndBytesConfig: bnb_4bit_quant_type defaults to "nf4" (not "fp4"), and
+    bnb_4bit_blocksize is settable (bitsandbytes fixes 64). ``from_any`` accepts this class,
+    a dict, or a transformers ``BitsAndBytesConfig`` object (read through its attributes:
+    bitsandbytes itself is not needed).
+
+    llm_int8_skip_modules: layer names (full, or a dotted suffix such as "lm_head" or
+    "mlp.down_proj") kept in 16 bit; None keeps the output layer (lm_head) in 16 bit, as
+    transformers does. llm_int8_enable_fp32_cpu_offload: layers that a device_map puts on
+    "cpu" stay unquantized in float32 and run there.
+    """
+
+    load_in_4bit: bool = False
+    load_in_8bit: bool = False
+    bnb_4bit_quant_type: str = "nf4"
+    bnb_4bit_compute_dtype: str | None = None
+    bnb_4bit_use_double_quant: bool = False
+    bnb_4bit_blocksize: int = 64
+    llm_int8_threshold: float = 6.0
+    llm_int8_skip_modules: list[str] | None = None
+    llm_int8_enable_fp32_cpu_offload: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("load_in_4bit", "load_in_8bit", "bnb_4bit_use_double_quant", "llm_int8_enable_fp32_cpu_offload"):
+            if not isinstance(getattr(self, name), bool):
+                raise LowbitError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        if self.load_in_4bit and self.load_in_8bit:
+            raise LowbitError("load_in_4bit and load_in_8bit are both set: choose one")
+        if not (self.load_in_4bit or self.load_in_8bit):
+            raise LowbitError("the quantization config sets neither load_in_4bit nor load_in_8bit: set one of them")
+        if self.bnb_4bit_quant_type not in BNB_4BIT_TYPES:
+            raise LowbitError(
+                f"unknown bnb_4bit_quant_type {self.bnb_4bit_quant_type!r}: choose one of {', '.join(BNB_4BIT_TYPES)}"
+            )
+        self.bnb_4bit_compute_dtype = compute_dtype_name(self.bnb_4bit_compute_dtype)
+        if self.llm_int8_skip_modules is not None:
+            if isinstance(self.llm_int8_skip_modules, str) or not all(
+                isinstance(m, str) for m in self.llm_int8_skip_modules
+            ):
+                raise LowbitError(f"llm_int8_skip_modules must be a list of layer names, got {self.llm_int8_skip_modules!r}")
+            self.llm_int8_skip_modules = list(self.llm_int8_skip_modules)
+        self.to_quant_config()  # validates blocksize and threshold with the checkpoint's rules
+
+    @property
+    def method(self) -> str:
+        return "int8" if self.load_in_8bit else self.bnb_4bit_quant_type
+
+    def to_quant_config(self) -> QuantConfig:
+        """The QuantConfig a checkpoint of this model records."""
+        return QuantConfig(
+            method=self.method, bits=BNB_BITS[self.method], blocksize=self.bnb_4bit_blocksize,
+            double_quant=self.bnb_4bit_use_double_quant, compute_dtype=self.bnb_4bit_compute_dtype,
+            int8_threshold=self.llm_int8_threshold, modules_to_not_convert=list(self.llm_int8_skip_modules or []),
+        )
+
+    @classmethod
+    def from_any(cls, obj: object = None, **overrides) -> "BnbConfig":
+        """From a BnbConfig, a dict, or transformers' BitsAndBytesConfig; keyword overrides
+        (e.g. load_in_4bit=True) apply on top. Unknown dict keys raise LowbitError."""
+        known = [f.name for f in fields(cls)]
+        values: dict = {}
+        if obj is None:
+            pass
+        elif isinstance(obj, cls):
+            values = asdict(obj)
+        elif isinstance(obj, dict):
+            d = {k: v for k, v in obj.items() if k not in _IGNORED_HF_KEYS}
+            unknown = sorted(set(d) - set(known))
+            if unknown:
+                raise LowbitError(f"quantization_config has unknown key(s) {unknown}: known are {', '.join(known)}")
+            values = d
+        elif hasattr(obj, "load_in_4bit") and hasattr(obj, "load_in_8bit"):
+            # transformers.BitsAndBytesConfig (or any object with the same attribute names)
+            values = {k: getattr(obj, k) for k in known if hasattr(obj, k)}
+        else:
+            raise LowbitError(
+                f"quantization_config of type {type(obj).__name__} is not understood: pass a lowbit BnbConfig, "
+                "a dict, or a transformers BitsAndBytesConfig"
+            )
+        unknown = sorted(set(overrides) - set(known))
+        if unknown:
+            raise LowbitError(f"unknown quantization option(s) {unknown}: known are {', '.join(known)}")
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        if isinstance(values.get("llm_int8_threshold"), int) and not isinstance(values["llm_int8_threshold"], bool):
+            values["llm_int8_threshold"] = float(values["llm_int8_threshold"])
+        return cls(**values)
+
+
+#: Keys of a transformers BitsAndBytesConfig dict that lowbit does not use.
+_IGNORED_HF_KEYS = frozenset({"quant_method", "_load_in_4bit", "_load_in_8bit", "llm_int8_has_fp16_weight",
+                              "bnb_4bit_quant_storage"})

@@ -7,9 +7,10 @@ from __future__ import annotations
 
 from typing import Callable
 
+from .bnb import BNB_ALGORITHMS
 from .result import LayerResult
 from .rtn import rtn_quantize
 
-ALGORITHMS: dict[str, Callable[..., LayerResult]] = {"rtn": rtn_quantize}
+ALGORITHMS: dict[str, Callable[..., LayerResult]] = {"rtn": rtn_quantize, **BNB_ALGORITHMS}
 
 __all__ = ["ALGORITHMS", "LayerResult"]

@@ -97,19 +97,19 @@ def int8_linear(
     per token (row absmax / 127) and multiplied int8 x int8 with int32 accumulation.
     threshold <= 0 disables the decomposition (everything through int8).
     """
+    from ..formats.int8 import outlier_columns, quantize_rowwise
+
     shape = x.shape
     xc = x.reshape(-1, shape[-1]).to(compute_dtype)  # [M, K]
-    y = torch.zeros(xc.shape[0], weight_int8.shape[0], dtype=torch.float32, device=x.device)
-    if threshold > 0:
-        outlier = (xc.abs() > threshold).any(dim=0)  # [K]
-        if outlier.any():
-            cols = outlier.nonzero().flatten()
-            w_out = weight_int8[:, cols].to(compute_dtype) * weight_scale[:, None].to(compute_dtype)  # [N, k_out]
-            y += (xc[:, cols] @ w_out.t()).float()
-            xc = xc.masked_fill(outlier[None, :], 0)
-    x_scale = xc.abs().amax(dim=1).float().clamp_min(1e-12) / 127  # [M]
-    xq = torch.round(xc.float() / x_scale[:, None]).clamp(-127, 127).to(torch.int8)  # [M, K]
-    acc = _int8_matmul(xq, weight_int8)  # [M, N] int32
+    y = torch.zeros(xc.shape[0], weight_int8.shape[0], dtype=torch.float32, device=x.device)  # [M, N]
+    outlier = outlier_columns(xc, threshold)  # [K]
+    if outlier.any():
+        cols = outlier.nonzero().flatten()
+        w_out = weight_int8[:, cols].to(compute_dtype) * weight_scale[:, None].to(compute_dtype)  # [N, k_out]
+        y += (xc[:, cols] @ w_out.t()).float()
+        xc = xc.masked_fill(outlier[None, :], 0)
+    xq, x_scale = quantize_rowwise(xc)  # int8 [M, K], float32 [M]
+    acc = _int8_matmul(xq, weight_int8)  # int32 [M, N]
     y += acc.float() * x_scale[:, None] * weight_scale[None, :].float()
     if bias is not None:
         y += bias.float()

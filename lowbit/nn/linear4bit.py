@@ -90,14 +90,18 @@ class Linear4bit(nn.Module):
         compute_dtype: torch.dtype = torch.float32,
     ) -> "Linear4bit":
         """Quantize a float Linear (on its device; the Linear is left untouched)."""
-        W = linear.weight.detach()
-        n, k = W.shape
-        bias = linear.bias
-        layer = cls(k, n, bias is not None, quant_type, blocksize, double_quant, compute_dtype,
+        q = nf4.quantize_4bit(linear.weight.detach(), quant_type, blocksize, double_quant)
+        return cls.from_quantized(q, linear.bias, compute_dtype)
+
+    @classmethod
+    def from_quantized(cls, q: nf4.Quantized4bit, bias: torch.Tensor | None = None,
+                       compute_dtype: torch.dtype = torch.float32) -> "Linear4bit":
+        """Hold a quantized weight of shape [N, K] (``formats.nf4.quantize_4bit`` output)."""
+        n, k = q.shape
+        layer = cls(k, n, bias is not None, q.quant_type, q.blocksize, q.nested is not None, compute_dtype,
                     bias.dtype if bias is not None else torch.float32, device="meta")
-        q = nf4.quantize_4bit(W, quant_type, blocksize, double_quant)
         layer.weight_4bit = q.packed.view(n, k // 2)
-        if double_quant:
+        if q.nested is not None:
             layer.absmax = q.nested.q
             layer.nested_absmax = q.nested.absmax
             layer.nested_offset = q.nested.offset.reshape(())
