@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "generate": ("generate", "generate text from a model"),
     "eval": ("evaluate", "perplexity of a model (GPTQ protocol), optionally lm-eval tasks"),
     "bench": ("bench", "time to first token, prefill/decode tokens/s and peak memory"),
+    "compare": ("compare", "quantize with several methods, evaluate all, write a report"),
     "serve": ("serve", "serve a model behind an OpenAI-compatible API (or start vLLM)"),
     "chat": ("chat", "chat with a model in the terminal (local, or a running server's URL)"),
     "train": ("train", "fine-tune with LoRA on a 4-bit base (QLoRA); writes a peft adapter"),
