@@ -17,10 +17,10 @@ from tqdm.auto import tqdm
 
 from . import __version__
 from .algorithms import ALGORITHMS
-from .config import INT_GROUP_METHODS, CalibrationConfig, QuantConfig
+from .config import BNB_BITS, INT_GROUP_METHODS, CalibrationConfig, QuantConfig
 from .errors import LowbitError
 from .models import load_float, resolve_source
-from .models.checkpoint import REPORT_FILE, disk_bytes, read_config, save_checkpoint, set_module
+from .models.checkpoint import REPORT_FILE, cast_float_parameters, disk_bytes, read_config, save_checkpoint, set_module
 from .models.registry import arch_for, block_linears, get_arch, get_blocks, model_type
 from .nn import QuantLinear
 from .outdir import atomic_output_dir, check_output_dir
@@ -97,9 +97,12 @@ def quantize(
     calibration: CalibrationConfig | None = None,
     overwrite: bool = False,
     progress: bool = True,
+    dtype: torch.dtype | None = None,
 ) -> dict:
     """Quantize the model at ``model_path`` and write a checkpoint to ``output_dir``.
 
+    dtype: what the parts left in float (embeddings, norms, lm_head) are stored in; None
+    keeps the source's. The math always runs in float32.
     Returns the report that is also written as lowbit_report.json.
     """
     check_output_dir(output_dir, overwrite)  # fail before the slow part
@@ -109,7 +112,12 @@ def quantize(
     model, tokenizer = load_float(model_path)
     get_arch(model)
     t1 = time.perf_counter()
-    records = quantize_model(model, cfg, progress=progress)
+    if cfg.method in BNB_BITS:  # NF4/FP4/int8: Linear4bit / Linear8bitLt layers, no calibration
+        from .models.onthefly import quantize_model_bnb
+
+        records = quantize_model_bnb(model, cfg, progress=progress)
+    else:
+        records = quantize_model(model, cfg, progress=progress)
     t2 = time.perf_counter()
     report = {
         "lowbit_version": __version__,
@@ -121,6 +129,8 @@ def quantize(
         "mean_rel_weight_error": sum(r["rel_weight_error"] for r in records) / max(len(records), 1),
         "seconds": {"load": round(t1 - t0, 2), "quantize": round(t2 - t1, 2)},
     }
+    if dtype is not None:
+        cast_float_parameters(model, dtype)
     with atomic_output_dir(output_dir, overwrite) as tmp:
         save_checkpoint(model, tokenizer, cfg, tmp)
         report["seconds"]["save"] = round(time.perf_counter() - t2, 2)

@@ -44,11 +44,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantize-lm-head", action="store_true", help="also quantize lm_head")
     p.add_argument("--skip-modules", nargs="*", default=[], metavar="NAME",
                    help="layers to keep in 16-bit (full names or suffixes such as mlp.down_proj)")
+    p.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"],
+                   help="dtype of the parts kept in float (embeddings, norms, lm_head); auto keeps the source's")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
 
 
 def run(args: argparse.Namespace) -> int:
     from ..errors import LowbitError
+    from ..models.load import parse_dtype
     from ..quantize import quantize
 
     cfg = QuantConfig(
@@ -64,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         seq_len=args.max_seq_length, seed=args.seed, text_column=args.text_column,
     )
     report = quantize(args.model_path, args.output_dir, cfg, calib if cfg.method in ("gptq", "awq") else None,
-                      overwrite=args.overwrite, progress=not args.quiet)
+                      overwrite=args.overwrite, progress=not args.quiet, dtype=parse_dtype(args.dtype))
     n = len(report["layers"])
     print(f"quantized {n} layers ({cfg.method} w{cfg.bits} g{cfg.group_size}) in {report['seconds']['total']:.1f} s; "
           f"mean relative weight error {report['mean_rel_weight_error']:.4f}; "

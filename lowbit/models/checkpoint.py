@@ -37,7 +37,30 @@ def _empty_quant_linear(linear: nn.Linear, name: str, tensors: dict, cfg: QuantC
     )
 
 
-QUANTIZED_MODULES: dict[str, ModuleFactory] = {"qweight": _empty_quant_linear}
+def _empty_linear4bit(linear: nn.Linear, name: str, tensors: dict, cfg: QuantConfig) -> nn.Module:
+    from ..nn import Linear4bit
+
+    bias = tensors.get(f"{name}.bias")
+    return Linear4bit.empty(
+        linear.in_features, linear.out_features, bias is not None, cfg.method, cfg.blocksize,
+        double_quant=f"{name}.nested_absmax" in tensors, compute_dtype=getattr(torch, cfg.compute_dtype),
+        bias_dtype=getattr(bias, "dtype", torch.float32),
+    )
+
+
+def _empty_linear8bit(linear: nn.Linear, name: str, tensors: dict, cfg: QuantConfig) -> nn.Module:
+    from ..nn import Linear8bitLt
+
+    bias = tensors.get(f"{name}.bias")
+    return Linear8bitLt.empty(
+        linear.in_features, linear.out_features, bias is not None, cfg.int8_threshold,
+        compute_dtype=getattr(torch, cfg.compute_dtype), bias_dtype=getattr(bias, "dtype", torch.float32),
+    )
+
+
+QUANTIZED_MODULES: dict[str, ModuleFactory] = {
+    "qweight": _empty_quant_linear, "weight_4bit": _empty_linear4bit, "weight_int8": _empty_linear8bit,
+}
 
 
 def _unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -123,6 +146,7 @@ def load_checkpoint(folder: Path, config_dict: dict, dtype: torch.dtype | None =
     if result.unexpected_keys:
         raise LowbitError(f"checkpoint {folder} holds tensor '{result.unexpected_keys[0]}' that its model does not have")
     model.tie_weights()
+    cast_float_parameters(model, dtype or torch.float32)  # a checkpoint may store them in 16-bit
     still_meta = [n for n, t in model.state_dict().items() if t.device.type == "meta"]
     if still_meta:
         raise LowbitError(f"checkpoint {folder} is missing tensor '{still_meta[0]}'")
@@ -139,6 +163,15 @@ def swap_quantized_modules(model: nn.Module, tensors: dict, cfg: QuantConfig) ->
             if f"{name}.{marker}" in tensors:
                 set_module(model, name, factory(module, name, tensors, cfg))
                 break
+
+
+def cast_float_parameters(model: nn.Module, dtype: torch.dtype) -> None:
+    """Cast the float parameters (the unquantized parts) to ``dtype``. Quantized modules hold
+    buffers, not parameters, so their packed codes and fp16 scales are left as they are."""
+    for p in model.parameters():
+        if p.is_floating_point():
+            p.data = p.data.to(dtype)
+    model.config.dtype = dtype
 
 
 def set_module(model: nn.Module, name: str, module: nn.Module) -> None:

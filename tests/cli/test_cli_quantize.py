@@ -153,3 +153,25 @@ def test_cli_exits_non_zero_as_a_process(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"error: model path {tmp_path / 'x'} does not exist: "
                                                 "pass a model folder, a .gguf file, a hub id or 'demo'"]
+
+
+def test_dtype_sets_the_float_parts_and_keeps_quantized_buffers(tiny_llama_dir, tmp_path):
+    from safetensors import safe_open
+
+    out = tmp_path / "q16"
+    assert _quantize(tiny_llama_dir, out, "--dtype", "bfloat16") == 0
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert f.get_tensor("model.embed_tokens.weight").dtype == torch.bfloat16
+        assert f.get_tensor("model.norm.weight").dtype == torch.bfloat16
+        assert f.get_tensor("model.layers.0.mlp.up_proj.scales").dtype == torch.float16
+        assert f.get_tensor("model.layers.0.mlp.up_proj.qweight").dtype == torch.int32
+    assert json.loads((out / "config.json").read_text())["dtype"] == "bfloat16"
+
+
+def test_a_16bit_checkpoint_loads_in_the_asked_dtype(tiny_llama_dir, tmp_path):
+    out = tmp_path / "q16"
+    assert _quantize(tiny_llama_dir, out, "--dtype", "float16") == 0
+    model = lowbit.load(out, device="cpu", dtype="float32")
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+    with torch.no_grad():
+        assert torch.isfinite(model(torch.randint(0, 300, (1, 8))).logits).all()
