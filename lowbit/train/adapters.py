@@ -31,7 +31,10 @@ def _target_modules(model: nn.Module, names: list[str]) -> list[str] | str:
     """peft's target_modules for exactly ``names``: the short suffixes when they select exactly
     these layers (peft matches by suffix), else a full-match regex of the names."""
     suffixes = sorted({n.rsplit(".", 1)[-1] for n in names})
-    pool = candidate_modules(model, whole_model=True)
+    # The layers peft will see in the float model: today's LoRA layers and the other Linears,
+    # not the pieces inside a LoRA layer.
+    inside = tuple(f"{n}." for n in names)
+    pool = [n for n in candidate_modules(model, whole_model=True) if not n.startswith(inside)] + names
     picked = {n for n in pool if any(n == s or n.endswith("." + s) for s in suffixes)}
     if picked == set(names):
         return suffixes

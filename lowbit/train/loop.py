@@ -76,6 +76,22 @@ def make_optimizer(params: list[nn.Parameter], cfg: TrainConfig) -> tuple[torch.
     return torch.optim.AdamW(params, **kwargs), "AdamW (torch)"
 
 
+def set_checkpointing(model: nn.Module, on: bool) -> None:
+    """Turn transformers' activation (gradient) checkpointing of the blocks on or off."""
+    if not on:
+        (getattr(model, "activation_checkpointing_disable", None) or model.gradient_checkpointing_disable)()
+        return
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x renamed it
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    # transformers also makes the embedding output require grad, which only reentrant
+    # checkpointing needs; non-reentrant works without, and the block-0 input grad is wasted work.
+    if hasattr(model, "disable_input_require_grads"):
+        model.disable_input_require_grads()
+
+
 class _Batches:
     """The micro-batches of every optimizer step, in a seeded order that depends only on
     (seed, epoch): resuming at step s replays exactly the batches s would have seen."""
@@ -166,8 +182,7 @@ def train(model: nn.Module, tokenizer, train_set: list[Example], eval_set: list[
         log.info("resumed from %s at step %d", ckpt, state["global_step"])
 
     if cfg.gradient_checkpointing:
-        # Non-reentrant checkpointing works with frozen inputs (no enable_input_require_grads).
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        set_checkpointing(model, True)
     model.train()
     history = state["log_history"]
     if eval_set and state["global_step"] == 0:
@@ -215,7 +230,7 @@ def train(model: nn.Module, tokenizer, train_set: list[Example], eval_set: list[
         history.append({"step": total, "eval_loss": evaluate(model, eval_set, cfg.per_device_eval_batch_size, pad_id)})
         log.info("step %d: eval loss %.4f", total, history[-1]["eval_loss"])
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_disable()
+        set_checkpointing(model, False)
     model.eval()
     report = _report(history, train_seconds, tokens, device, opt_name)
     _save_final(out, model, tokenizer, settings, base_model, state, report)
