@@ -2,12 +2,15 @@
 __version__ = "0.1.0"
 
 
-def load(src, device=None, dtype=None):
+def load(src, device=None, dtype=None, quantization_config=None, device_map=None, **quant_kwargs):
     """A ready model from a lowbit checkpoint, a Hugging Face folder, a hub id, a GGUF file
-    or "demo"; its tokenizer is at ``model.tokenizer``. See ``lowbit.models.load``."""
+    or "demo"; its tokenizer is at ``model.tokenizer``. ``quantization_config`` /
+    ``load_in_4bit=True`` / ``load_in_8bit=True`` / ``device_map`` quantize a float model
+    while loading it (bitsandbytes names). See ``lowbit.models.load``."""
     from .models.load import load as _load
 
-    return _load(src, device=device, dtype=dtype)
+    return _load(src, device=device, dtype=dtype, quantization_config=quantization_config, device_map=device_map,
+                 **quant_kwargs)
 
 
 def memory_footprint(model) -> int:

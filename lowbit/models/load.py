@@ -75,12 +75,19 @@ def load_float(src: "str | Path", dtype: torch.dtype = torch.float32):
     return hf.load_pretrained(where, dtype)
 
 
-def load(src: "str | Path", device: str | None = None, dtype: "str | torch.dtype | None" = None) -> nn.Module:
+def load(src: "str | Path", device: str | None = None, dtype: "str | torch.dtype | None" = None,
+         quantization_config: object = None, device_map: object = None, **quant_kwargs) -> nn.Module:
     """A ready model (eval mode, ``.generate``, tokenizer at ``model.tokenizer``).
 
     device: "cpu", "cuda", ... (default: cuda when available). dtype: of the float parts
     (default: float32 on CPU, float16 on CUDA).
+    quantization_config (a lowbit BnbConfig, a dict or transformers' BitsAndBytesConfig),
+    load_in_4bit / load_in_8bit / other BnbConfig fields as keywords, and device_map
+    ("auto", "cpu", a dict): quantize a float model while loading it, see
+    ``lowbit.models.onthefly``.
     """
+    if quantization_config is not None or device_map is not None or quant_kwargs:
+        return _load_on_the_fly(src, device, dtype, quantization_config, device_map, quant_kwargs)
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = parse_dtype(dtype) or default_dtype(device)
     kind, where = resolve_source(src)
@@ -105,3 +112,14 @@ def load(src: "str | Path", device: str | None = None, dtype: "str | torch.dtype
     model = model.to(device).eval()
     model.tokenizer = tokenizer
     return model
+
+
+def _load_on_the_fly(src, device, dtype, quantization_config, device_map, quant_kwargs) -> nn.Module:
+    from ..config import BnbConfig
+    from .onthefly import load_on_the_fly
+
+    if device is not None and device_map is not None:
+        raise LowbitError("pass device or device_map, not both (device_map={'': device} is the same as device)")
+    only_off = set(quant_kwargs) <= {"load_in_4bit", "load_in_8bit"} and not any(quant_kwargs.values())
+    bnb = None if quantization_config is None and only_off else BnbConfig.from_any(quantization_config, **quant_kwargs)
+    return load_on_the_fly(src, bnb, device_map if device_map is not None else device, dtype)
