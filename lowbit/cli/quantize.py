@@ -46,6 +46,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="layers to keep in 16-bit (full names or suffixes such as mlp.down_proj)")
     p.add_argument("--dtype", default="auto", choices=["auto", "float16", "bfloat16", "float32"],
                    help="dtype of the parts kept in float (embeddings, norms, lm_head); auto keeps the source's")
+    p.add_argument("--blocksize", "--bnb-4bit-blocksize", type=int, default=64,
+                   help="nf4/fp4: weights per absmax block (default: 64)")
+    p.add_argument("--double-quant", "--bnb-4bit-use-double-quant", action=argparse.BooleanOptionalAction,
+                   default=True, help="nf4/fp4: quantize the absmax values again to 8 bits (default: on)")
+    p.add_argument("--compute-dtype", "--bnb-4bit-compute-dtype", default="float32",
+                   choices=["float32", "float16", "bfloat16"], help="nf4/fp4/int8: matmul dtype (default: float32)")
+    p.add_argument("--llm-int8-threshold", type=float, default=6.0,
+                   help="int8: inputs above this magnitude take the 16-bit path; 0 disables it (default: 6.0)")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
 
 
@@ -58,7 +66,8 @@ def run(args: argparse.Namespace) -> int:
         method=args.quantization_type, bits=args.bits, group_size=args.group_size, sym=args.sym,
         act_order=args.act_order, true_sequential=args.true_sequential, damp_percent=args.damp_percent,
         static_groups=args.static_groups, quantize_lm_head=args.quantize_lm_head,
-        modules_to_not_convert=args.skip_modules, format=args.format,
+        modules_to_not_convert=args.skip_modules, format=args.format, blocksize=args.blocksize,
+        double_quant=args.double_quant, compute_dtype=args.compute_dtype, int8_threshold=args.llm_int8_threshold,
     )
     if cfg.format != "lowbit":
         raise LowbitError(f"--format {cfg.format} is not implemented in this version of lowbit; use --format lowbit")
@@ -69,7 +78,10 @@ def run(args: argparse.Namespace) -> int:
     report = quantize(args.model_path, args.output_dir, cfg, calib if cfg.method in ("gptq", "awq") else None,
                       overwrite=args.overwrite, progress=not args.quiet, dtype=parse_dtype(args.dtype))
     n = len(report["layers"])
-    print(f"quantized {n} layers ({cfg.method} w{cfg.bits} g{cfg.group_size}) in {report['seconds']['total']:.1f} s; "
+    what = {"nf4": f"nf4 block {cfg.blocksize}{' +dq' if cfg.double_quant else ''}", "int8": "int8",
+            "fp4": f"fp4 block {cfg.blocksize}{' +dq' if cfg.double_quant else ''}"}.get(
+        cfg.method, f"{cfg.method} w{cfg.bits} g{cfg.group_size}")
+    print(f"quantized {n} layers ({what}) in {report['seconds']['total']:.1f} s; "
           f"mean relative weight error {report['mean_rel_weight_error']:.4f}; "
           f"{report['bytes_on_disk'] / 2**20:.1f} MiB written to {args.output_dir}")
     return 0
