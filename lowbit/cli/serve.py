@@ -26,6 +26,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--served-model-name", default=None, help="the model name clients send (default: MODEL)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     p.add_argument("--dtype", default=None, help="float parts: float32, float16, bfloat16 (default: by device)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads for the model (default: torch's choice; 1 is fastest for small models on a "
+                        "busy machine)")
 
 
 def _check(args: argparse.Namespace) -> None:
@@ -41,6 +44,8 @@ def _check(args: argparse.Namespace) -> None:
         raise LowbitError(f"--max-model-len {args.max_model_len} must be at least 2 (one prompt and one new token)")
     if args.tensor_parallel_size < 1:
         raise LowbitError(f"--tensor-parallel-size {args.tensor_parallel_size} must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        raise LowbitError(f"--threads {args.threads} must be at least 1")
     if args.engine == "lowbit" and args.tensor_parallel_size != 1:
         raise LowbitError("--tensor-parallel-size needs --engine vllm: lowbit's engine runs on one device")
 
@@ -65,6 +70,10 @@ def _load_engine(args: argparse.Namespace):
     from ..models.load import load
     from ..serve.engine import Engine
 
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     try:
         model = load(args.model, device=args.device, dtype=args.dtype)
     except LowbitError:

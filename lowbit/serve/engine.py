@@ -102,7 +102,8 @@ class Engine:
         self._batch: Batch | None = None
         self._closed = False
         self._thread: threading.Thread | None = None
-        self.steps = 0
+        self.steps = 0  # model forwards (prefills + decode steps)
+        self.finished: collections.Counter[str] = collections.Counter()  # requests by finish reason
 
     # -- public API (any thread) ------------------------------------------------------------
 
@@ -160,7 +161,7 @@ class Engine:
     def stats(self) -> dict:
         with self._cond:
             return {"running": len(self._batch.requests) if self._batch else 0, "waiting": len(self._waiting),
-                    "max_batch_size": self.max_batch_size, "max_model_len": self.max_model_len, "steps": self.steps}
+                    "max_batch_size": self.max_batch_size, "max_model_len": self.max_model_len, "steps": self.steps, "finished": dict(self.finished)}
 
     def start(self) -> None:
         with self._cond:
@@ -277,6 +278,8 @@ class Engine:
         if req.finished:
             return
         req.finished = True
+        with self._cond:  # an RLock: _admit calls this while holding it
+            self.finished[reason] += 1
         self._deliver(req, Output(text, reason, len(req.prompt_ids), len(req.generated), error))
 
     @staticmethod
