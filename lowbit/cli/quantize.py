@@ -39,8 +39,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="tokens per calibration window (default: 1500)")
     p.add_argument("--seed", type=int, default=0, help="seed for sampling calibration windows (default: 0)")
     p.add_argument("--device", default=None, help="where blocks are quantized: cuda or cpu (default: cuda if available)")
-    p.add_argument("--format", default="lowbit", choices=["lowbit", "gptq", "awq", "compressed-tensors"],
-                   help="checkpoint layout (default: lowbit)")
+    p.add_argument("--format", default=None, choices=["lowbit", "gptq", "awq", "compressed-tensors"],
+                   help="checkpoint layout (default: gptq for rtn/gptq, awq for awq, lowbit for nf4/fp4/int8)")
     p.add_argument("--quantize-lm-head", action="store_true", help="also quantize lm_head")
     p.add_argument("--skip-modules", nargs="*", default=[], metavar="NAME",
                    help="layers to keep in 16-bit (full names or suffixes such as mlp.down_proj)")
@@ -58,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..errors import LowbitError
+    from ..export import check_format, default_format
     from ..models.load import parse_dtype
     from ..quantize import quantize
 
@@ -66,11 +66,11 @@ def run(args: argparse.Namespace) -> int:
         method=args.quantization_type, bits=args.bits, group_size=args.group_size, sym=args.sym,
         act_order=args.act_order, true_sequential=args.true_sequential, damp_percent=args.damp_percent,
         static_groups=args.static_groups, quantize_lm_head=args.quantize_lm_head,
-        modules_to_not_convert=args.skip_modules, format=args.format, blocksize=args.blocksize,
+        modules_to_not_convert=args.skip_modules, format=args.format or default_format(args.quantization_type),
+        blocksize=args.blocksize,
         double_quant=args.double_quant, compute_dtype=args.compute_dtype, int8_threshold=args.llm_int8_threshold,
     )
-    if cfg.format != "lowbit":
-        raise LowbitError(f"--format {cfg.format} is not implemented in this version of lowbit; use --format lowbit")
+    check_format(cfg.format, cfg.method)
     calib = CalibrationConfig(
         dataset=args.dataset_name, split=args.dataset_split, n_samples=args.calibration_samples,
         seq_len=args.max_seq_length, seed=args.seed, text_column=args.text_column,

@@ -20,8 +20,22 @@ log = logging.getLogger(__name__)
 
 #: Readers of quantized checkpoints by their config.json ``quantization_config.quant_method``.
 #: Each takes (folder, config dict, dtype) and returns the model on CPU.
+def _export_reader(method: str) -> Callable[[Path, dict, "torch.dtype | None"], nn.Module]:
+    """Other tools' formats live in lowbit.export, imported on first use (it imports models)."""
+
+    def read(folder: Path, config: dict, dtype: "torch.dtype | None") -> nn.Module:
+        from ..export import READERS as FORMAT_READERS
+
+        return FORMAT_READERS[method](folder, config, dtype)
+
+    return read
+
+
 READERS: dict[str, Callable[[Path, dict, "torch.dtype | None"], nn.Module]] = {
     "lowbit": checkpoint.load_checkpoint,
+    "gptq": _export_reader("gptq"),
+    "awq": _export_reader("awq"),
+    "compressed-tensors": _export_reader("compressed-tensors"),
 }
 
 _DTYPES = {"float32": torch.float32, "fp32": torch.float32, "float16": torch.float16, "fp16": torch.float16,

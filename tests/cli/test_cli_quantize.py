@@ -12,7 +12,7 @@ from lowbit.cli import main
 
 def _quantize(src, out, *extra):
     return main(["quantize", "--model-path", str(src), "--output-dir", str(out),
-                 "--quantization-type", "rtn", "--quiet", *extra])
+                 "--quantization-type", "rtn", "--format", "lowbit", "--quiet", *extra])
 
 
 def _leftovers(parent):

@@ -52,7 +52,7 @@ def test_demo_quantized_loss_stays_near_the_original(demo_rtn):
 def test_demo_ragged_group_128_quantizes_hidden_576(demo_dir, tmp_path):
     out = tmp_path / "g128"
     assert main(["quantize", "--model-path", "demo", "--output-dir", str(out), "--quantization-type", "rtn",
-                 "--group-size", "128", "--skip-modules", "mlp", "--quiet"]) == 0
+                 "--group-size", "128", "--skip-modules", "mlp", "--format", "lowbit", "--quiet"]) == 0
     model = lowbit.load(out, device="cpu")
     q_proj = model.model.layers[0].self_attn.q_proj
     assert q_proj.scales.shape == (5, 576)  # 4 groups of 128 + one of 64 over 576 columns

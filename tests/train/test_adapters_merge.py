@@ -116,7 +116,7 @@ def test_merge_is_exactly_base_plus_scaled_product(trained, tiny_llama_dir, tmp_
     # ...and it is a plain float model that `lowbit quantize` takes.
     q = tmp_path / "quantized"
     assert main(["quantize", "--model-path", str(out), "--output-dir", str(q), "--quantization-type", "rtn",
-                 "--bits", "4", "--group-size", "32", "--quiet"]) == 0
+                 "--bits", "4", "--group-size", "32", "--format", "lowbit", "--quiet"]) == 0
     assert json.loads((q / "config.json").read_text())["quantization_config"]["method"] == "rtn"
 
 
