@@ -9,6 +9,8 @@ import os
 
 log = logging.getLogger(__name__)
 
+DEFAULT_BATCH = 8
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("model", help="checkpoint folder, Hugging Face folder, .gguf file, hub id or 'demo'")
@@ -16,13 +18,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--port", type=int, default=8000, help="port (default: 8000)")
     p.add_argument("--api-key", default=None,
                    help="require 'Authorization: Bearer KEY' on /v1 (default: $LOWBIT_API_KEY, else no key)")
-    p.add_argument("--max-batch-size", type=int, default=8, help="requests decoded together (default: 8)")
+    p.add_argument("--max-batch-size", type=int, default=None,
+                   help="requests decoded together (default: 8; vLLM: its --max-num-seqs, default its own)")
     p.add_argument("--max-model-len", type=int, default=None,
                    help="prompt + completion tokens per request (default: the model's context length)")
     p.add_argument("--max-queue", type=int, default=64,
                    help="requests that may wait for a batch slot; more get 503 (default: 64)")
     p.add_argument("--engine", choices=("lowbit", "vllm"), default="lowbit", help="who runs the model")
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="GPUs to split the model over (vllm only)")
+    p.add_argument("--vllm-args", default="",
+                   help="more arguments for `vllm serve`, in one string (e.g. '--gpu-memory-utilization 0.9')")
     p.add_argument("--served-model-name", default=None, help="the model name clients send (default: MODEL)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     p.add_argument("--dtype", default=None, help="float parts: float32, float16, bfloat16 (default: by device)")
@@ -36,7 +41,7 @@ def _check(args: argparse.Namespace) -> None:
 
     if not 0 <= args.port <= 65535:
         raise LowbitError(f"--port {args.port} is not a port number (0-65535)")
-    if args.max_batch_size < 1:
+    if args.max_batch_size is not None and args.max_batch_size < 1:
         raise LowbitError(f"--max-batch-size {args.max_batch_size} must be at least 1")
     if args.max_queue < 1:
         raise LowbitError(f"--max-queue {args.max_queue} must be at least 1")
@@ -48,6 +53,8 @@ def _check(args: argparse.Namespace) -> None:
         raise LowbitError(f"--threads {args.threads} must be at least 1")
     if args.engine == "lowbit" and args.tensor_parallel_size != 1:
         raise LowbitError("--tensor-parallel-size needs --engine vllm: lowbit's engine runs on one device")
+    if args.engine == "lowbit" and args.vllm_args:
+        raise LowbitError("--vllm-args needs --engine vllm")
 
 
 def _check_port(host: str, port: int) -> None:
@@ -82,7 +89,7 @@ def _load_engine(args: argparse.Namespace):
         raise LowbitError(f"cannot load {args.model}: {type(e).__name__}: {e}") from e
     if model.tokenizer is None:
         raise LowbitError(f"{args.model} has no tokenizer files: copy them into the model folder")
-    engine = Engine(model, model.tokenizer, max_batch_size=args.max_batch_size, max_model_len=args.max_model_len,
+    engine = Engine(model, model.tokenizer, max_batch_size=args.max_batch_size or DEFAULT_BATCH, max_model_len=args.max_model_len,
                     max_queue=args.max_queue)
     from ..serve.prompts import has_chat_template
 
@@ -98,10 +105,13 @@ def run(args: argparse.Namespace) -> int:
     _check(args)
     api_key = args.api_key if args.api_key is not None else (os.environ.get("LOWBIT_API_KEY") or None)
     if args.engine == "vllm":
+        import shlex
+
         from ..serve.vllm import launch, vllm_command
 
-        return launch(vllm_command(args.model, args.host, args.port, api_key, args.max_model_len,
-                                   args.tensor_parallel_size, args.max_batch_size, args.served_model_name))
+        cmd = vllm_command(args.model, args.host, args.port, api_key, args.max_model_len, args.tensor_parallel_size,
+                           args.max_batch_size, args.served_model_name)
+        return launch(cmd + shlex.split(args.vllm_args))
     try:
         import uvicorn
 

@@ -30,6 +30,10 @@ def _gptq(qc: dict, marlin_ok: bool) -> str:
     # needs desc_act present in the config (act order or not, both run).
     fits = (qc.get("bits") in (4, 8) and qc.get("sym") is True and qc.get("group_size") in MARLIN_GROUP_SIZES
             and qc.get("desc_act") is not None)
+    if not fits and qc.get("checkpoint_format") == "gptq_v2" and qc.get("sym") is False:
+        # Symmetric weights ignore stored zeros, so v1/v2 only matters here; older vLLM read v2 as v1.
+        log.warning("asymmetric GPTQ v2 checkpoint: needs a vLLM release with GPTQ v2 support (late 2025); "
+                    "for older ones write v1 with `lowbit export SRC --format gptq --checkpoint-format gptq`")
     return "gptq_marlin" if fits and marlin_ok else "gptq"
 
 
