@@ -22,6 +22,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "chat": ("chat", "chat with a model in the terminal (local, or a running server's URL)"),
     "train": ("train", "fine-tune with LoRA on a 4-bit base (QLoRA); writes a peft adapter"),
     "merge": ("merge", "merge a LoRA adapter into its float base model"),
+    "export": ("export", "convert a quantized checkpoint: lowbit, gptq, awq, compressed-tensors"),
+    "push": ("push", "upload a checkpoint folder to the Hugging Face Hub with a model card"),
 }
 
 
