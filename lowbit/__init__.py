@@ -13,8 +13,17 @@ def load(src, device=None, dtype=None, quantization_config=None, device_map=None
                  **quant_kwargs)
 
 
-def memory_footprint(model) -> int:
-    """Bytes of the model's parameters and buffers (like transformers' get_memory_footprint)."""
+def memory_footprint(model, detail: bool = False):
+    """Bytes of the model's parameters and buffers (like transformers' get_memory_footprint).
+
+    detail=True: a dict with "total", "by_dtype", "by_type", "by_layer" (one row per module
+    holding tensors) and "bits_per_quantized_weight" (see ``lowbit.evaluate.footprint``)."""
     from .evaluate.memory import memory_footprint as _footprint
 
-    return _footprint(model)
+    if not detail:
+        return _footprint(model)
+    from .evaluate.footprint import bits_per_quantized_weight, bytes_by_layer, bytes_by_type
+    from .evaluate.memory import bytes_by_dtype
+
+    return {"total": _footprint(model), "by_dtype": bytes_by_dtype(model), "by_type": bytes_by_type(model),
+            "by_layer": bytes_by_layer(model), "bits_per_quantized_weight": bits_per_quantized_weight(model)}
