@@ -77,11 +77,7 @@ def _hub_error(e: Exception, repo_id: str) -> str:
 
 
 def _is_network_error(e: Exception) -> bool:
-    try:
-        import httpx
-
-        if isinstance(e, httpx.TransportError):
-            return True
-    except ImportError:
-        pass
-    return isinstance(e, (ConnectionError, TimeoutError, OSError))
+    # huggingface_hub raises its HTTP client's transport errors (httpx, or its fork httpx2), whose
+    # classes lowbit does not import: recognise them by name.
+    names = {cls.__name__ for cls in type(e).__mro__}
+    return bool(names & {"TransportError", "NetworkError", "TimeoutException"}) or isinstance(e, OSError)
