@@ -43,7 +43,13 @@ def join_rows(rows: list[str]) -> str:
 def wikitext_rows(raw: str) -> list[str]:
     """Rows as the hub's wikitext loader yields them from the raw release: one per line,
     the line ending kept, whitespace-only lines as empty rows."""
-    return [line if line.strip() else "" for line in raw.splitlines(keepends=True)]
+    # Split on "\n" only, as iterating over the file does (str.splitlines also splits on
+    # \x0c, \u2028, ...).
+    lines = [line + "\n" for line in raw.split("\n")]
+    lines[-1] = lines[-1][:-1]
+    if not lines[-1]:
+        lines.pop()
+    return [line if line.strip() else "" for line in lines]
 
 
 def _wikitext_file(split: str, data_dir: "str | Path | None") -> Path | None:
