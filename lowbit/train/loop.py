@@ -37,11 +37,13 @@ REPORT_FILE = "train_report.json"
 def loss_sum(model: nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """(sum of next-token CE over target tokens (fp32 scalar), number of target tokens)."""
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-    labels = batch["labels"][:, 1:]  # [B, T-1]: token t+1 is the target of position t
-    logits = logits[:, :-1].float()  # [B, T-1, V]
-    total = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1),
+    labels = batch["labels"]
+    # Target of position t is token t+1: shift the labels (cheap) rather than slice the
+    # logits [B, T, V] (a copy of the largest activation of a small model).
+    target = torch.cat([labels[:, 1:], torch.full_like(labels[:, :1], IGNORE_INDEX)], dim=1)  # [B, T]
+    total = F.cross_entropy(logits.float().reshape(-1, logits.shape[-1]), target.reshape(-1),
                             ignore_index=IGNORE_INDEX, reduction="sum")
-    return total, int((labels != IGNORE_INDEX).sum())
+    return total, int((target != IGNORE_INDEX).sum())
 
 
 @torch.no_grad()
@@ -191,11 +193,12 @@ def train(model: nn.Module, tokenizer, train_set: list[Example], eval_set: list[
 
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    t0, tokens, train_seconds = time.perf_counter(), 0, 0.0
+    t0, step_seconds, step_tokens = time.perf_counter(), [], []
     iv_loss, iv_tok = 0.0, 0
     bar = tqdm(total=total, initial=state["global_step"], desc="training", unit="step", disable=not progress)
     with logging_redirect_tqdm():
         for step in range(state["global_step"], total):
+            t_step = time.perf_counter()
             for g in optimizer.param_groups:
                 g["lr"] = cfg.learning_rate * lr_factor(step, total, warmup, cfg.lr_scheduler_type)
             micro = [{k: v.to(device) for k, v in b.items()} for b in batches.step(step)]
@@ -204,11 +207,14 @@ def train(model: nn.Module, tokenizer, train_set: list[Example], eval_set: list[
                 s, _ = loss_sum(model, b)
                 (s / n_target).backward()
                 iv_loss += float(s.detach())
-                tokens += int(b["attention_mask"].sum())
             iv_tok += n_target
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm or math.inf))
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)  # honest per-step times
+            step_seconds.append(time.perf_counter() - t_step)
+            step_tokens.append(sum(int(b["attention_mask"].sum()) for b in micro))
             state["global_step"] = done = step + 1
             bar.update(1)
             if done % cfg.logging_steps == 0 or done == total:
@@ -232,18 +238,25 @@ def train(model: nn.Module, tokenizer, train_set: list[Example], eval_set: list[
     if cfg.gradient_checkpointing:
         set_checkpointing(model, False)
     model.eval()
-    report = _report(history, train_seconds, tokens, device, opt_name)
+    report = _report(history, train_seconds, step_seconds, step_tokens, device, opt_name)
     _save_final(out, model, tokenizer, settings, base_model, state, report)
     return report
 
 
-def _report(history: list[dict], seconds: float, tokens: int, device: torch.device, opt_name: str) -> dict:
+def _report(history: list[dict], seconds: float, step_seconds: list[float], step_tokens: list[int],
+            device: torch.device, opt_name: str) -> dict:
+    """Losses, and speed: tokens/s over the whole run and over the steady steps (from the
+    third step on: the first ones include warm-up such as allocator growth and autotuning)."""
+    tokens = sum(step_tokens)
+    steady = slice(2, None) if len(step_seconds) > 3 else slice(None)
     losses = [h["loss"] for h in history if "loss" in h]
     evals = [h["eval_loss"] for h in history if "eval_loss" in h]
     report = {
         "train_loss_first": losses[0] if losses else None, "train_loss_last": losses[-1] if losses else None,
         "eval_loss_first": evals[0] if evals else None, "eval_loss_last": evals[-1] if evals else None,
         "train_seconds": seconds, "tokens": tokens, "tokens_per_second": tokens / seconds if seconds else None,
+        "steady_tokens_per_second": (sum(step_tokens[steady]) / sum(step_seconds[steady])) if step_seconds else None,
+        "step_seconds": [round(t, 4) for t in step_seconds],
         "optimizer": opt_name,
     }
     if device.type == "cuda":
