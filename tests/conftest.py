@@ -4,6 +4,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+
+if not torch.cuda.is_available():
+    # The Triton kernels are tested on CPU through Triton's interpreter (tests/kernels). The
+    # switch is read when triton is imported, and importing transformers models imports
+    # triton (through torch._dynamo): so it is set here, before anything else.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 sys.path.insert(0, str(Path(__file__).parent))
 import tiny  # noqa: E402

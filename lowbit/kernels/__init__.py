@@ -6,6 +6,7 @@ returns ``None`` for inputs it does not take; the reference always takes them.
 """
 from __future__ import annotations
 
+import importlib.util
 import os
 from typing import Callable
 
@@ -42,8 +43,25 @@ def forced_reference() -> bool:
     return os.environ.get("LOWBIT_KERNEL", "").lower() == "reference"
 
 
+_fast_loaded = False
+
+
+def load_fast_kernels() -> None:
+    """Append the Triton kernels to KERNELS, once, if CUDA and triton are both present."""
+    global _fast_loaded
+    _fast_loaded = True
+    # Triton kernels need a CUDA device; triton itself is an optional extra ("gpu").
+    if not torch.cuda.is_available() or importlib.util.find_spec("triton") is None:
+        return
+    from .triton import register
+
+    register(KERNELS)
+
+
 def dispatch(op: str, x: torch.Tensor, layer: torch.nn.Module) -> torch.Tensor:
     """Run ``op`` on input x [..., K] with the weights held by ``layer``."""
+    if not _fast_loaded and x.is_cuda:  # lazily: importing lowbit never imports triton
+        load_fast_kernels()
     if not forced_reference():
         for kernel in KERNELS.get(op, ()):
             y = kernel(x, layer)

@@ -1,0 +1,85 @@
+"""Shared pieces of the kernels: decoding a code slab, and the output store with split-K.
+
+Split-K without a second launch: each of the SPLIT programs of an output tile adds its
+float32 partial sums into a workspace with atomics, then takes a ticket from the tile's
+counter; the program that draws the last ticket reads the sums back (an atomic add of 0, so
+the read comes from L2, where the atomics landed), stores zeros over them, adds the bias, writes the
+output in its dtype and resets the counter. The workspace and counters therefore stay zero
+between calls: no memset launch, and the same buffers work inside a CUDA graph.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def decode_slab(words, hi, magic, lut_ptr, J: tl.constexpr, BITS: tl.constexpr, MODE_LUT: tl.constexpr):
+    """Code J of every word -> float32.
+
+    int mode: the code is masked in place and ORed into the exponent of 2^23, so the float
+    reads 2^23 + q * 2^(BITS*jj) (jj = J mod codes-per-half) exactly: no int->float
+    conversion (a slow instruction) and one logic op per code. ``magic`` is 0x4B000000
+    passed at run time on purpose: in a register it lets mask-and-or be a single LOP3
+    (a LOP3 takes one immediate, and the mask is already one). ``int_value`` finishes.
+    lut mode (4-bit only): lut[q], read from a 16-entry float32 table.
+    """
+    HALF: tl.constexpr = 16 // BITS
+    if J < HALF:
+        src = words
+    else:
+        src = hi  # words >> 16: the upper half, so every code sits in the low 16 bits
+    if MODE_LUT:
+        q = (src >> (BITS * (J % HALF))) & ((1 << BITS) - 1)
+        return tl.load(lut_ptr + q)
+    else:
+        return ((src & (((1 << BITS) - 1) << (BITS * (J % HALF)))) | magic).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def zero_term(z, J: tl.constexpr, BITS: tl.constexpr):
+    """-(2^23 / 2^(BITS*jj) + zero): with it, v * 2^-(BITS*jj) + zero_term = q - zero, exactly
+    (one FMA: v * 2^-(BITS*jj) is exact, and so is the sum, an integer below 2^16)."""
+    HALF: tl.constexpr = 16 // BITS
+    return (-8388608.0 / (1 << (BITS * (J % HALF)))) - z  # one FADD (a separate negation otherwise)
+
+
+@triton.jit
+def int_value(v, zt, J: tl.constexpr, BITS: tl.constexpr):
+    """q - zero (float32) from a decoded slab v and its ``zero_term``."""
+    HALF: tl.constexpr = 16 // BITS
+    return v * (1.0 / (1 << (BITS * (J % HALF)))) + zt
+
+
+@triton.jit
+def _write(out, rm, rn, M, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS: tl.constexpr):
+    mask = (rm[:, None] < M) & (rn[None, :] < N)
+    if HAS_BIAS:
+        out += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+    tl.store(y_ptr + rm[:, None] * stride_ym + rn[None, :], out.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def store_output(acc, rm, rn, M, N, y_ptr, stride_ym, bias_ptr, ws_ptr, cnt_ptr, tile_id, splits,
+                 SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """acc float32 [BM, BN] for rows rm [BM] and columns rn [BN] -> y (dtype of y_ptr).
+
+    With SPLIT_K, ``splits`` programs contribute to this tile. The workspace is float32
+    [M, N] (row stride N), the counters int32, one per tile.
+    """
+    if not SPLIT_K:
+        _write(acc, rm, rn, M, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS)
+    else:
+        mask = (rm[:, None] < M) & (rn[None, :] < N)
+        ws = ws_ptr + rm[:, None] * N + rn[None, :]
+        tl.atomic_add(ws, acc, mask=mask, sem="relaxed")
+        # Every thread's partial sums must be issued before the ticket releases them.
+        tl.debug_barrier()
+        ticket = tl.atomic_add(cnt_ptr + tile_id, 1, sem="acq_rel")
+        if ticket == splits - 1:
+            # Read the sums where the atomics left them (L2), then leave zeros behind.
+            total = tl.atomic_add(ws, tl.zeros_like(acc), mask=mask, sem="acq_rel")
+            total = tl.where(mask, total, 0.0)  # masked-off lanes return nothing defined
+            tl.store(ws, tl.zeros_like(acc), mask=mask)
+            tl.atomic_xchg(cnt_ptr + tile_id, 0)
+            _write(total, rm, rn, M, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS)

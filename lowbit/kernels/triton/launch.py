@@ -1,0 +1,130 @@
+"""Launchers: PackedWeight + activations [M, K] -> output [M, N], with an explicit config.
+
+Configs are plain data (``GemvConfig``, ``GemmConfig``); ``configs.py`` picks them per shape.
+The split-K workspace (float32) and tile counters are allocated once per device and
+stream, zero-filled, and left zeroed by the kernels themselves (see ``epilogue``).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import triton
+
+from .gemm import int_gemm_kernel
+from .gemv import int_gemv_kernel
+from .layout import PK, PackedWeight
+
+
+@dataclass(frozen=True)
+class GemvConfig:
+    chunks: int = 1  # C: chunks of PK words decoded per loop step
+    split: int = 1  # K splits (programs per column block)
+    num_warps: int = 4
+    num_stages: int = 3
+
+
+@dataclass(frozen=True)
+class GemmConfig:
+    bm: int = 16
+    bnt: int = 64
+    split: int = 1
+    num_warps: int = 4
+    num_stages: int = 3
+    swap: bool = False
+    group_m: int = 8
+
+
+#: 2^23 as float32 bits, passed at run time (see ``epilogue.decode_slab``).
+MAGIC = 0x4B000000
+
+_WORKSPACE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
+_MAX_TILES = 1 << 16
+
+
+def _capturing(device: torch.device) -> bool:
+    return device.type == "cuda" and torch.cuda.is_current_stream_capturing()
+
+
+def splitk_buffers(device: torch.device, numel: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """(float32 workspace >= numel, int32 counters >= tiles), all zero; None if they would
+    have to grow during CUDA-graph capture (the caller then runs without split-K)."""
+    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
+    key = (str(device), stream)  # one per stream: two streams would mix their partial sums
+    have = _WORKSPACE.get(key)
+    if have is not None and have[0].numel() >= numel and have[1].numel() >= tiles:
+        return have
+    if _capturing(device) or tiles > _MAX_TILES:
+        return None
+    size = max(numel, 2 * have[0].numel() if have is not None else 1 << 16)
+    have = (torch.zeros(size, dtype=torch.float32, device=device), torch.zeros(_MAX_TILES, dtype=torch.int32, device=device))
+    _WORKSPACE[key] = have
+    return have
+
+
+def _common(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None):
+    dummy = pw.qweight  # a valid pointer for absent optional tensors (never read)
+    return dict(
+        s_ptr=pw.scales,
+        z_ptr=pw.zeros if pw.zeros is not None else dummy,
+        perm_ptr=pw.perm if pw.perm is not None else dummy,
+        lut_ptr=pw.lut if pw.lut is not None else dummy,
+        bias_ptr=bias if bias is not None else dummy,
+        MODE_LUT=pw.mode == "lut", HAS_ZERO=pw.zeros is not None, HAS_PERM=pw.perm is not None,
+        HAS_BIAS=bias is not None,
+    )
+
+
+def _even_k(pw: PackedWeight) -> bool:
+    return pw.k % (pw.codes_per_word * PK) == 0
+
+
+def _splits(kc: int, split: int, align: int) -> tuple[int, int]:
+    """(chunks per split, number of splits) for ``split`` requested splits of ``kc`` chunks."""
+    per = triton.cdiv(triton.cdiv(kc, max(split, 1)), align) * align
+    return per, triton.cdiv(kc, per)
+
+
+def gemv(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: GemvConfig,
+         out: torch.Tensor | None = None) -> torch.Tensor:
+    """y [M, N] = x [M, K] @ W.T (+ bias), one program row per activation row."""
+    m = x.shape[0]
+    y = torch.empty(m, pw.n, dtype=x.dtype, device=x.device) if out is None else out
+    nb = pw.qweight.shape[0]
+    per, split = _splits(pw.chunks, cfg.split, cfg.chunks)
+    bufs = splitk_buffers(x.device, m * pw.n, m * nb) if split > 1 else None
+    if split > 1 and bufs is None:
+        per, split = pw.chunks, 1
+    ws, cnt = bufs if bufs is not None else (y, y)
+    jr = min(pw.group_size // PK, pw.codes_per_word)
+    even_c = per % cfg.chunks == 0 and pw.chunks % per == 0
+    int_gemv_kernel[(nb, split, m)](
+        x, pw.qweight, y_ptr=y, ws_ptr=ws, cnt_ptr=cnt,
+        M=m, N=pw.n, K=pw.k, KC=pw.chunks, G=pw.groups, stride_xm=x.stride(0), stride_ym=y.stride(0),
+        chunks_per_split=per, splits=split, magic=MAGIC, BITS=pw.bits, BN=pw.block_n, PK=PK, C=cfg.chunks,
+        GS=pw.group_size, JR=jr, SPLIT_K=split > 1, EVEN_K=_even_k(pw), EVEN_C=even_c,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_common(x, pw, bias),
+    )
+    return y
+
+
+def gemm(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: GemmConfig,
+         out: torch.Tensor | None = None) -> torch.Tensor:
+    """y [M, N] = x [M, K] @ W.T (+ bias) on tensor cores (x fp16 or bf16)."""
+    m = x.shape[0]
+    y = torch.empty(m, pw.n, dtype=x.dtype, device=x.device) if out is None else out
+    tiles = triton.cdiv(m, cfg.bm) * triton.cdiv(pw.n, cfg.bnt)
+    per, split = _splits(pw.chunks, cfg.split, 1)
+    bufs = splitk_buffers(x.device, m * pw.n, tiles) if split > 1 else None
+    if split > 1 and bufs is None:
+        per, split = pw.chunks, 1
+    ws, cnt = bufs if bufs is not None else (y, y)
+    jr = min(pw.group_size // PK, pw.codes_per_word)
+    int_gemm_kernel[(tiles, split)](
+        x, pw.qweight, y_ptr=y, ws_ptr=ws, cnt_ptr=cnt,
+        M=m, N=pw.n, K=pw.k, KC=pw.chunks, G=pw.groups, stride_xm=x.stride(0), stride_ym=y.stride(0),
+        chunks_per_split=per, splits=split, magic=MAGIC, BITS=pw.bits, BN=pw.block_n, PK=PK,
+        GS=pw.group_size, JR=jr, EVEN_K=_even_k(pw), BM=cfg.bm, BNT=cfg.bnt, GROUP_M=cfg.group_m, SPLIT_K=split > 1, SWAP=cfg.swap,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_common(x, pw, bias),
+    )
+    return y

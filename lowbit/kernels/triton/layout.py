@@ -1,0 +1,181 @@
+"""The GPU weight layout of the Triton kernels, and the repacking into it (plain torch).
+
+Checkpoints keep their own layouts (GPTQ tensors for ``QuantLinear``, bitsandbytes bytes
+for ``Linear4bit``); at first use a layer's weight is repacked once into this layout and
+cached on the module (``prepared``), outside its state_dict.
+
+Codes of ``bits`` bits (2, 4 or 8), CPW = 32 / bits codes to an int32 word. The input
+dimension is read in *kernel order* kk: the original column is ``perm[kk]`` (act-order:
+columns sorted by group; otherwise the identity and no table). Kernel order is cut into
+chunks of KCH = CPW * PK columns; inside a chunk, code j (bits [bits*j, bits*(j+1))) of
+word r holds column ``kk = c*KCH + j*PK + r``. So decoding code j of a [PK, n] tile of
+words gives a whole [PK, n] slab of consecutive columns: the slab is directly an operand
+of a tensor-core dot, no interleaving shuffle needed, and every slab lies in one group
+when PK divides the group size.
+
+    qweight  int32 [NB, KC, PK, BN]   NB = ceil(N / BN) column blocks, KC = ceil(K / KCH)
+                                       chunks; one column block is one contiguous stream,
+                                       so a program reading BN columns reads one run of memory
+    scales   fp16/fp32 [G, N]          as stored (per group, per output column)
+    zeros    fp16 [G, N] or None       zero points as floats (exact small integers); None
+                                       when every zero is 2^(bits-1) (symmetric)
+    perm     int32 [K] or None         kernel order -> original column
+Padding (columns >= N, kernel-order positions >= K) holds code 0; the kernels mask the
+matching activations to 0, so it never contributes.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ...formats.packing import unpack
+
+#: Words of one column per chunk: each decoded slab is [PK, BN] (the K depth of one dot).
+PK = 32
+
+
+class Unsupported(ValueError):
+    """A layer the fast kernels do not take; the message says why (logged, then reference)."""
+
+
+@dataclass
+class PackedWeight:
+    """A weight in the kernel layout (see the module docstring). ``mode``: "int" (affine
+    codes: w = scale * (q - zero)) or "lut" (code book: w = lut[q] * scale, no zero)."""
+
+    qweight: torch.Tensor
+    scales: torch.Tensor
+    zeros: torch.Tensor | None
+    perm: torch.Tensor | None
+    lut: torch.Tensor | None
+    n: int
+    k: int
+    bits: int
+    group_size: int  # power of two; per-channel is stored as a power of two >= padded K
+    block_n: int
+    mode: str
+
+    @property
+    def codes_per_word(self) -> int:
+        return 32 // self.bits
+
+    @property
+    def chunks(self) -> int:
+        return self.qweight.shape[1]
+
+    @property
+    def groups(self) -> int:
+        return self.scales.shape[0]
+
+    def nbytes(self) -> int:
+        return sum(t.numel() * t.element_size() for t in (self.qweight, self.scales, self.zeros, self.perm, self.lut)
+                   if t is not None)
+
+
+def _pow2(v: int) -> bool:
+    return v > 0 and v & (v - 1) == 0
+
+
+def kernel_group_size(k: int, group_size: int, bits: int) -> int:
+    """The group size the kernels use (a power of two, a multiple of PK), or Unsupported."""
+    kch = (32 // bits) * PK
+    if group_size == -1 or group_size >= k:
+        padded = -(-k // kch) * kch
+        return 1 << (padded - 1).bit_length()  # one group covers every kernel-order column
+    if not _pow2(group_size) or group_size % PK:
+        # A slab of PK columns must sit inside one group, and group // PK is a shift.
+        raise Unsupported(f"group size {group_size} is not a power of two >= {PK}")
+    return group_size
+
+
+def act_order_perm(g_idx: torch.Tensor, group_size: int) -> torch.Tensor | None:
+    """Columns sorted by group (int64 [K]), None when already sorted, Unsupported when the
+    groups, once sorted, are not ``group_size`` consecutive columns each (GPTQ's act-order
+    always gives that: g_idx[perm[i]] = i // group_size)."""
+    k = g_idx.numel()
+    g = g_idx.long()
+    expected = torch.arange(k, device=g.device) // group_size
+    if torch.equal(g, expected):
+        return None
+    perm = torch.argsort(g, stable=True)
+    if not torch.equal(g[perm], expected):
+        raise Unsupported("g_idx does not describe groups of group_size columns (not a GPTQ act-order permutation)")
+    return perm
+
+
+def pack_words(q: torch.Tensor, bits: int, block_n: int) -> torch.Tensor:
+    """Codes [K, N] (integer, already in kernel order) -> int32 [NB, KC, PK, BN]."""
+    k, n = q.shape
+    cpw = 32 // bits
+    kch = cpw * PK
+    kc, nb = -(-k // kch), -(-n // block_n)
+    q = torch.nn.functional.pad(q.to(torch.int32), (0, nb * block_n - n, 0, kc * kch - k))
+    q = q.view(kc, cpw, PK, nb * block_n)
+    words = torch.zeros(kc, PK, nb * block_n, dtype=torch.int64, device=q.device)
+    for j in range(cpw):  # one code position at a time: int64 stays at 8 bytes per word
+        words |= q[:, j].to(torch.int64) << (bits * j)
+    words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)  # same bits, int32
+    return words.view(kc, PK, nb, block_n).permute(2, 0, 1, 3).contiguous()
+
+
+def repack_int_group(
+    qweight: torch.Tensor,
+    qzeros: torch.Tensor,
+    scales: torch.Tensor,
+    g_idx: torch.Tensor,
+    bits: int,
+    group_size: int,
+    block_n: int,
+) -> PackedWeight:
+    """QuantLinear buffers (GPTQ tensor layout, zeros stored as is) -> PackedWeight."""
+    if bits not in (2, 4, 8):
+        raise Unsupported(f"{bits}-bit codes straddle int32 words; the kernels decode whole words (2, 4, 8 bits)")
+    k, n = g_idx.numel(), scales.shape[1]
+    gs = kernel_group_size(k, group_size, bits)
+    perm = None if gs >= k else act_order_perm(g_idx, gs)
+    if gs >= k and bool((g_idx != 0).any()):
+        raise Unsupported("per-channel layer with a g_idx that names more than one group")
+    q = unpack(qweight, bits, k, dim=0)  # uint8 [K, N]
+    if perm is not None:
+        q = q[perm]
+    z = unpack(qzeros, bits, n, dim=1)  # uint8 [G, N]
+    zeros = None if bool((z == 2 ** (bits - 1)).all()) else z.to(torch.float16).contiguous()
+    return PackedWeight(
+        qweight=pack_words(q, bits, block_n),
+        scales=scales.contiguous(),
+        zeros=zeros,
+        perm=None if perm is None else perm.to(torch.int32).contiguous(),
+        lut=None,
+        n=n, k=k, bits=bits, group_size=gs, block_n=block_n, mode="int",
+    )
+
+
+def repack_nf4(
+    weight_4bit: torch.Tensor,
+    absmax: torch.Tensor,
+    code: torch.Tensor,
+    n: int,
+    k: int,
+    blocksize: int,
+    block_n: int,
+) -> PackedWeight:
+    """Linear4bit buffers (bitsandbytes bytes: W[n, 2i] in the high nibble) -> PackedWeight.
+
+    absmax: float32 [N*K/blocksize], already un-double-quantized (done once, here).
+    """
+    if k % blocksize:
+        raise Unsupported(f"in_features {k} is not a multiple of the block size {blocksize}: blocks straddle rows")
+    if not _pow2(blocksize) or blocksize % PK:
+        raise Unsupported(f"block size {blocksize} is not a power of two >= {PK}")
+    b = weight_4bit.reshape(n, k // 2)
+    q = torch.stack([b >> 4, b & 15], dim=2).reshape(n, k)  # [N, K]: first code in the high nibble
+    scales = absmax.float().reshape(n, k // blocksize).t().contiguous()  # [G, N]
+    return PackedWeight(
+        qweight=pack_words(q.t(), 4, block_n),
+        scales=scales,
+        zeros=None,
+        perm=None,
+        lut=code.float().contiguous(),
+        n=n, k=k, bits=4, group_size=blocksize, block_n=block_n, mode="lut",
+    )

@@ -1,0 +1,130 @@
+"""Dispatch entries ``(x, layer) -> y | None`` for QuantLinear ("int_group") and Linear4bit
+("nf4"): guards, the cached repacked weight, and the choice of kernel and config.
+
+Each guard returns the reason it refuses; dispatch then falls back to the reference kernel
+and the reason is logged once per distinct message.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import torch
+
+from . import configs, launch
+from .layout import PackedWeight, Unsupported, repack_int_group, repack_nf4
+
+log = logging.getLogger(__name__)
+_logged: set[str] = set()
+
+#: Activation dtypes the kernels take: the tensor-core dot needs 16-bit floats, and the
+#: weight slabs are cast to the activation dtype.
+DTYPES = (torch.float16, torch.bfloat16)
+_CACHE_ATTR = "_lowbit_triton"
+
+
+def _refuse(kind: str, layer: torch.nn.Module, why: str) -> None:
+    msg = f"{kind} {layer.in_features}->{layer.out_features}: {why}; using the reference kernel"
+    if msg not in _logged:
+        _logged.add(msg)
+        log.info(msg)
+    return None
+
+
+def input_problem(x: torch.Tensor, k: int, weight: torch.Tensor) -> str | None:
+    """Why the kernels cannot take this activation tensor, or None."""
+    if x.dtype not in DTYPES:
+        return f"input dtype {x.dtype} (the kernels take float16/bfloat16)"
+    if x.dim() == 0 or x.shape[-1] != k:
+        return f"input shape {tuple(x.shape)} does not end in in_features={k}"
+    if x.numel() == 0:
+        return "empty input"
+    if not x.is_contiguous():
+        # A strided row walk would defeat the vector loads; the reference handles any stride.
+        return "non-contiguous input"
+    if not x.is_cuda:
+        return "the input is not on a CUDA device (the Triton kernels run on CUDA only)"
+    if x.device != weight.device:
+        return f"input on {x.device} but weights on {weight.device}"
+    return None
+
+
+@dataclass
+class _Cached:
+    key: tuple
+    packed: PackedWeight | None
+    why: str | None
+
+
+def _prepared(layer: torch.nn.Module, key: tuple, build) -> tuple[PackedWeight | None, str | None]:
+    """The layer's repacked weight, built once per version of its buffers."""
+    cached = layer.__dict__.get(_CACHE_ATTR)
+    if cached is None or cached.key != key:
+        try:
+            cached = _Cached(key, build(), None)
+        except Unsupported as e:
+            cached = _Cached(key, None, str(e))
+        layer.__dict__[_CACHE_ATTR] = cached  # a plain attribute: never in the state_dict
+    return cached.packed, cached.why
+
+
+def _buffers_key(*tensors: torch.Tensor) -> tuple:
+    # data_ptr changes when a buffer is replaced (load_state_dict(assign=True), .to());
+    # _version when it is written in place.
+    return tuple((t.data_ptr(), t._version, t.device) for t in tensors if t is not None)
+
+
+def prepare_int_group(layer: torch.nn.Module) -> PackedWeight | None:
+    """Repack a QuantLinear now (else on its first CUDA call); None if unsupported."""
+    key = _buffers_key(layer.qweight, layer.qzeros, layer.scales, layer.g_idx)
+    n, k = layer.out_features, layer.in_features
+    return _prepared(layer, key, lambda: repack_int_group(
+        layer.qweight, layer.qzeros, layer.scales, layer.g_idx, layer.bits, layer.group_size,
+        configs.block_n(n, k, layer.bits)))[0]
+
+
+def prepare_nf4(layer: torch.nn.Module) -> PackedWeight | None:
+    """Repack a Linear4bit now (double-quantized absmax undone once, here)."""
+    key = _buffers_key(layer.weight_4bit, layer.absmax, getattr(layer, "nested_absmax", None))
+    n, k = layer.out_features, layer.in_features
+    return _prepared(layer, key, lambda: repack_nf4(
+        layer.weight_4bit, layer.absmax_float(), layer.code, n, k, layer.blocksize, configs.block_n(n, k, 4)))[0]
+
+
+def run_packed(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None) -> torch.Tensor:
+    """y [..., N] = x [..., K] @ W.T + bias with the kernel and config for this M."""
+    x2 = x.reshape(-1, pw.k)
+    m = x2.shape[0]
+    if m <= configs.GEMV_MAX_M:
+        cfg = configs.gemv_config(pw.n, pw.k, pw.bits, pw.qweight.shape[0], pw.chunks, x.device)
+        y = launch.gemv(x2, pw, bias, cfg)
+    else:
+        cfg = configs.gemm_config(m, pw.n, pw.k, pw.bits, pw.chunks, x.device)
+        y = launch.gemm(x2, pw, bias, cfg)
+    return y.view(*x.shape[:-1], pw.n)
+
+
+def int_group(x: torch.Tensor, layer: torch.nn.Module) -> torch.Tensor | None:
+    """Fast path for QuantLinear (op "int_group")."""
+    why = input_problem(x, layer.in_features, layer.qweight)
+    if why is None and layer.qweight.device.type == "meta":
+        why = "weights are still on the meta device"
+    if why is None:
+        prepare_int_group(layer)
+        why = layer.__dict__[_CACHE_ATTR].why
+    if why is not None:
+        return _refuse("QuantLinear", layer, why)
+    return run_packed(x, layer.__dict__[_CACHE_ATTR].packed, layer.bias)
+
+
+def nf4(x: torch.Tensor, layer: torch.nn.Module) -> torch.Tensor | None:
+    """Fast path for Linear4bit (op "nf4", NF4 and FP4 code books)."""
+    why = input_problem(x, layer.in_features, layer.weight_4bit)
+    if why is None and layer.compute_dtype not in DTYPES + (torch.float32,):
+        why = f"compute dtype {layer.compute_dtype}"
+    if why is None:
+        prepare_nf4(layer)
+        why = layer.__dict__[_CACHE_ATTR].why
+    if why is not None:
+        return _refuse("Linear4bit", layer, why)
+    return run_packed(x, layer.__dict__[_CACHE_ATTR].packed, layer.bias)
