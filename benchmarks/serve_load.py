@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=16)
     p.add_argument("--max-tokens", type=int, default=32)
     p.add_argument("--max-batch-size", type=int, default=16, help="server's batch size when started here")
+    p.add_argument("--threads", type=int, default=None, help="server's --threads when started here")
     p.add_argument("--time-limit", type=float, default=600, help="seconds for all requests (default: 600)")
     p.add_argument("--json", action="store_true", help="print the figures as one JSON line")
     args = p.parse_args(argv)
@@ -126,8 +127,9 @@ def main(argv: list[str] | None = None) -> int:
                 p.error(f"--url {args.url} is not a loopback address: this benchmark only talks to this machine")
             url = args.url.rstrip("/")
         else:
-            proc, url = start_server(args.model, ["--max-batch-size", str(args.max_batch_size),
-                                                  "--max-queue", str(max(64, args.requests))], log)
+            extra = ["--max-batch-size", str(args.max_batch_size), "--max-queue", str(max(64, args.requests))]
+            extra += ["--threads", str(args.threads)] if args.threads else []
+            proc, url = start_server(args.model, extra, log)
         headers = {"Authorization": f"Bearer {args.api_key}"} if args.api_key else {}
         name = args.model_name or httpx.get(f"{url}/v1/models", headers=headers, timeout=10).json()["data"][0]["id"]
         figures = asyncio.run(load_test(url, name, args.api_key, args.requests, args.concurrency, args.max_tokens,
@@ -139,6 +141,10 @@ def main(argv: list[str] | None = None) -> int:
                 proc.wait(15)
             except subprocess.TimeoutExpired:
                 proc.kill()
+    if figures["errors"] == 0:
+        log.unlink(missing_ok=True)
+    else:
+        print(f"server log: {log}", file=sys.stderr)
     if args.json:
         print(json.dumps(figures))
     else:

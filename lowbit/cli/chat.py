@@ -83,7 +83,7 @@ class RemoteChat:
         except openai.APIConnectionError:
             raise LowbitError(f"cannot reach a server at {base}: start one with `lowbit serve MODEL`") from None
         except openai.APIStatusError as e:
-            raise LowbitError(f"the server at {base} refused: {e.message}") from None
+            raise LowbitError(f"the server at {base} refused ({e.status_code}): {_message(e)}") from None
 
     def stream(self, messages: list[dict], args: argparse.Namespace) -> Iterator[str]:
         try:
@@ -94,9 +94,15 @@ class RemoteChat:
                 for choice in chunk.choices:
                     yield choice.delta.content or ""
         except self.openai.APIStatusError as e:
-            raise ChatError(e.message) from None
+            raise ChatError(f"the server refused ({e.status_code}): {_message(e)}") from None
         except self.openai.APIConnectionError as e:
             raise ChatError(f"lost the server: {e}") from None
+
+
+def _message(e) -> str:
+    """The server's own message from an OpenAI-shaped error body."""
+    body = e.body
+    return body.get("message", e.message) if isinstance(body, dict) else e.message
 
 
 class ChatError(Exception):

@@ -106,7 +106,8 @@ def create_app(engine: Engine, model_name: str, api_key: str | None = None) -> F
             params = [sampling_params(req, engine.check(len(ids), max_tokens)) for ids in prompt_ids]
             return Run(engine, prompt_ids, params)
         except RequestError as e:
-            raise ApiError(400, str(e), param=e.param) from None
+            param = "messages" if isinstance(req, ChatRequest) and e.param == "prompt" else e.param
+            raise ApiError(400, str(e), param=param) from None
         except QueueFull as e:
             raise ApiError(503, str(e), type="server_busy") from None
 

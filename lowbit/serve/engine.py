@@ -95,6 +95,9 @@ class Engine:
         self.max_batch_size = max_batch_size
         self.max_queue = max_queue
         self.max_model_len = max_model_len or context_length(model)
+        if self.max_model_len > context_length(model):
+            log.warning("max_model_len %d is beyond the %d positions the model was trained for: answers past that "
+                        "point may degrade", self.max_model_len, context_length(model))
         self.eos_ids = eos_token_ids(model, tokenizer)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else min(self.eos_ids, default=0)
         self._waiting: collections.deque[Request] = collections.deque()
@@ -114,7 +117,7 @@ class Engine:
             raise RequestError("the prompt is empty: send at least one token of text", "prompt")
         if n_prompt >= limit:
             raise RequestError(f"the prompt has {n_prompt} tokens, but this server's limit (--max-model-len) is "
-                               f"{limit} tokens for prompt and completion together: shorten the prompt", "messages")
+                               f"{limit} tokens for prompt and completion together: shorten the prompt", "prompt")
         room = limit - n_prompt
         if max_tokens is None:
             return room

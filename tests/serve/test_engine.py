@@ -128,6 +128,8 @@ def test_cancel_frees_the_slot_and_a_full_queue_refuses():
     try:
         events = []
         running = engine.submit([5, 6, 7], SamplingParams(max_tokens=200, **GREEDY), events.append)
+        while not running.generated:  # admitted into the batch: the queue is empty again
+            time.sleep(0.001)
         waiting = engine.submit([5, 6], SamplingParams(max_tokens=3, **GREEDY), events.append)
         with pytest.raises(QueueFull, match="--max-queue 1"):
             engine.submit([5], SamplingParams(max_tokens=3, **GREEDY), events.append)
