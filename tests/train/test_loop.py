@@ -118,6 +118,13 @@ def test_optimizer_falls_back_to_torch_adamw_without_bitsandbytes(monkeypatch, c
     assert "bitsandbytes, which is not installed: using plain torch AdamW" in caplog.text
 
 
+def test_bitsandbytes_optimizer_when_installed():
+    bnb = pytest.importorskip("bitsandbytes")
+    p = [torch.nn.Parameter(torch.zeros(4096))]
+    opt, name = make_optimizer(p, TrainConfig(output_dir="x", optim="adamw_8bit"))
+    assert isinstance(opt, bnb.optim.AdamW8bit) and name.startswith("AdamW8bit (bitsandbytes")
+
+
 def test_regex_targets_when_suffixes_would_catch_more(tiny_llama_dir, tmp_path):
     peft = pytest.importorskip("peft")
     from transformers import AutoModelForCausalLM

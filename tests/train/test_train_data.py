@@ -134,3 +134,12 @@ def test_holdout_split_is_seeded_and_disjoint():
     tr, ev = data.split_holdout(recs, 0.25, seed=3)
     assert len(ev) == 5 and len(tr) == 15 and data.split_holdout(recs, 0.25, seed=3) == (tr, ev)
     assert not {r["prompt"] for r in tr} & {r["prompt"] for r in ev}
+
+
+def test_dataset_folder_goes_through_datasets(tmp_path):
+    pytest.importorskip("datasets")
+    recs = [{"instruction": f"i{i}", "context": "", "response": f"r{i}"} for i in range(4)]
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in recs))
+    assert data.load_records(tmp_path, "train") == recs
+    with pytest.raises(LowbitError, match="split 'validation'"):
+        data.load_records(tmp_path, "validation")
