@@ -7,7 +7,6 @@ and re-imported if something imported them earlier in the other mode.
 from __future__ import annotations
 
 import importlib
-import os
 import sys
 from types import SimpleNamespace
 

@@ -135,9 +135,11 @@ def test_unsupported_layer_is_cached_and_refused(tk):
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the dispatch path)")
-@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("bits,gs,sym,act", [(4, 128, False, False), (4, 32, True, True), (4, -1, False, False),
-                                             (8, 128, False, False), (8, -1, True, False), (4, 64, False, True)])
+@pytest.mark.parametrize("dtype,bits,gs,sym,act", [
+    (torch.float16, 4, 128, False, False), (torch.bfloat16, 4, 128, False, False), (torch.float16, 4, 32, True, True),
+    (torch.float16, 4, -1, False, False), (torch.float16, 8, 128, False, False), (torch.bfloat16, 8, -1, True, False),
+    (torch.float16, 4, 64, False, True), (torch.float16, 2, 64, False, False),
+])
 def test_gpu_dispatch(tk, dtype, bits, gs, sym, act):
     """QuantLinear.forward on CUDA goes through the Triton kernels for every M."""
     from lowbit.kernels import KERNELS
@@ -152,6 +154,16 @@ def test_gpu_dispatch(tk, dtype, bits, gs, sym, act):
             ref = ref_out(x, layer)
             err = (y.float() - ref).abs().max().item() / ref.abs().max().item()
             assert err < (2e-2 if dtype == torch.bfloat16 else 4e-3), (n, k, m, err)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the dispatch path)")
+def test_gpu_bad_input_falls_back(tk):
+    layer = make_layer(64, 512, 4, 128, False, device="cuda")
+    x = torch.randn(512, 4, device="cuda", dtype=torch.float16).t()  # non-contiguous
+    assert tk.linear.int_group(x, layer) is None
+    torch.testing.assert_close(layer(x).float(), ref_out(x, layer), rtol=1e-2, atol=1e-2)
+    assert tk.linear.int_group(x.float(), layer) is None  # fp32: reference
+    assert layer(x.float()).dtype == torch.float32
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (graph capture)")

@@ -7,11 +7,13 @@ per layer, when it is repacked, so it cannot depend on M.
 from __future__ import annotations
 
 import functools
+from dataclasses import replace
 
 import torch
 import triton
 
 from .launch import GemmConfig, GemvConfig
+from .layout import PK
 
 #: (N, K, bits) -> layout column block. Filled from H100 measurements.
 BLOCK_N: dict[tuple[int, int, int], int] = {}
@@ -23,6 +25,8 @@ GEMM: dict[tuple[int, int, int, int], GemmConfig] = {}
 #: Largest M that runs on the CUDA-core GEMV (above it the tensor-core kernel wins).
 GEMV_MAX_M = 1
 M_BUCKETS = (16, 32, 64, 128, 256)
+#: Bytes of shared memory the GEMM's pipeline stages may take (H100: 227 KB a block).
+SHARED_BUDGET = 160 * 1024
 
 
 @functools.lru_cache(maxsize=None)
@@ -64,6 +68,17 @@ def m_bucket(m: int) -> int:
     return M_BUCKETS[-1] * 2  # "large": prefill
 
 
+def _fit_shared(cfg: GemmConfig, bits: int) -> GemmConfig:
+    """Fewer pipeline stages when a stage (x slab + words of one chunk) would overflow
+    shared memory: 2-bit chunks are 16 slabs deep, so x takes BM * 512 halves a stage."""
+    kch = 32 // bits * PK
+    stage = cfg.bm * kch * 2 + PK * cfg.bnt * 4
+    stages = cfg.num_stages
+    while stages > 1 and stages * stage > SHARED_BUDGET:
+        stages -= 1
+    return replace(cfg, num_stages=stages)
+
+
 def gemm_config(m: int, n: int, k: int, bits: int, chunks: int, device: torch.device) -> GemmConfig:
     b = m_bucket(m)
     if (n, k, bits, b) in GEMM:
@@ -75,4 +90,4 @@ def gemm_config(m: int, n: int, k: int, bits: int, chunks: int, device: torch.de
     else:
         cfg = GemmConfig(bm=128, bnt=128, num_warps=8, num_stages=2)
     tiles = triton.cdiv(m, cfg.bm) * triton.cdiv(n, cfg.bnt)
-    return GemmConfig(**{**cfg.__dict__, "split": _fill_split(tiles, chunks, _sms(device))})
+    return _fit_shared(replace(cfg, split=_fill_split(tiles, chunks, _sms(device))), bits)

@@ -39,7 +39,6 @@ def int_gemm_kernel(
     pid_m = first_m + (pid % width) % group_rows
     pid_n = (pid % width) // group_rows
     CPW: tl.constexpr = 32 // BITS
-    HALF: tl.constexpr = 16 // BITS
     KCH: tl.constexpr = CPW * PK
     rm = pid_m * BM + tl.arange(0, BM)
     rn = pid_n * BNT + tl.arange(0, BNT)

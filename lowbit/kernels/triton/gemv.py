@@ -26,6 +26,7 @@ def int_gemv_kernel(
     M, N, K, KC, G, stride_xm, stride_ym, chunks_per_split, splits, magic,
     BITS: tl.constexpr, BN: tl.constexpr, PK: tl.constexpr, C: tl.constexpr,
     GS: tl.constexpr, JR: tl.constexpr, SPLIT_K: tl.constexpr, EVEN_K: tl.constexpr, EVEN_C: tl.constexpr,
+    PREFETCH: tl.constexpr,
     MODE_LUT: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
@@ -43,14 +44,23 @@ def int_gemv_kernel(
     w_ptrs = qw_ptr + pid_n.to(tl.int64) * KC * (PK * BN) + (c_begin + rc) * (PK * BN) + rr * BN + rn
     x_row = x_ptr + m.to(tl.int64) * stride_xm
     acc = tl.zeros([C, PK, BN], dtype=tl.float32)
+    if PREFETCH:
+        nxt = tl.load(w_ptrs, mask=(c_begin + rc) < c_end, other=0)
     for c0 in range(c_begin, c_end, C):
         cidx = c0 + rc  # [C, 1, 1]
         cmask = cidx < c_end
-        if EVEN_C:
-            words = tl.load(w_ptrs)  # int32 [C, PK, BN]
+        if PREFETCH:
+            # Issue the next step's loads before this step's arithmetic: one program then
+            # keeps two steps of weights in flight instead of waiting out each load.
+            words = nxt
+            w_ptrs += C * PK * BN
+            nxt = tl.load(w_ptrs, mask=(cidx + C) < c_end, other=0)
         else:
-            words = tl.load(w_ptrs, mask=cmask, other=0)
-        w_ptrs += C * PK * BN
+            if EVEN_C:
+                words = tl.load(w_ptrs)  # int32 [C, PK, BN]
+            else:
+                words = tl.load(w_ptrs, mask=cmask, other=0)
+            w_ptrs += C * PK * BN
         hi = (words.to(tl.uint32, bitcast=True) >> 16).to(tl.int32, bitcast=True)  # logical: one SHF
         kk0 = cidx * KCH + rr  # kernel-order column of code 0, [C, PK, 1]
         for j in tl.static_range(CPW):

@@ -22,6 +22,7 @@ class GemvConfig:
     split: int = 1  # K splits (programs per column block)
     num_warps: int = 4
     num_stages: int = 3
+    prefetch: bool = True  # load the next step's words before decoding this step's
 
 
 @dataclass(frozen=True)
@@ -48,9 +49,13 @@ def _capturing(device: torch.device) -> bool:
 
 def splitk_buffers(device: torch.device, numel: int, tiles: int) -> tuple[torch.Tensor, torch.Tensor] | None:
     """(float32 workspace >= numel, int32 counters >= tiles), all zero; None if they would
-    have to grow during CUDA-graph capture (the caller then runs without split-K)."""
-    stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
-    key = (str(device), stream)  # one per stream: two streams would mix their partial sums
+    have to grow during CUDA-graph capture (the caller then runs without split-K).
+
+    One pair per device, shared by every layer: kernels on one stream run one after the
+    other, and each leaves the pair zeroed. (Two streams running split-K kernels at the
+    same time on one device would mix their sums; lowbit runs its layers on one stream.)
+    """
+    key = str(device)
     have = _WORKSPACE.get(key)
     if have is not None and have[0].numel() >= numel and have[1].numel() >= tiles:
         return have
@@ -60,6 +65,11 @@ def splitk_buffers(device: torch.device, numel: int, tiles: int) -> tuple[torch.
     have = (torch.zeros(size, dtype=torch.float32, device=device), torch.zeros(_MAX_TILES, dtype=torch.int32, device=device))
     _WORKSPACE[key] = have
     return have
+
+
+def reserve_splitk(device: torch.device, numel: int) -> None:
+    """Grow the split-K workspace ahead of CUDA-graph capture (for M * N up to ``numel``)."""
+    splitk_buffers(device, numel, 1)
 
 
 def _common(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None):
@@ -102,7 +112,7 @@ def gemv(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: Gemv
         x, pw.qweight, y_ptr=y, ws_ptr=ws, cnt_ptr=cnt,
         M=m, N=pw.n, K=pw.k, KC=pw.chunks, G=pw.groups, stride_xm=x.stride(0), stride_ym=y.stride(0),
         chunks_per_split=per, splits=split, magic=MAGIC, BITS=pw.bits, BN=pw.block_n, PK=PK, C=cfg.chunks,
-        GS=pw.group_size, JR=jr, SPLIT_K=split > 1, EVEN_K=_even_k(pw), EVEN_C=even_c,
+        GS=pw.group_size, JR=jr, SPLIT_K=split > 1, EVEN_K=_even_k(pw), EVEN_C=even_c, PREFETCH=cfg.prefetch,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_common(x, pw, bias),
     )
     return y

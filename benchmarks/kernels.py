@@ -1,0 +1,165 @@
+"""Fused dequantize-matmul kernels vs fp16 cuBLAS (F.linear), on a CUDA GPU.
+
+    PYTHONPATH=. python benchmarks/kernels.py                 # the table (what dispatch picks)
+    PYTHONPATH=. python benchmarks/kernels.py --tune out.jsonl  # sweep configs, log every timing
+
+Timing: each call runs on its own copy of the weights, rotating over enough copies that they
+do not fit in L2 (as in decode, where every layer has its own weights); the calls are
+captured in a CUDA graph and replayed, so launch gaps are those of a graphed decode step.
+Microseconds per call = median replay time / calls. fp16 is timed the same way, in the same
+run. GB/s counts the bytes a call must move (packed weight + scales + zeros + x + y); the
+percentage is against the device's HBM bandwidth (3.35 TB/s on an H100 SXM; the measured
+device-to-device copy rate is printed too).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import sys
+import time
+
+import torch
+import torch.nn.functional as F
+
+from lowbit.kernels import KERNELS, load_fast_kernels
+from lowbit.nn import QuantLinear
+
+SHAPES = [(4096, 4096), (4096, 14336), (14336, 4096), (4096, 1024)]  # (in K, out N): Llama-3-8B
+PEAK_GBS = {"H100": 3350.0, "H200": 4800.0}
+L2_ROTATION_BYTES = 160 << 20
+
+
+def peak_gbs() -> float:
+    name = torch.cuda.get_device_name()
+    return next((v for k, v in PEAK_GBS.items() if k in name), float("nan"))
+
+
+def copy_gbs() -> float:
+    a = torch.empty(1 << 30, dtype=torch.uint8, device="cuda")
+    b = torch.empty_like(a)
+    for _ in range(3):
+        b.copy_(a)
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    for _ in range(10):
+        b.copy_(a)
+    torch.cuda.synchronize()
+    return 2 * a.numel() * 10 / (time.perf_counter() - t) / 1e9
+
+
+def graph_us(calls: list, inner: int = 4, replays: int = 12) -> float:
+    """Median microseconds per call of ``calls`` (zero-argument callables), graphed."""
+    for c in calls:
+        c()
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        for _ in range(inner):
+            for c in calls:
+                c()
+    g.replay()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(replays):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        g.replay()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end) * 1e3 / (inner * len(calls)))
+    return statistics.median(times)
+
+
+def copies_for(nbytes: int) -> int:
+    return max(2, min(64, math.ceil(L2_ROTATION_BYTES / nbytes)))
+
+
+def random_quant_linear(k: int, n: int, bits: int, group_size: int, sym: bool, gen: torch.Generator) -> QuantLinear:
+    """A QuantLinear with random codes, zeros and scales (speed does not depend on values)."""
+    layer = QuantLinear(k, n, bits, group_size, bias=False, device="cuda")
+    layer.qweight.copy_(torch.randint(-2**31, 2**31 - 1, layer.qweight.shape, generator=gen, dtype=torch.int64)
+                        .to(torch.int32))
+    if sym:
+        z = 2 ** (bits - 1)
+        word = sum(z << (bits * i) for i in range(32 // bits))
+        layer.qzeros.fill_(word - 2**32 if word >= 2**31 else word)
+    else:
+        layer.qzeros.copy_(torch.randint(-2**31, 2**31 - 1, layer.qzeros.shape, generator=gen, dtype=torch.int64)
+                           .to(torch.int32))
+    layer.scales.copy_((torch.rand(layer.scales.shape, generator=gen) * 2e-3 + 1e-3).half())
+    layer.g_idx.copy_(torch.arange(k, dtype=torch.int32) // (k if group_size == -1 else group_size))
+    return layer
+
+
+def fp16_us(k: int, n: int, m: int, gen: torch.Generator) -> float:
+    ws = [torch.randn(n, k, generator=gen).half().cuda() for _ in range(copies_for(n * k * 2))]
+    x = torch.randn(m, k, generator=gen).half().cuda()
+    return graph_us([lambda w=w: F.linear(x, w) for w in ws])
+
+
+def call_bytes(layer_bytes: int, k: int, n: int, m: int) -> int:
+    return layer_bytes + 2 * m * (k + n)
+
+
+def table(args) -> None:
+    from lowbit.kernels.triton.linear import prepare_int_group
+
+    gen = torch.Generator().manual_seed(0)
+    peak = peak_gbs()
+    print(f"device: {torch.cuda.get_device_name()}; copy bandwidth measured {copy_gbs():.0f} GB/s; "
+          f"peak {peak:.0f} GB/s", flush=True)
+    rows = []
+    kinds = [("int4 g128 asym", 4, 128, False), ("int4 g128 sym", 4, 128, True), ("int8 per-channel", 8, -1, False)]
+    if args.quick:
+        kinds = kinds[:1]
+    print(f"{'kind':<18}{'K x N':>12}{'M':>5}{'fp16 us':>9}{'ours us':>9}{'speedup':>9}{'GB/s':>7}{'% peak':>8}")
+    for name, bits, gs, sym in kinds:
+        for k, n in SHAPES:
+            layers = None
+            for m in args.m:
+                base = fp16_us(k, n, m, gen)
+                if layers is None:
+                    probe = random_quant_linear(k, n, bits, gs, sym, gen)
+                    nbytes = prepare_int_group(probe).nbytes()
+                    layers = [probe] + [random_quant_linear(k, n, bits, gs, sym, gen)
+                                        for _ in range(copies_for(nbytes) - 1)]
+                x = torch.randn(m, k, generator=gen).half().cuda()
+                ours = graph_us([lambda lay=lay: lay(x) for lay in layers])
+                gbs = call_bytes(nbytes, k, n, m) / ours / 1e3
+                row = dict(kind=name, k=k, n=n, m=m, fp16_us=base, ours_us=ours, speedup=base / ours, gbs=gbs,
+                           pct=100 * gbs / peak)
+                rows.append(row)
+                print(f"{name:<18}{f'{k}x{n}':>12}{m:>5}{base:>9.1f}{ours:>9.1f}{base / ours:>8.2f}x{gbs:>7.0f}"
+                      f"{row['pct']:>7.0f}%", flush=True)
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(rows, f, indent=1)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--m", type=int, nargs="+", default=[1, 16, 256])
+    p.add_argument("--quick", action="store_true", help="int4 g128 asym only")
+    p.add_argument("--json", help="write the rows here")
+    p.add_argument("--tune", metavar="JSONL", help="sweep kernel configs instead, one JSON line per timing")
+    args = p.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("benchmarks/kernels.py needs a CUDA GPU", file=sys.stderr)
+        return 2
+    load_fast_kernels()
+    if not KERNELS["int_group"]:
+        print("the Triton kernels are not available (pip install triton)", file=sys.stderr)
+        return 2
+    if args.tune:
+        from tune_kernels import tune  # benchmarks/tune_kernels.py
+
+        tune(args)
+    else:
+        table(args)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Config sweep for the Triton kernels (``benchmarks/kernels.py --tune out.jsonl``).
+
+Compiles every variant first in parallel worker processes (Triton's on-disk cache then
+serves the timing process), then times each (shape, layout block, M, config) with the same
+graphed, L2-rotating method as the table, writing one JSON line per timing. The best
+configs go into lowbit/kernels/triton/configs.py by hand, with the log as the record.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import time
+from dataclasses import asdict
+
+import torch
+
+from kernels import SHAPES, copies_for, fp16_us, graph_us, random_quant_linear
+from lowbit.kernels.triton import launch
+from lowbit.kernels.triton.layout import repack_int_group
+
+BLOCKS = (32, 64, 128)
+
+
+def fill_split(programs: int, chunks: int) -> int:
+    split = 1
+    while programs * split < 264 and split * 2 <= chunks:
+        split *= 2
+    return split
+
+
+def splits_around(programs: int, chunks: int) -> list[int]:
+    f = fill_split(programs, chunks)
+    return sorted({s for s in (max(1, f // 2), f, f * 2) if s <= chunks})
+
+
+def jobs_for(k: int, n: int, quick: bool) -> list[tuple]:
+    """(block_n, kind, m, config) for one shape."""
+    kc = k // 256
+    out = []
+    for bn in BLOCKS:
+        nb = -(-n // bn)
+        for c in (1, 2):
+            for w in (4, 8):
+                for st in ((3,) if quick else (2, 4)):
+                    for sp in splits_around(nb, kc):
+                        out.append((bn, "gemv", 1, launch.GemvConfig(chunks=c, split=sp, num_warps=w, num_stages=st)))
+    bn = 64
+    for bnt in (64, 128):
+        for swap in (False, True):
+            for st in ((3,) if quick else (2, 3, 4)):
+                for sp in splits_around(-(-n // bnt), kc):
+                    out.append((bn, "gemm", 16, launch.GemmConfig(bm=16, bnt=bnt, split=sp, swap=swap, num_warps=4,
+                                                                  num_stages=st)))
+    for bm, bnt, w in ((64, 128, 4), (128, 128, 8), (128, 64, 4), (128, 256, 8), (256, 128, 8)):
+        for st in (2, 3):
+            tiles = -(-256 // bm) * -(-n // bnt)
+            for sp in sorted({1, fill_split(tiles, kc)}):
+                out.append((bn, "gemm", 256, launch.GemmConfig(bm=bm, bnt=bnt, split=sp, num_warps=w, num_stages=st)))
+    return out
+
+
+def _compile_worker(batch: list[tuple]) -> list[str]:
+    """Run each job once (compiling it into Triton's disk cache); returns failures."""
+    torch.cuda.init()
+    gen = torch.Generator().manual_seed(1)
+    failures, layers = [], {}
+    for k, n, bn, kind, m, cfg in batch:
+        if (k, n) not in layers:
+            layers[(k, n)] = random_quant_linear(k, n, 4, 128, False, gen)
+        lay = layers[(k, n)]
+        pw = repack_int_group(lay.qweight, lay.qzeros, lay.scales, lay.g_idx, 4, 128, bn)
+        x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+        try:
+            (launch.gemv if kind == "gemv" else launch.gemm)(x, pw, None, cfg)
+            torch.cuda.synchronize()
+        except Exception as e:  # noqa: BLE001 - a config that does not compile (e.g. shared memory) is skipped
+            failures.append(f"{k}x{n} bn={bn} {kind} m={m} {cfg}: {type(e).__name__}: {str(e)[:200]}")
+    return failures
+
+
+def precompile(jobs: list[tuple], procs: int) -> set[tuple]:
+    t = time.perf_counter()
+    batches = [jobs[i::procs] for i in range(procs)]
+    with mp.get_context("spawn").Pool(procs) as pool:
+        failures = [f for fs in pool.map(_compile_worker, batches) for f in fs]
+    print(f"precompiled {len(jobs)} jobs in {time.perf_counter() - t:.0f} s, {len(failures)} failed", flush=True)
+    for f in failures[:20]:
+        print("  failed:", f, flush=True)
+    return {f.split(":")[0] for f in failures}
+
+
+def tune(args) -> None:
+    gen = torch.Generator().manual_seed(0)
+    shapes = SHAPES[:1] if args.quick else SHAPES
+    all_jobs = [(k, n) + j for k, n in shapes for j in jobs_for(k, n, args.quick)]
+    failed = precompile(all_jobs, min(14, os.cpu_count() or 4))
+    best: dict = {}
+    with open(args.tune, "w") as log:
+        for k, n in shapes:
+            base = {m: fp16_us(k, n, m, gen) for m in (1, 16, 256)}
+            layers = [random_quant_linear(k, n, 4, 128, False, gen) for _ in range(copies_for(k * n // 2))]
+            for bn in BLOCKS:
+                pws = [repack_int_group(lay.qweight, lay.qzeros, lay.scales, lay.g_idx, 4, 128, bn) for lay in layers]
+                for kk, nn, jbn, kind, m, cfg in all_jobs:
+                    if (kk, nn, jbn) != (k, n, bn):
+                        continue
+                    if f"{k}x{n} bn={bn} {kind} m={m} {cfg}" in failed:
+                        continue
+                    x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+                    fn = launch.gemv if kind == "gemv" else launch.gemm
+                    us = graph_us([lambda pw=pw: fn(x, pw, None, cfg) for pw in pws], inner=2, replays=7)
+                    rec = dict(k=k, n=n, bn=bn, kind=kind, m=m, cfg=asdict(cfg), us=us, fp16_us=base[m],
+                               speedup=base[m] / us)
+                    log.write(json.dumps(rec) + "\n")
+                    log.flush()
+                    key = (k, n, m)
+                    if key not in best or us < best[key]["us"]:
+                        best[key] = rec
+            for m in (1, 16, 256):
+                r = best.get((k, n, m))
+                if r:
+                    print(f"best {k}x{n} M={m}: {r['us']:.1f} us vs fp16 {r['fp16_us']:.1f} ({r['speedup']:.2f}x) "
+                          f"bn={r['bn']} {r['kind']} {r['cfg']}", flush=True)
