@@ -18,20 +18,23 @@ from .adapters import Adapter, check_fits, read_adapter
 log = logging.getLogger(__name__)
 
 
-def merged_weight(w: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float) -> torch.Tensor:
-    """w [out, in] + (b [out, r] @ a [r, in]) * scaling, computed in float32, returned in w.dtype."""
-    return (w.float() + (b.float() @ a.float()) * scaling).to(w.dtype)
+def merged_weight(w: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scaling: float,
+                  dtype: torch.dtype | None = None) -> torch.Tensor:
+    """w [out, in] + (b [out, r] @ a [r, in]) * scaling, summed in float32 and rounded once
+    to ``dtype`` (default: w.dtype)."""
+    return (w.float() + (b.float() @ a.float()) * scaling).to(dtype or w.dtype)
 
 
-def merge_into(model: nn.Module, adapter: Adapter, where: str = "adapter") -> list[str]:
-    """Add the adapter's updates to the weights of ``model``'s nn.Linear layers in place."""
+def merge_into(model: nn.Module, adapter: Adapter, where: str = "adapter", dtype: torch.dtype | None = None) -> list[str]:
+    """Replace the weights of ``model``'s adapted nn.Linear layers by their merged values
+    (in ``dtype``, default: the layer's)."""
     check_fits(model, adapter, where)
     for name, (a, b) in adapter.layers.items():
         layer = model.get_submodule(name)
         if not isinstance(layer, nn.Linear):
             raise LowbitError(f"{name} is a {type(layer).__name__}, not a float Linear: merge into the unquantized base")
         with torch.no_grad():
-            layer.weight.copy_(merged_weight(layer.weight, a, b, adapter.scaling[name]))
+            layer.weight.data = merged_weight(layer.weight, a, b, adapter.scaling[name], dtype)
     return list(adapter.layers)
 
 
@@ -61,9 +64,12 @@ def merge(base: str, adapter_dir: str | Path, output_dir: str | Path, dtype: str
     claimed = adapter.config.get("base_model_name_or_path")
     if claimed and str(claimed) != str(base):
         log.warning("adapter %s was trained on %s; merging it into %s", adapter_dir, claimed, base)
-    out_dtype = parse_dtype(dtype) or _stored_dtype(base)
-    model, tokenizer = load_float(base, dtype=torch.float32)
-    names = merge_into(model, adapter, str(adapter_dir))
+    stored = _stored_dtype(base)
+    out_dtype = parse_dtype(dtype) or stored
+    # The base is read in its own precision (a bf16 8B model needs 16 GB, not 32) unless the
+    # output is float32; each merged weight is summed in float32 and rounded once.
+    model, tokenizer = load_float(base, dtype=torch.float32 if out_dtype == torch.float32 else stored)
+    names = merge_into(model, adapter, str(adapter_dir), out_dtype)
     model = model.to(out_dtype)
     with atomic_output_dir(output_dir, overwrite) as tmp:
         model.save_pretrained(tmp)

@@ -120,6 +120,21 @@ def test_merge_is_exactly_base_plus_scaled_product(trained, tiny_llama_dir, tmp_
     assert json.loads((q / "config.json").read_text())["quantization_config"]["method"] == "rtn"
 
 
+def test_merge_to_bf16_rounds_the_float32_sum_once(trained, tiny_llama_dir, tmp_path):
+    _, folder = trained[False]
+    out = tmp_path / "merged16"
+    assert main(["merge", "--base", str(tiny_llama_dir), "--adapter", str(folder), "--output-dir", str(out),
+                 "--dtype", "bfloat16", "--quiet"]) == 0
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(str(out))
+    assert merged.dtype == torch.bfloat16
+    base_model, ad = _float_model(tiny_llama_dir), adapters.read_adapter(folder)
+    for name, (a, b) in ad.layers.items():
+        w = base_model.get_submodule(name).weight
+        assert torch.equal(merged.get_submodule(name).weight, (w + (b @ a) * 2.0).to(torch.bfloat16))
+
+
 def test_merge_refuses_adapter_of_another_model(trained, tiny_dirs, tmp_path, capsys):
     _, folder = trained[False]
     out = tmp_path / "m"
