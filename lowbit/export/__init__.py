@@ -37,6 +37,29 @@ READERS: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+#: Side files older GPTQ (AutoGPTQ) and AWQ (AutoAWQ) checkpoints keep their settings in, when
+#: config.json has no quantization_config, with the quant_method each implies.
+LEGACY_CONFIG_FILES = {"quantize_config.json": "gptq", "quant_config.json": "awq"}
+
+
+def with_legacy_quantization_config(folder: str | Path, config: dict) -> dict:
+    """config.json's dict, given a ``quantization_config`` from a legacy side file if it has none."""
+    import json
+
+    if "quantization_config" in config:
+        return config
+    for name, method in LEGACY_CONFIG_FILES.items():
+        path = Path(folder) / name
+        if path.is_file():
+            try:
+                qc = json.loads(path.read_text())
+            except ValueError as e:
+                raise LowbitError(f"{path} is not valid JSON ({e}): the checkpoint is corrupt") from None
+            if isinstance(qc, dict):
+                return {**config, "quantization_config": {"quant_method": method, **qc}}
+    return config
+
+
 def default_format(method: str) -> str:
     return DEFAULT_FORMAT.get(method, "lowbit")
 

@@ -108,6 +108,10 @@ def load(src: "str | Path", device: str | None = None, dtype: "str | torch.dtype
     tokenizer = None
     if kind in ("folder", "demo"):
         config = checkpoint.read_config(where)
+        if "quantization_config" not in config:  # older GPTQ/AWQ checkpoints: quantize_config.json
+            from ..export import with_legacy_quantization_config
+
+            config = with_legacy_quantization_config(where, config)
         qc = config.get("quantization_config")
         if qc is not None:
             method = qc.get("quant_method") if isinstance(qc, dict) else None

@@ -119,3 +119,22 @@ def test_gptqmodel_awq_kernel_loads_ours_with_the_same_weights_and_logits(quanti
         a, b = model(x).logits, theirs(x).logits
     # GPTQModel's AWQ kernel dequantizes in fp16: the same codes, fp16 rounding of the products.
     assert ((a - b).norm() / a.norm()).item() < 1e-3
+
+
+def test_older_checkpoints_with_settings_in_a_side_file_load(quantized, write):
+    """AutoAWQ (quant_config.json) and AutoGPTQ (quantize_config.json) kept the settings beside config.json."""
+    import json
+
+    model, tok, cfg = quantized(4, 32, False)
+    x = tokens()
+    for fmt, side, settings in [("awq", "quant_config.json", {"zero_point": True, "q_group_size": 32, "w_bit": 4,
+                                                                  "version": "GEMM"}),
+                                ("gptq", "quantize_config.json", None)]:
+        folder = write(model, tok, cfg, fmt, name=f"legacy-{fmt}")
+        config = read_config(folder)
+        qc = config.pop("quantization_config")
+        (folder / "config.json").write_text(json.dumps(config))
+        (folder / side).write_text(json.dumps(settings or {k: v for k, v in qc.items() if k != "quant_method"}))
+        back = lowbit.load(folder, device="cpu")
+        with torch.no_grad():
+            assert torch.equal(back(x).logits, model(x).logits), fmt
