@@ -1,0 +1,56 @@
+"""bench: medians and spreads that agree with their runs; peak memory; bad arguments."""
+import pytest
+import torch
+
+import tiny
+from lowbit.errors import LowbitError
+from lowbit.evaluate.memory import PeakMemory, memory_footprint, storage_bytes
+from lowbit.evaluate.speed import Stat, bench, format_bench
+
+
+def test_stat():
+    s = Stat.of([3.0, 1.0, 2.0, 10.0])
+    assert (s.median, s.min, s.max) == (2.5, 1.0, 10.0)
+    assert s.spread_pct() == pytest.approx(360.0)
+
+
+def test_bench_tiny():
+    model, _ = tiny.build("llama")
+    results = bench(model, [1, 2], prompt_len=16, new_tokens=4, repeats=3, warmup=1, progress=False)
+    assert [r.batch_size for r in results] == [1, 2]
+    for r in results:
+        assert len(r.ttft_s.runs) == 3 and r.ttft_s.min <= r.ttft_s.median <= r.ttft_s.max
+        # every throughput is derived from its own run's time
+        assert sorted(r.prefill_tok_s.runs) == pytest.approx(sorted(r.batch_size * 16 / t for t in r.ttft_s.runs))
+        assert r.decode_tok_s.median > 0
+        assert r.weight_bytes == memory_footprint(model) and r.peak_bytes > r.weight_bytes
+        assert r.dtype == "float32" and r.device == "cpu"
+    table = format_bench(results)
+    assert "decode tok/s" in table and "median [min-max] of 3 runs" in table
+
+
+def test_bench_errors():
+    model, _ = tiny.build("llama")
+    with pytest.raises(LowbitError, match="above the model's maximum of 256"):
+        bench(model, [1], prompt_len=250, new_tokens=10, progress=False)
+    with pytest.raises(LowbitError, match="new-tokens"):
+        bench(model, [1], prompt_len=8, new_tokens=1, progress=False)
+    with pytest.raises(LowbitError, match="batch sizes"):
+        bench(model, [0], prompt_len=8, new_tokens=4, progress=False)
+
+
+def test_peak_memory_sees_an_allocation():
+    with PeakMemory("cpu") as before:
+        pass
+    with PeakMemory("cpu") as peak:
+        x = torch.ones(64 * 2**20 // 4)  # 64 MiB, touched
+        del x
+    assert peak.bytes - before.bytes > 48 * 2**20 or peak.kind.endswith("lifetime)")
+
+
+def test_storage_bytes_counts_floats_at_16_bits():
+    model, _ = tiny.build("llama")  # all float32: half the footprint
+    fp32_bytes = memory_footprint(model)
+    assert storage_bytes(model) * 2 == fp32_bytes
+    model.register_buffer("codes", torch.zeros(1000, dtype=torch.int32))  # integers count as stored
+    assert storage_bytes(model) == fp32_bytes // 2 + 4000
