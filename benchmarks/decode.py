@@ -82,7 +82,12 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--quantize-lm-head", action="store_true")
     p.add_argument("--eager", action="store_true", help="also time without CUDA graphs")
+    p.add_argument("--configs", metavar="JSON", help="tuned kernel configs (benchmarks/kernels.py --tune --best)")
     args = p.parse_args(argv)
+    if args.configs:
+        from lowbit.kernels.triton.configs import load_table
+
+        load_table(args.configs)
     if not torch.cuda.is_available():
         print("benchmarks/decode.py needs a CUDA GPU", file=sys.stderr)
         return 2

@@ -103,36 +103,55 @@ def call_bytes(layer_bytes: int, k: int, n: int, m: int) -> int:
     return layer_bytes + 2 * m * (k + n)
 
 
+def random_linear4bit(k: int, n: int, quant_type: str, gen: torch.Generator):
+    """A Linear4bit (blocksize 64, double-quantized absmax) with random codes."""
+    from lowbit.nn import Linear4bit
+
+    layer = Linear4bit(k, n, bias=False, quant_type=quant_type, compute_dtype=torch.float16, device="cuda")
+    layer.weight_4bit.copy_(torch.randint(0, 256, layer.weight_4bit.shape, generator=gen, dtype=torch.uint8))
+    layer.absmax.copy_(torch.randint(128, 256, layer.absmax.shape, generator=gen, dtype=torch.uint8))
+    layer.nested_absmax.copy_(torch.rand(layer.nested_absmax.shape, generator=gen) * 0.1)
+    layer.nested_offset.fill_(0.05)
+    return layer
+
+
+KINDS = {  # name -> (layer factory (k, n, gen), prepare function name)
+    "int4 g128 asym": (lambda k, n, g: random_quant_linear(k, n, 4, 128, False, g), "prepare_int_group"),
+    "int4 g128 sym": (lambda k, n, g: random_quant_linear(k, n, 4, 128, True, g), "prepare_int_group"),
+    "int8 per-channel": (lambda k, n, g: random_quant_linear(k, n, 8, -1, False, g), "prepare_int_group"),
+    "nf4 b64 dq": (lambda k, n, g: random_linear4bit(k, n, "nf4", g), "prepare_nf4"),
+}
+
+
 def table(args) -> None:
-    from lowbit.kernels.triton.linear import prepare_int_group
+    from lowbit.kernels.triton import linear
 
     gen = torch.Generator().manual_seed(0)
     peak = peak_gbs()
     print(f"device: {torch.cuda.get_device_name()}; copy bandwidth measured {copy_gbs():.0f} GB/s; "
           f"peak {peak:.0f} GB/s", flush=True)
-    rows = []
-    kinds = [("int4 g128 asym", 4, 128, False), ("int4 g128 sym", 4, 128, True), ("int8 per-channel", 8, -1, False)]
-    if args.quick:
-        kinds = kinds[:1]
+    rows, base = [], {}
+    kinds = args.kinds or list(KINDS)
     print(f"{'kind':<18}{'K x N':>12}{'M':>5}{'fp16 us':>9}{'ours us':>9}{'speedup':>9}{'GB/s':>7}{'% peak':>8}")
-    for name, bits, gs, sym in kinds:
+    for name in kinds:
+        make, prepare = KINDS[name]
         for k, n in SHAPES:
-            layers = None
+            probe = make(k, n, gen)
+            nbytes = getattr(linear, prepare)(probe).nbytes()
+            layers = [probe] + [make(k, n, gen) for _ in range(copies_for(nbytes) - 1)]
             for m in args.m:
-                base = fp16_us(k, n, m, gen)
-                if layers is None:
-                    probe = random_quant_linear(k, n, bits, gs, sym, gen)
-                    nbytes = prepare_int_group(probe).nbytes()
-                    layers = [probe] + [random_quant_linear(k, n, bits, gs, sym, gen)
-                                        for _ in range(copies_for(nbytes) - 1)]
+                if (k, n, m) not in base:
+                    base[(k, n, m)] = fp16_us(k, n, m, gen)
                 x = torch.randn(m, k, generator=gen).half().cuda()
                 ours = graph_us([lambda lay=lay: lay(x) for lay in layers])
                 gbs = call_bytes(nbytes, k, n, m) / ours / 1e3
-                row = dict(kind=name, k=k, n=n, m=m, fp16_us=base, ours_us=ours, speedup=base / ours, gbs=gbs,
-                           pct=100 * gbs / peak)
+                row = dict(kind=name, k=k, n=n, m=m, fp16_us=base[(k, n, m)], ours_us=ours,
+                           speedup=base[(k, n, m)] / ours, gbs=gbs, pct=100 * gbs / peak)
                 rows.append(row)
-                print(f"{name:<18}{f'{k}x{n}':>12}{m:>5}{base:>9.1f}{ours:>9.1f}{base / ours:>8.2f}x{gbs:>7.0f}"
-                      f"{row['pct']:>7.0f}%", flush=True)
+                print(f"{name:<18}{f'{k}x{n}':>12}{m:>5}{row['fp16_us']:>9.1f}{ours:>9.1f}{row['speedup']:>8.2f}x"
+                      f"{gbs:>7.0f}{row['pct']:>7.0f}%", flush=True)
+            del layers, probe
+            torch.cuda.empty_cache()
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
@@ -141,14 +160,21 @@ def table(args) -> None:
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--m", type=int, nargs="+", default=[1, 16, 256])
-    p.add_argument("--quick", action="store_true", help="int4 g128 asym only")
+    p.add_argument("--kinds", nargs="+", choices=list(KINDS), help="weight kinds for the table (default: all)")
+    p.add_argument("--quick", action="store_true", help="--tune: one shape, fewer configs")
     p.add_argument("--json", help="write the rows here")
     p.add_argument("--tune", metavar="JSONL", help="sweep kernel configs instead, one JSON line per timing")
+    p.add_argument("--best", metavar="JSON", help="with --tune: write the best config per shape and M here")
+    p.add_argument("--configs", metavar="JSON", help="use these tuned configs (a --best file) on top of configs.py")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("benchmarks/kernels.py needs a CUDA GPU", file=sys.stderr)
         return 2
     load_fast_kernels()
+    if args.configs:
+        from lowbit.kernels.triton.configs import load_table
+
+        load_table(args.configs)
     if not KERNELS["int_group"]:
         print("the Triton kernels are not available (pip install triton)", file=sys.stderr)
         return 2

@@ -19,7 +19,7 @@ from kernels import SHAPES, copies_for, fp16_us, graph_us, random_quant_linear
 from lowbit.kernels.triton import launch
 from lowbit.kernels.triton.layout import repack_int_group
 
-BLOCKS = (32, 64, 128)
+BLOCKS = (32, 64)
 
 
 def fill_split(programs: int, chunks: int) -> int:
@@ -31,7 +31,7 @@ def fill_split(programs: int, chunks: int) -> int:
 
 def splits_around(programs: int, chunks: int) -> list[int]:
     f = fill_split(programs, chunks)
-    return sorted({s for s in (max(1, f // 2), f, f * 2) if s <= chunks})
+    return sorted({s for s in (max(1, f // 2), f, f * 2, f * 4) if s <= chunks})
 
 
 def jobs_for(k: int, n: int, quick: bool) -> list[tuple]:
@@ -40,22 +40,22 @@ def jobs_for(k: int, n: int, quick: bool) -> list[tuple]:
     out = []
     for bn in BLOCKS:
         nb = -(-n // bn)
-        for c in (1, 2):
-            for w in (4, 8):
-                for st in ((3,) if quick else (2, 4)):
-                    for sp in splits_around(nb, kc):
-                        out.append((bn, "gemv", 1, launch.GemvConfig(chunks=c, split=sp, num_warps=w, num_stages=st)))
+        for c, w in ((1, 4), (2, 4), (1, 8), (2, 8), (4, 8)):
+            for pf in (True, False):
+                for sp in splits_around(nb, kc):
+                    out.append((bn, "gemv", 1, launch.GemvConfig(chunks=c, split=sp, num_warps=w, num_stages=1,
+                                                                 prefetch=pf)))
     bn = 64
     for bnt in (64, 128):
         for swap in (False, True):
-            for st in ((3,) if quick else (2, 3, 4)):
+            for st in ((3,) if quick else (3, 4)):
                 for sp in splits_around(-(-n // bnt), kc):
                     out.append((bn, "gemm", 16, launch.GemmConfig(bm=16, bnt=bnt, split=sp, swap=swap, num_warps=4,
                                                                   num_stages=st)))
     for bm, bnt, w in ((64, 128, 4), (128, 128, 8), (128, 64, 4), (128, 256, 8), (256, 128, 8)):
         for st in (2, 3):
             tiles = -(-256 // bm) * -(-n // bnt)
-            for sp in sorted({1, fill_split(tiles, kc)}):
+            for sp in sorted({1} | set(splits_around(tiles, kc)[1:])):
                 out.append((bn, "gemm", 256, launch.GemmConfig(bm=bm, bnt=bnt, split=sp, num_warps=w, num_stages=st)))
     return out
 
@@ -122,3 +122,6 @@ def tune(args) -> None:
                 if r:
                     print(f"best {k}x{n} M={m}: {r['us']:.1f} us vs fp16 {r['fp16_us']:.1f} ({r['speedup']:.2f}x) "
                           f"bn={r['bn']} {r['kind']} {r['cfg']}", flush=True)
+            if args.best:  # after every shape, so a run cut short still leaves its results
+                with open(args.best, "w") as f:
+                    json.dump([dict(r, bits=4) for r in best.values()], f, indent=1)

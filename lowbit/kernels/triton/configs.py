@@ -7,6 +7,7 @@ per layer, when it is repacked, so it cannot depend on M.
 from __future__ import annotations
 
 import functools
+import json
 from dataclasses import replace
 
 import torch
@@ -27,6 +28,18 @@ GEMV_MAX_M = 1
 M_BUCKETS = (16, 32, 64, 128, 256)
 #: Bytes of shared memory the GEMM's pipeline stages may take (H100: 227 KB a block).
 SHARED_BUDGET = 160 * 1024
+
+
+def load_table(path: str) -> None:
+    """Add the best configs written by ``benchmarks/kernels.py --tune`` (a JSON list)."""
+    with open(path) as f:
+        for e in json.load(f):
+            key = (e["n"], e["k"], e["bits"])
+            if e["kind"] == "gemv":
+                GEMV[key] = GemvConfig(**e["cfg"])
+                BLOCK_N[key] = e["bn"]
+            else:
+                GEMM[key + (m_bucket(e["m"]),)] = GemmConfig(**e["cfg"])
 
 
 @functools.lru_cache(maxsize=None)
