@@ -191,6 +191,18 @@ def test_a_client_killed_mid_stream_does_not_disturb_others(client, server):
     assert ask().choices[0].message.content == alone
 
 
+def test_a_client_that_gives_up_on_a_plain_request_frees_its_slot(server):
+    cancelled = server.health()["finished"].get("cancelled", 0)
+    body = {"model": MODEL_NAME, "prompt": "The quick", "max_tokens": 190, "temperature": 0}
+    with pytest.raises(httpx.ReadTimeout):
+        httpx.post(f"{server.url}/v1/completions", json=body, headers={"Authorization": f"Bearer {API_KEY}"},
+                   timeout=httpx.Timeout(10, read=0.3))
+    deadline = time.time() + 20
+    while server.health()["finished"].get("cancelled", 0) == cancelled and time.time() < deadline:
+        time.sleep(0.05)
+    assert server.health()["finished"].get("cancelled", 0) == cancelled + 1
+
+
 def test_load_test_script_runs_without_errors(server):
     path = Path(__file__).resolve().parents[2] / "benchmarks" / "serve_load.py"
     spec = importlib.util.spec_from_file_location("serve_load", path)
