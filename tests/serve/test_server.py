@@ -156,12 +156,13 @@ def test_concurrent_greedy_answers_equal_sequential_ones(client, server):
 
 
 KILLED_CLIENT = textwrap.dedent("""
-    import os, signal, sys, openai
+    import sys, openai
     client = openai.OpenAI(base_url=sys.argv[1], api_key=sys.argv[2], max_retries=0)
     for chunk in client.chat.completions.create(model=sys.argv[3], messages=[{"role": "user", "content": "go"}],
                                                 max_tokens=180, temperature=0, stream=True):
         if chunk.choices and chunk.choices[0].delta.content:
-            os.kill(os.getpid(), signal.SIGKILL)  # die mid-stream, without closing anything
+            print("streaming", flush=True)
+            sys.stdin.read()  # hold the stream open, unread, until the test kills this process
 """)
 
 
@@ -172,21 +173,27 @@ def test_a_client_killed_mid_stream_does_not_disturb_others(client, server):
         return client.chat.completions.create(model=MODEL_NAME, messages=messages, max_tokens=40, temperature=0)
 
     alone = ask().choices[0].message.content
-    cancelled = server.health()["finished"].get("cancelled", 0)
-    with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        killed = subprocess.Popen([sys.executable, "-c", KILLED_CLIENT, f"{server.url}/v1", API_KEY, MODEL_NAME])
-        try:
+    before = server.health()["finished"]
+    killed = subprocess.Popen([sys.executable, "-c", KILLED_CLIENT, f"{server.url}/v1", API_KEY, MODEL_NAME],
+                              stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            assert killed.stdout.readline().strip() == "streaming"
             other = pool.submit(ask)
-            assert killed.wait(60) == -9
-        finally:
-            if killed.poll() is None:
-                killed.kill()
-        assert other.result(60).choices[0].message.content == alone
+            deadline = time.time() + 20
+            while server.health()["running"] < 2 and time.time() < deadline:  # both share the batch now
+                time.sleep(0.01)
+            killed.kill()  # SIGKILL mid-stream: the socket closes without a goodbye
+            assert other.result(60).choices[0].message.content == alone
+    finally:
+        killed.kill()
+        killed.wait(10)
     deadline = time.time() + 20
-    while server.health()["finished"].get("cancelled", 0) == cancelled and time.time() < deadline:
-        time.sleep(0.1)
+    while server.health()["finished"].get("cancelled", 0) == before.get("cancelled", 0) and time.time() < deadline:
+        time.sleep(0.05)
     health = server.health()
-    assert health["finished"].get("cancelled", 0) == cancelled + 1  # freed, not generated to the end
+    assert health["finished"].get("cancelled", 0) == before.get("cancelled", 0) + 1  # freed, not run to the end
+    assert sum(health["finished"].values()) == sum(before.values()) + 2  # the killed one and `other`
     assert health["running"] == 0
     assert ask().choices[0].message.content == alone
 
