@@ -1,0 +1,139 @@
+"""Quality and size of on-the-fly quantization (LLM.int8, NF4, NF4 + double quant, FP4)
+against the float model and RTN int4 group 64, on the demo model (or --model).
+
+    python benchmarks/bnb_quality.py [--windows 8] [--seq-len 2048] [--json out.json]
+                                     [--formats fp32,int8,nf4,...] [--peak-memory]
+
+Perplexity: WikiText-2 test (``--data-dir``, default ../shared/data), GPTQ protocol
+(non-overlapping windows of --seq-len tokens from the start of the file); --windows K scores
+the first K windows only (the whole file has 153 windows of 2048 tokens for the demo
+tokenizer: too slow for 2 shared CPU cores). Memory: parameters + buffers of the loaded
+model (lowbit.memory_footprint); bits/q.weight: bytes of the quantized layers' weight
+tensors (codes, scales, absmax, nested absmax) x 8 / their weight count, measured.
+--peak-memory: peak RSS of a fresh process that loads the model at nf4+dq lazily
+(lowbit.load(..., load_in_4bit=True)) versus one that loads it in float first, and of one
+that only imports torch/transformers (the floor).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+import lowbit
+from lowbit.config import QuantConfig
+from lowbit.evaluate.footprint import bits_per_quantized_weight
+from lowbit.evaluate.perplexity import perplexity, token_ids
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+#: label -> lowbit.load keyword arguments (None: RTN int4 g64 through `lowbit quantize`).
+FORMATS = {
+    "fp32": {},
+    "int8": dict(load_in_8bit=True, llm_int8_threshold=6.0),
+    "int8-t0": dict(load_in_8bit=True, llm_int8_threshold=0.0),
+    "nf4": dict(load_in_4bit=True, bnb_4bit_quant_type="nf4"),
+    "nf4+dq": dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True),
+    "fp4": dict(load_in_4bit=True, bnb_4bit_quant_type="fp4"),
+    "fp4+dq": dict(load_in_4bit=True, bnb_4bit_quant_type="fp4", bnb_4bit_use_double_quant=True),
+    "rtn-int4-g64": None,
+}
+
+_PEAK_SCRIPT = """
+import sys, lowbit, torch
+from lowbit.evaluate.memory import peak_rss
+from lowbit.models.load import load_float
+from lowbit.models.onthefly import quantize_model_bnb
+from lowbit.config import BnbConfig
+src, mode = sys.argv[1], sys.argv[2]
+if mode == "imports only":
+    import transformers.models.llama.modeling_llama, accelerate, safetensors
+    m = torch.nn.Linear(1, 1)
+elif mode == "lazy":
+    m = lowbit.load(src, load_in_4bit=True, bnb_4bit_use_double_quant=True)
+else:
+    m, _ = load_float(src)
+    quantize_model_bnb(m, BnbConfig(load_in_4bit=True, bnb_4bit_use_double_quant=True).to_quant_config(), False)
+print(peak_rss(), lowbit.memory_footprint(m))
+"""
+
+
+def load_format(model: str, label: str, workdir: Path):
+    kwargs = FORMATS[label]
+    if kwargs is None:
+        from lowbit.quantize import quantize
+
+        out = workdir / label
+        quantize(model, out, QuantConfig(method="rtn", bits=4, group_size=64), overwrite=True, progress=False)
+        return lowbit.load(out, device="cpu")
+    return lowbit.load(model, device_map="cpu", **kwargs) if kwargs else lowbit.load(model, device="cpu")
+
+
+def peak_memory(model: str) -> dict:
+    out = {}
+    for mode in ("imports only", "lazy", "float-then-quantize"):
+        res = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, model, mode], capture_output=True, text=True,
+                             check=True)
+        peak, footprint = map(int, res.stdout.split()[-2:])
+        out[mode] = {"peak_rss": peak, "model_bytes": footprint}
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="demo")
+    p.add_argument("--data-dir", default=str(DATA))
+    p.add_argument("--seq-len", type=int, default=2048)
+    p.add_argument("--windows", type=int, default=8, help="first K windows of the test file (default 8)")
+    p.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated subset of {', '.join(FORMATS)}")
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--peak-memory", action="store_true")
+    p.add_argument("--json", default=None, help="also write the rows here")
+    args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    labels = args.formats.split(",")
+    unknown = [lab for lab in labels if lab not in FORMATS]
+    if unknown:
+        p.error(f"unknown format(s) {unknown}")
+    rows = []
+    ids = None
+    with tempfile.TemporaryDirectory() as tmp:
+        for label in labels:
+            t0 = time.perf_counter()
+            model = load_format(args.model, label, Path(tmp))
+            load_s = time.perf_counter() - t0
+            if ids is None:
+                ids = token_ids(model.tokenizer, "wikitext2", data_dir=args.data_dir)
+            r = perplexity(model, model.tokenizer, ids, seq_len=args.seq_len, max_windows=args.windows, progress=False)
+            rows.append({"format": label, "perplexity": r.perplexity, "nll": r.nll, "tokens": r.tokens,
+                         "windows": r.windows, "memory_bytes": lowbit.memory_footprint(model),
+                         "bits_per_quantized_weight": bits_per_quantized_weight(model),
+                         "load_seconds": round(load_s, 1), "eval_seconds": round(r.seconds, 1)})
+            print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
+            del model
+    base = next((r["perplexity"] for r in rows if r["format"] == "fp32"), None)
+    print(f"model {args.model}; WikiText-2 test, seq {args.seq_len}, first {rows[0]['windows']} windows "
+          f"({rows[0]['tokens']} predicted tokens); CPU, {torch.get_num_threads()} threads")
+    print(f"{'format':<14} {'perplexity':>10} {'vs fp32':>8} {'memory MiB':>11} {'bits/q.weight':>13}")
+    for r in rows:
+        delta = "" if base is None else f"{100 * (r['perplexity'] / base - 1):+.2f}%"
+        bits = "-" if r["bits_per_quantized_weight"] is None else f"{r['bits_per_quantized_weight']:.3f}"
+        print(f"{r['format']:<14} {r['perplexity']:>10.3f} {delta:>8} {r['memory_bytes'] / 2**20:>11.1f} {bits:>13}")
+    result = {"rows": rows, "seq_len": args.seq_len, "model": args.model}
+    if args.peak_memory:
+        result["peak_memory"] = peak = peak_memory(args.model)
+        for mode, v in peak.items():
+            print(f"peak RSS, nf4+dq load {mode}: {v['peak_rss'] / 2**20:.0f} MiB (model {v['model_bytes'] / 2**20:.0f} MiB)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
