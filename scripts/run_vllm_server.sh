@@ -45,4 +45,11 @@ if [[ -n "$quantization" ]]; then
   echo "note: --quantization $quantization ignored: lowbit reads the method from $model/config.json" >&2
 fi
 
-exec "${lowbit[@]}" serve "$model" --engine vllm "${args[@]}" --vllm-args "${vllm_args[*]:-}"
+# One string for --vllm-args, each argument shell-quoted (lowbit splits it with shlex); the
+# `=` form keeps argparse from reading a lone "--flag" value as one of its own options.
+extra=""
+if [[ ${#vllm_args[@]} -gt 0 ]]; then
+  extra="$(printf '%q ' "${vllm_args[@]}")"
+fi
+
+exec "${lowbit[@]}" serve "$model" --engine vllm ${args[@]+"${args[@]}"} --vllm-args="$extra"
