@@ -100,7 +100,8 @@ def from_gptq(name: str, tensors: dict, in_features: int, out_features: int, bit
 
 
 def quantization_config(bits: int, group_size: int, desc_act: bool, sym: bool, checkpoint_format: str,
-                        lm_head: bool, cfg: QuantConfig | None, skipped: list[str]) -> dict:
+                        lm_head: bool, cfg: QuantConfig | None, skipped: list[str],
+                        block_modules: list[list[str]] | None = None) -> dict:
     qc = {
         "quant_method": FORMAT,
         "bits": bits,
@@ -117,7 +118,29 @@ def quantization_config(bits: int, group_size: int, desc_act: bool, sym: bool, c
     if skipped:
         # GPTQModel's and vLLM's per-module override: "-:" + regex = leave this module in float.
         qc["dynamic"] = {f"-:^{re.escape(name)}$": {} for name in skipped}
+        if block_modules:
+            # transformers' GPTQ path (optimum) ignores "dynamic": it quantizes the Linear layers of
+            # each block whose names end with one of these.
+            qc["modules_in_block_to_quantize"] = block_modules
     return qc
+
+
+def block_modules(model: nn.Module, quantized: list[str]) -> list[list[str]] | None:
+    """[[block-relative names]] of the quantized layers when every block quantizes the same ones."""
+    from ..models.registry import get_arch, get_blocks
+
+    prefix = get_arch(model).blocks + "."
+    per_block: dict[str, set] = {str(i): set() for i in range(len(get_blocks(model)))}
+    for name in quantized:
+        if name.startswith(prefix):
+            index, _, rel = name[len(prefix):].partition(".")
+            per_block[index].add(rel)
+    kinds = {frozenset(s) for s in per_block.values()}
+    if len(kinds) != 1 or not next(iter(kinds)):
+        log.warning("gptq: blocks quantize different layers; transformers' GPTQ loader (optimum) cannot express "
+                    "that and will expect every Linear to be quantized (vLLM and GPTQModel read 'dynamic')")
+        return None
+    return [sorted(next(iter(kinds)))]
 
 
 def write(model: nn.Module, tokenizer, cfg: QuantConfig | None, out: Path, checkpoint_format: str = "auto") -> dict:
@@ -146,7 +169,8 @@ def write(model: nn.Module, tokenizer, cfg: QuantConfig | None, out: Path, check
     v1 = checkpoint_format == "gptq"
     tensors = {name: to_gptq(w, v1, name) for name, w in weights.items()}
     skipped = [n for n in common.float_linears(model) if n != "lm_head" and not n.endswith(".lm_head")]
-    qc = quantization_config(bits, group_size, desc_act, sym, checkpoint_format, "lm_head" in layers, cfg, skipped)
+    qc = quantization_config(bits, group_size, desc_act, sym, checkpoint_format, "lm_head" in layers, cfg, skipped,
+                             block_modules(model, list(layers)) if skipped else None)
     common.write_model(model, tokenizer, out, qc, tensors)
     (out / "quantize_config.json").write_text(_json(qc))  # AutoGPTQ and older vLLM read this file
     return qc

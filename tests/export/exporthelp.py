@@ -9,13 +9,15 @@ import torch
 import tiny
 
 
-def quantize_tiny(bits: int = 4, group_size: int = 32, sym: bool = True, lm_head: bool = False, seed: int = 0):
+def quantize_tiny(bits: int = 4, group_size: int = 32, sym: bool = True, lm_head: bool = False, seed: int = 0,
+                  skip: tuple = ()):
     """(model with QuantLinear layers, tokenizer, cfg): RTN on the tiny Llama (hidden 96, mlp 160)."""
     from lowbit.config import QuantConfig
     from lowbit.quantize import quantize_model
 
     model, tok = tiny.build("llama", seed=seed)
-    cfg = QuantConfig(method="rtn", bits=bits, group_size=group_size, sym=sym, quantize_lm_head=lm_head)
+    cfg = QuantConfig(method="rtn", bits=bits, group_size=group_size, sym=sym, quantize_lm_head=lm_head,
+                      modules_to_not_convert=list(skip))
     quantize_model(model, cfg, progress=False)
     return model, tok, cfg
 

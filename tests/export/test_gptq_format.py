@@ -187,14 +187,33 @@ def test_missing_g_idx_without_act_order_means_consecutive_groups(quantized, wri
         assert torch.equal(back(x).logits, model(x).logits)
 
 
-@pytest.mark.parametrize("sym, checkpoint_format", [(True, "gptq"), (False, "gptq"), (False, "gptq_v2")])
-def test_gptqmodel_loads_ours_with_the_same_weights_and_logits(quantized, write, sym, checkpoint_format):
+def test_layers_left_in_float_are_named_for_every_loader(write):
+    from exporthelp import quantize_tiny
+
+    model, tok, cfg = quantize_tiny(4, 32, True, skip=("mlp.down_proj",))
+    folder = write(model, tok, cfg, "gptq")
+    qc = read_config(folder)["quantization_config"]
+    assert qc["dynamic"] == {r"-:^model\.layers\.0\.mlp\.down_proj$": {}, r"-:^model\.layers\.1\.mlp\.down_proj$": {}}
+    assert qc["modules_in_block_to_quantize"] == [["mlp.gate_proj", "mlp.up_proj", "self_attn.k_proj",
+                                                   "self_attn.o_proj", "self_attn.q_proj", "self_attn.v_proj"]]
+    back = lowbit.load(folder, device="cpu")
+    assert type(back.model.layers[1].mlp.down_proj).__name__ == "Linear"
+    x = tokens()
+    with torch.no_grad():
+        assert torch.equal(back(x).logits, model(x).logits)
+
+
+@pytest.mark.parametrize("sym, checkpoint_format, skip", [(True, "gptq", ()), (False, "gptq", ()),
+                                                          (False, "gptq_v2", ()), (True, "gptq", ("mlp.down_proj",))],
+                         ids=["v1-sym", "v1-asym", "v2-asym", "v1-skipped-layers"])
+def test_gptqmodel_loads_ours_with_the_same_weights_and_logits(quantized, write, sym, checkpoint_format, skip):
     """Reference loader: transformers + GPTQModel (its pure-torch kernel), when installed."""
     pytest.importorskip("gptqmodel", reason="GPTQModel is not installed (reference loader for GPTQ)")
     pytest.importorskip("optimum", reason="optimum is not installed (transformers' GPTQ path needs it)")
+    from exporthelp import quantize_tiny
     from transformers import AutoModelForCausalLM, GPTQConfig
 
-    model, tok, cfg = quantized(4, 32, sym)
+    model, tok, cfg = quantize_tiny(4, 32, sym, skip=skip) if skip else quantized(4, 32, sym)
     folder = write(model, tok, cfg, "gptq", checkpoint_format=checkpoint_format)
     theirs = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, device_map="cpu",
                                                   quantization_config=GPTQConfig(bits=4, backend="torch"))
