@@ -99,7 +99,10 @@ def write(model: nn.Module, tokenizer, cfg: QuantConfig | None, out: Path) -> di
     if group_size == -1:
         # One group per row is AWQ group size K; layers of different K share their gcd.
         group_size = math.gcd(*(w.in_features for w in weights.values()))
-    common.check_common_group_size(group_size, configured if configured != -1 else group_size, FORMAT)
+        log.warning("awq: one group per row written as group size %d (exact; AWQ has no per-channel mode)",
+                    group_size)
+        configured = group_size
+    common.check_common_group_size(group_size, configured, FORMAT)
     weights = {name: common.split_groups(w, group_size) for name, w in weights.items()}
     for name, w in weights.items():
         if not common.is_contiguous(w.g_idx, group_size):
