@@ -152,9 +152,41 @@ def table(args) -> None:
                       f"{gbs:>7.0f}{row['pct']:>7.0f}%", flush=True)
             del layers, probe
             torch.cuda.empty_cache()
+        if name == "int4 g128 asym" and args.dequant_m:
+            rows += dequant_rows(args.dequant_m, base, peak, gen)
     if args.json:
         with open(args.json, "w") as f:
             json.dump(rows, f, indent=1)
+
+
+def dequant_rows(ms: list[int], base: dict, peak: float, gen: torch.Generator) -> list[dict]:
+    """int4 g128 asym through the large-M path (dequantize once + cuBLAS), for comparison."""
+    from lowbit.kernels.triton import configs, launch, linear
+
+    rows = []
+    saved = configs.gemm_config
+    configs.gemm_config = lambda *a, **k: launch.DequantConfig()
+    try:
+        for k, n in SHAPES:
+            probe = random_quant_linear(k, n, 4, 128, False, gen)
+            nbytes = linear.prepare_int_group(probe).nbytes()
+            layers = [probe] + [random_quant_linear(k, n, 4, 128, False, gen) for _ in range(copies_for(nbytes) - 1)]
+            for m in ms:
+                if (k, n, m) not in base:
+                    base[(k, n, m)] = fp16_us(k, n, m, gen)
+                x = torch.randn(m, k, generator=gen).half().cuda()
+                ours = graph_us([lambda lay=lay: lay(x) for lay in layers])
+                gbs = call_bytes(nbytes, k, n, m) / ours / 1e3
+                row = dict(kind="int4 dequant+cuBLAS", k=k, n=n, m=m, fp16_us=base[(k, n, m)], ours_us=ours,
+                           speedup=base[(k, n, m)] / ours, gbs=gbs, pct=100 * gbs / peak)
+                rows.append(row)
+                print(f"{row['kind']:<18}{f'{k}x{n}':>12}{m:>5}{row['fp16_us']:>9.1f}{ours:>9.1f}"
+                      f"{row['speedup']:>8.2f}x{gbs:>7.0f}{row['pct']:>7.0f}%", flush=True)
+            del layers, probe
+            torch.cuda.empty_cache()
+    finally:
+        configs.gemm_config = saved
+    return rows
 
 
 def main(argv=None) -> int:
@@ -163,6 +195,8 @@ def main(argv=None) -> int:
     p.add_argument("--kinds", nargs="+", choices=list(KINDS), help="weight kinds for the table (default: all)")
     p.add_argument("--quick", action="store_true", help="--tune: one shape, fewer configs")
     p.add_argument("--json", help="write the rows here")
+    p.add_argument("--dequant-m", type=int, nargs="*", default=[],
+                   help="also time the dequantize + cuBLAS path at these M (int4 g128 asym)")
     p.add_argument("--tune", metavar="JSONL", help="sweep kernel configs instead, one JSON line per timing")
     p.add_argument("--best", metavar="JSON", help="with --tune: write the best config per shape and M here")
     p.add_argument("--configs", metavar="JSON", help="use these tuned configs (a --best file) on top of configs.py")

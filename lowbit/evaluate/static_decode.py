@@ -11,6 +11,12 @@ blocks, rotary attention with grouped KV heads, gated MLP); it calls the model's
 modules, so quantized layers run their own kernels. Works on CPU too (no graph), where the
 tests compare it with the transformers forward.
 
+``fused`` (default on CUDA with triton, for models without per-head q/k norms): the q/k/v
+and gate/up projections are concatenated into one layer each (float Linear or QuantLinear
+alike; built once, the model is not modified, this costs their memory once more) and the
+elementwise glue runs as a few fused kernels (``lowbit.kernels.triton.fused``): ~9 launches
+a layer instead of ~40, for the float and the quantized model alike.
+
     dec = StaticDecoder(model, max_len=1024)
     tokens, seconds = dec.generate(prompt_ids [1, T], new_tokens=128)   # LongTensor [1, T + new]
 """
@@ -32,10 +38,57 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+def merge_linears(layers: list[nn.Module]) -> nn.Module | None:
+    """One layer computing the concatenated outputs of ``layers`` (same input), or None.
+
+    Float nn.Linear: weights concatenated. QuantLinear: packed buffers concatenated along
+    the output dim, which needs equal bits, group size and g_idx, and outputs that fill
+    whole zero-point words.
+    """
+    from ..nn import QuantLinear
+
+    first = layers[0]
+    if any((l.bias is None) != (first.bias is None) for l in layers):
+        return None
+    bias = None if first.bias is None else torch.cat([l.bias.detach() for l in layers])
+    if all(type(l) is nn.Linear for l in layers):
+        merged = nn.Linear(first.in_features, sum(l.out_features for l in layers), bias=bias is not None,
+                           device="meta")
+        merged.weight = nn.Parameter(torch.cat([l.weight.detach() for l in layers]), requires_grad=False)
+        if bias is not None:
+            merged.bias = nn.Parameter(bias, requires_grad=False)
+        return merged
+    if all(isinstance(l, QuantLinear) for l in layers):
+        per_word = 32 // first.bits
+        if any(l.bits != first.bits or l.group_size != first.group_size or not torch.equal(l.g_idx, first.g_idx)
+               or l.out_features % per_word or 32 % l.bits for l in layers):
+            return None
+        merged = QuantLinear.empty(first.in_features, sum(l.out_features for l in layers), first.bits,
+                                   first.group_size, bias is not None, first.scales.dtype)
+        merged.qweight = torch.cat([l.qweight for l in layers], dim=1)
+        merged.qzeros = torch.cat([l.qzeros for l in layers], dim=1)
+        merged.scales = torch.cat([l.scales for l in layers], dim=1)
+        merged.g_idx = first.g_idx
+        if bias is not None:
+            merged.bias = bias
+        return merged
+    return None
+
+
+def _fused_kernels_available(device: torch.device) -> bool:
+    import importlib.util
+    import os
+
+    if importlib.util.find_spec("triton") is None:
+        return False
+    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+
+
 class StaticDecoder:
     """Static-cache greedy decoder over a transformers Llama-style causal LM."""
 
-    def __init__(self, model: nn.Module, max_len: int, batch: int = 1, cuda_graph: bool = True) -> None:
+    def __init__(self, model: nn.Module, max_len: int, batch: int = 1, cuda_graph: bool = True,
+                 fused: bool | None = None) -> None:
         cfg = model.config
         if cfg.model_type not in SUPPORTED:
             raise LowbitError(f"static decoding supports {', '.join(SUPPORTED)} models, not {cfg.model_type!r}")
@@ -57,10 +110,21 @@ class StaticDecoder:
         self.cos, self.sin = cos[0].to(self.dtype), sin[0].to(self.dtype)
         self.use_graph = cuda_graph and self.device.type == "cuda"
         self.graph: torch.cuda.CUDAGraph | None = None
+        # The fused kernels take a power-of-two head size (a Triton block) and no q/k norms.
+        plain = not any(hasattr(layer.self_attn, "q_norm") for layer in self.layers) \
+            and self.head_dim & (self.head_dim - 1) == 0
+        self.fused = (fused if fused is not None else self.device.type == "cuda") and plain \
+            and _fused_kernels_available(self.device)
+        if self.fused:
+            self.qkv = [merge_linears([l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj]) for l in self.layers]
+            self.gate_up = [merge_linears([l.mlp.gate_proj, l.mlp.up_proj]) for l in self.layers]
+            self.act_is_silu = all(type(l.mlp.act_fn).__name__ in ("SiLU", "SiLUActivation") for l in self.layers)
 
     @torch.no_grad()
     def forward(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
         """Logits [B, T, V] for tokens ids [B, T] at positions pos [T] (int64), caching K/V."""
+        if self.fused:
+            return self._forward_fused(ids, pos)
         b, t = ids.shape
         h = self.decoder.embed_tokens(ids)  # [B, T, H]
         cos, sin = self.cos[pos][None, None], self.sin[pos][None, None]  # [1, 1, T, D]
@@ -86,6 +150,42 @@ class StaticDecoder:
             mlp = layer.mlp
             h = h + mlp.down_proj(mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x))
         return self.model.lm_head(self.decoder.norm(h))
+
+    def _forward_fused(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+        """``forward`` with merged projections and the fused glue kernels."""
+        from ..kernels.triton import fused
+
+        b, t = ids.shape
+        res = self.decoder.embed_tokens(ids).reshape(b * t, -1)  # the residual stream [R, H]
+        first = self.layers[0].input_layernorm
+        x = fused.add_rmsnorm(res, None, first.weight, first.variance_epsilon)
+        for i, layer in enumerate(self.layers):
+            attn = layer.self_attn
+            if self.qkv[i] is not None:
+                qkv = self.qkv[i](x)
+            else:
+                qkv = torch.cat([attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)], dim=-1)
+            q = fused.rope_cache(qkv.view(b, t, -1), self.cos, self.sin, pos, self.k_cache[i], self.v_cache[i],
+                                 self.heads, self.kv_heads)
+            scale = getattr(attn, "scaling", self.head_dim ** -0.5)
+            if t == 1:
+                o = fused.decode_attention(q, self.k_cache[i], self.v_cache[i], pos, scale)
+            else:
+                mask = torch.arange(self.max_len, device=ids.device)[None, :] <= pos[:, None]
+                o = F.scaled_dot_product_attention(q, self.k_cache[i], self.v_cache[i], attn_mask=mask, scale=scale,
+                                                   enable_gqa=True).transpose(1, 2)
+            a = attn.o_proj(o.reshape(b * t, -1))
+            post = layer.post_attention_layernorm
+            x = fused.add_rmsnorm(a, res, post.weight, post.variance_epsilon)
+            mlp = layer.mlp
+            if self.gate_up[i] is not None and self.act_is_silu:
+                m = fused.silu_mul(self.gate_up[i](x))
+            else:
+                m = mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x)
+            d = mlp.down_proj(m)
+            nxt = self.layers[i + 1].input_layernorm if i + 1 < len(self.layers) else self.decoder.norm
+            x = fused.add_rmsnorm(d, res, nxt.weight, nxt.variance_epsilon)
+        return self.model.lm_head(x).view(b, t, -1)
 
     def _step(self) -> None:
         """One token: logits at the current position -> argmax -> next input, position + 1."""

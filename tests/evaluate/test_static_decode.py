@@ -36,3 +36,41 @@ def test_refuses_what_it_cannot_run():
     dec = StaticDecoder(tiny.build("llama")[0], max_len=16)
     with pytest.raises(LowbitError, match="does not fit"):
         dec.generate(torch.ones(1, 10, dtype=torch.long), new_tokens=10)
+
+
+def _rtn(model, bits=4, group_size=32):
+    """Every decoder Linear -> QuantLinear (round to nearest), in place."""
+    from lowbit.formats import group_block, quantize_affine
+    from lowbit.nn import QuantLinear
+
+    for layer in model.model.layers:
+        for parent, names in ((layer.self_attn, ("q_proj", "k_proj", "v_proj", "o_proj")),
+                              (layer.mlp, ("gate_proj", "up_proj", "down_proj"))):
+            for name in names:
+                lin = getattr(parent, name)
+                aq = quantize_affine(lin.weight.data, bits, group_block(lin.in_features, group_size), sym=False)
+                setattr(parent, name, QuantLinear.from_quantized(aq, group_size, lin.bias))
+    return model
+
+
+@pytest.mark.parametrize("arch,quantized", [("llama", False), ("qwen2", True)])
+def test_fused_path_matches_transformers(arch, quantized):
+    """Merged projections + fused Triton glue (interpreted on CPU) give the transformers logits."""
+    pytest.importorskip("triton")
+    import transformers as tf
+
+    cfg_cls, model_cls = {"llama": (tf.LlamaConfig, tf.LlamaForCausalLM), "qwen2": (tf.Qwen2Config, tf.Qwen2ForCausalLM)}[arch]
+    torch.manual_seed(3)  # head size 32: the fused kernels want a power of two
+    model = model_cls(cfg_cls(hidden_size=128, intermediate_size=160, num_hidden_layers=2, num_attention_heads=4,
+                              num_key_value_heads=2, vocab_size=tiny.VOCAB, max_position_embeddings=256)).eval()
+    if quantized:
+        _rtn(model)
+    ids = torch.randint(3, tiny.VOCAB, (1, 9), generator=torch.Generator().manual_seed(2))
+    dec = StaticDecoder(model, max_len=80, fused=True)  # 80 > one 64-key block of the attention kernel
+    assert dec.fused and all(m is not None for m in dec.qkv + dec.gate_up)
+    assert not StaticDecoder(tiny.build(arch)[0], max_len=16, fused=True).fused  # head size 24
+    ours = torch.cat([dec.forward(ids[:, :7], torch.arange(7)),
+                      *[dec.forward(ids[:, i:i + 1], torch.tensor([i])) for i in range(7, 9)]], dim=1)
+    with torch.no_grad():
+        ref = model(ids).logits
+    torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)

@@ -101,6 +101,15 @@ def test_gemm(tk, m, cfg):
     check(y, ref_out(x, layer), x)
 
 
+@pytest.mark.parametrize("bits,gs,sym,act,k", [(4, 64, False, True, 576), (8, -1, True, False, 256)])
+def test_dequant_matmul(tk, bits, gs, sym, act, k):
+    """Large-M path: decode W once (kernel order), permute x's columns, one matmul."""
+    layer = make_layer(40, k, bits, gs, sym, act, bias=True, device=tk.device)
+    x = torch.randn(5, k, device=tk.device).half()
+    y = tk.launch.dequant_matmul(x if tk.gpu else x.float(), repack(tk, layer, 32), layer.bias, tk.launch.DequantConfig())
+    check(y.to(x.dtype), ref_out(x, layer), x)
+
+
 def test_splitk_leaves_workspace_zero(tk):
     """The last program of a tile reads the sums and zeroes them: the next call needs no memset."""
     layer = make_layer(32, 512, 4, 64, False, device=tk.device)
@@ -146,7 +155,7 @@ def test_gpu_dispatch(tk, dtype, bits, gs, sym, act):
 
     for n, k in [(96, 1024), (4096 + 64, 768), (200, 4096)]:
         layer = make_layer(n, k, bits, gs, sym, act, bias=n == 200, seed=n + k, device="cuda")
-        for m in (1, 3, 16, 17, 64, 257):
+        for m in (1, 3, 16, 17, 64, 257, 600):  # 600: the dequantize + cuBLAS path
             x = torch.randn(m, k, device="cuda", dtype=dtype)
             y = layer(x)
             assert tk.linear.int_group in KERNELS["int_group"]

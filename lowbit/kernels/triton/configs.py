@@ -13,18 +13,41 @@ from dataclasses import replace
 import torch
 import triton
 
-from .launch import GemmConfig, GemvConfig
+from .launch import DequantConfig, GemmConfig, GemvConfig
 from .layout import PK
 
-#: (N, K, bits) -> layout column block. Filled from H100 measurements.
-BLOCK_N: dict[tuple[int, int, int], int] = {}
+# Measured on an H100 SXM (benchmarks/results/h100_tune_best_run2.json: int4 g128 asym,
+# graphed calls on L2-cold weights; the comments give our time and fp16 cuBLAS's).
+#: (N, K, bits) -> layout column block.
+BLOCK_N: dict[tuple[int, int, int], int] = {
+    (1024, 4096, 4): 64,
+    (4096, 4096, 4): 64,
+    (4096, 14336, 4): 64,
+    (14336, 4096, 4): 32,
+}
 #: (N, K, bits) -> GEMV config at M = 1.
-GEMV: dict[tuple[int, int, int], GemvConfig] = {}
+GEMV: dict[tuple[int, int, int], GemvConfig] = {
+    (1024, 4096, 4): GemvConfig(chunks=1, split=16, num_warps=4, num_stages=1, prefetch=False),  # 5.7 us, fp16 7.5
+    (4096, 4096, 4): GemvConfig(chunks=1, split=8, num_warps=4, num_stages=1, prefetch=False),  # 9.3 us, fp16 16.0
+    (4096, 14336, 4): GemvConfig(chunks=1, split=8, num_warps=4, num_stages=1, prefetch=False),  # 19.1 us, fp16 44.5
+    (14336, 4096, 4): GemvConfig(chunks=2, split=1, num_warps=4, num_stages=1, prefetch=False),  # 19.7 us, fp16 42.2
+}
 #: (N, K, bits, M bucket) -> GEMM config.
-GEMM: dict[tuple[int, int, int, int], GemmConfig] = {}
+GEMM: dict[tuple[int, int, int, int], GemmConfig] = {
+    (1024, 4096, 4, 16): GemmConfig(bm=16, bnt=64, split=16, num_warps=4, num_stages=4),  # 8.1 us, fp16 7.7
+    (1024, 4096, 4, 256): GemmConfig(bm=128, bnt=128, split=16, num_warps=8, num_stages=2),  # 32.3 us, fp16 9.0
+    (4096, 4096, 4, 16): GemmConfig(bm=16, bnt=64, split=4, num_warps=4, num_stages=3, swap=True),  # 13.5, 16.1
+    (4096, 4096, 4, 256): GemmConfig(bm=128, bnt=64, split=1, num_warps=4, num_stages=3),  # 41.4 us, fp16 18.7
+    (4096, 14336, 4, 16): GemmConfig(bm=16, bnt=64, split=8, num_warps=4, num_stages=3, swap=True),  # 28.3, 45.0
+    (4096, 14336, 4, 256): GemmConfig(bm=128, bnt=64, split=1, num_warps=4, num_stages=3),  # 138.0 us, fp16 58.3
+    (14336, 4096, 4, 16): GemmConfig(bm=16, bnt=64, split=4, num_warps=4, num_stages=3, swap=True),  # 30.2, 43.0
+    (14336, 4096, 4, 256): GemmConfig(bm=128, bnt=128, split=1, num_warps=8, num_stages=2),  # 120.5 us, fp16 51.0
+}
 
 #: Largest M that runs on the CUDA-core GEMV (above it the tensor-core kernel wins).
 GEMV_MAX_M = 1
+#: From this M on, shapes without a measured config dequantize once and call cuBLAS.
+DEQUANT_MIN_M = 512
 M_BUCKETS = (16, 32, 64, 128, 256)
 #: Bytes of shared memory the GEMM's pipeline stages may take (H100: 227 KB a block).
 SHARED_BUDGET = 160 * 1024
@@ -38,6 +61,8 @@ def load_table(path: str) -> None:
             if e["kind"] == "gemv":
                 GEMV[key] = GemvConfig(**e["cfg"])
                 BLOCK_N[key] = e["bn"]
+            elif e["kind"] == "dequant":
+                GEMM[key + (m_bucket(e["m"]),)] = DequantConfig(**e["cfg"])
             else:
                 GEMM[key + (m_bucket(e["m"]),)] = GemmConfig(**e["cfg"])
 
@@ -56,14 +81,16 @@ def block_n(n: int, k: int, bits: int) -> int:
     if (n, k, bits) in BLOCK_N:
         return BLOCK_N[(n, k, bits)]
     # Wide blocks: a thread then holds several rows of one column block, which shares the
-    # per-column zero/scale work; 32 for narrow layers so they still spread over the SMs.
-    return 64 if n >= 2048 else 32
+    # per-column zero/scale work (64 measured best on most H100 shapes; 128 makes Triton
+    # shuffle through shared memory); 32 for narrow layers so they spread over the SMs.
+    return 64 if n >= 1024 else 32
 
 
 def _fill_split(programs: int, chunks: int, sms: int) -> int:
-    """Power-of-two K split giving about two programs per SM, at most one per chunk."""
+    """Power-of-two K split giving about four programs per SM (what the H100 sweep favoured
+    at M = 1: more of them hide each other's load latency), at most one per chunk."""
     split = 1
-    while programs * split < 2 * sms and split * 2 <= chunks:
+    while programs * split < 4 * sms and split * 2 <= chunks:
         split *= 2
     return split
 
@@ -71,7 +98,8 @@ def _fill_split(programs: int, chunks: int, sms: int) -> int:
 def gemv_config(n: int, k: int, bits: int, nb: int, chunks: int, device: torch.device) -> GemvConfig:
     if (n, k, bits) in GEMV:
         return GEMV[(n, k, bits)]
-    return GemvConfig(chunks=1, split=_fill_split(nb, chunks, _sms(device)), num_warps=4, num_stages=3)
+    return GemvConfig(chunks=1, split=_fill_split(nb, chunks, _sms(device)), num_warps=4, num_stages=1,
+                      prefetch=False)
 
 
 def m_bucket(m: int) -> int:
@@ -92,12 +120,14 @@ def _fit_shared(cfg: GemmConfig, bits: int) -> GemmConfig:
     return replace(cfg, num_stages=stages)
 
 
-def gemm_config(m: int, n: int, k: int, bits: int, chunks: int, device: torch.device) -> GemmConfig:
+def gemm_config(m: int, n: int, k: int, bits: int, chunks: int, device: torch.device) -> GemmConfig | DequantConfig:
     b = m_bucket(m)
     if (n, k, bits, b) in GEMM:
         return GEMM[(n, k, bits, b)]
+    if m >= DEQUANT_MIN_M:
+        return DequantConfig()
     if b <= 16:
-        cfg = GemmConfig(bm=16, bnt=64, num_warps=4, num_stages=3)
+        cfg = GemmConfig(bm=16, bnt=64, num_warps=4, num_stages=3, swap=True)
     elif b <= 64:
         cfg = GemmConfig(bm=b, bnt=64, num_warps=4, num_stages=3)
     else:

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import torch
 import triton
 
+from .dequant import dequant_kernel
 from .gemm import int_gemm_kernel
 from .gemv import int_gemv_kernel
 from .layout import PK, PackedWeight
@@ -38,6 +39,13 @@ class GemmConfig:
 
 #: 2^23 as float32 bits, passed at run time (see ``epilogue.decode_slab``).
 MAGIC = 0x4B000000
+
+@dataclass(frozen=True)
+class DequantConfig:
+    """Large M: dequantize to x's dtype once, then cuBLAS (``dequant_matmul``)."""
+
+    num_warps: int = 4
+
 
 _WORKSPACE: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}
 _MAX_TILES = 1 << 16
@@ -138,3 +146,18 @@ def gemm(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: Gemm
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_common(x, pw, bias),
     )
     return y
+
+
+def dequant_matmul(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: DequantConfig) -> torch.Tensor:
+    """y [M, N] = x [M, K] @ W.T (+ bias): W^T decoded into x's dtype, then one cuBLAS matmul."""
+    wt = torch.empty(pw.k, pw.n, dtype=x.dtype, device=x.device)  # [K, N], kernel order
+    dequant_kernel[(pw.qweight.shape[0], pw.chunks)](
+        pw.qweight, pw.scales, pw.zeros if pw.zeros is not None else pw.qweight,
+        pw.lut if pw.lut is not None else pw.qweight, wt, N=pw.n, K=pw.k, KC=pw.chunks, G=pw.groups, magic=MAGIC,
+        BITS=pw.bits, BN=pw.block_n, PK=PK, GS=pw.group_size, MODE_LUT=pw.mode == "lut",
+        HAS_ZERO=pw.zeros is not None, num_warps=cfg.num_warps,
+    )
+    if pw.perm is not None:
+        x = x.index_select(1, pw.perm)  # kernel order of the columns
+    y = torch.mm(x, wt)
+    return y if bias is None else y + bias.to(y.dtype)

@@ -7,7 +7,7 @@ and the reason is logged once per distinct message.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
@@ -100,7 +100,14 @@ def run_packed(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None) -> 
         y = launch.gemv(x2, pw, bias, cfg)
     else:
         cfg = configs.gemm_config(m, pw.n, pw.k, pw.bits, pw.chunks, x.device)
-        y = launch.gemm(x2, pw, bias, cfg)
+        if isinstance(cfg, launch.DequantConfig):
+            y = launch.dequant_matmul(x2, pw, bias, cfg)
+        else:
+            if pw.mode == "lut":
+                # The code-book gathers would be software-pipelined through shared memory
+                # too (8 slabs a stage): more than a block has. Unpipelined, they fit.
+                cfg = replace(cfg, num_stages=1)
+            y = launch.gemm(x2, pw, bias, cfg)
     return y.view(*x.shape[:-1], pw.n)
 
 

@@ -1,0 +1,141 @@
+"""Small fused kernels for a decode step (lowbit.evaluate.static_decode): at batch 1 each
+torch elementwise op is its own launch, and a Llama layer is ~40 of them; these make it
+~9 (norm, qkv, rope + cache write, attention, o, add + norm, gate-up, silu * mul, down).
+
+    add_rmsnorm(x, residual, weight, eps) -> normed; residual += x in place (x [R, H])
+    rope_cache(qkv, cos, sin, pos, k_cache, v_cache, heads, kv_heads) -> q [B, heads, T, D]
+    decode_attention(q, k_cache, v_cache, pos, scale) -> o [B, T=1, heads * D]
+    silu_mul(gate_up [R, 2F]) -> [R, F]
+Numerics follow transformers' Llama: residual sums rounded to the model dtype, norms and
+softmax in float32.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _add_rmsnorm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, H, eps, HAS_RES: tl.constexpr, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < H
+    x = tl.load(x_ptr + row * H + cols, mask=mask, other=0.0)
+    if HAS_RES:
+        x = (x.to(tl.float32) + tl.load(res_ptr + row * H + cols, mask=mask, other=0.0).to(tl.float32))
+        x = x.to(res_ptr.dtype.element_ty)  # the residual stream is kept in the model dtype
+        tl.store(res_ptr + row * H + cols, x, mask=mask)
+    xf = x.to(tl.float32)
+    var = tl.sum(xf * xf, axis=0) / H
+    y = (xf * tl.rsqrt(var + eps)).to(out_ptr.dtype.element_ty)
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0)
+    tl.store(out_ptr + row * H + cols, (w.to(tl.float32) * y.to(tl.float32)).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def add_rmsnorm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm(x + residual) * weight; the sum is written back into ``residual``. x [R, H]."""
+    h = x.shape[-1]
+    out = torch.empty_like(x)
+    _add_rmsnorm_kernel[(x.numel() // h,)](x, residual if residual is not None else x, weight, out, h, eps,
+                                           HAS_RES=residual is not None, BLOCK=triton.next_power_of_2(h),
+                                           num_warps=4)
+    return out
+
+
+@triton.jit
+def _silu_mul_kernel(gu_ptr, out_ptr, F, BLOCK: tl.constexpr):
+    row = tl.program_id(0).to(tl.int64)
+    cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    mask = cols < F
+    g = tl.load(gu_ptr + row * 2 * F + cols, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(gu_ptr + row * 2 * F + F + cols, mask=mask, other=0.0).to(tl.float32)
+    tl.store(out_ptr + row * F + cols, (g / (1.0 + tl.exp(-g)) * u).to(out_ptr.dtype.element_ty), mask=mask)
+
+
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """silu(gate) * up for gate_up = [gate | up] along the last dim: [R, 2F] -> [R, F]."""
+    f = gate_up.shape[-1] // 2
+    rows = gate_up.numel() // (2 * f)
+    out = torch.empty(*gate_up.shape[:-1], f, dtype=gate_up.dtype, device=gate_up.device)
+    _silu_mul_kernel[(rows, triton.cdiv(f, 1024))](gate_up, out, f, BLOCK=1024, num_warps=4)
+    return out
+
+
+@triton.jit
+def _rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr, T, S,
+                       HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr):
+    bt = tl.program_id(0)  # b * T + t
+    head = tl.program_id(1)  # [0, HEADS): q; then KV_HEADS k heads; then KV_HEADS v heads
+    b = bt // T
+    t = bt % T
+    p = tl.load(pos_ptr + t).to(tl.int64)
+    d = tl.arange(0, D)
+    row = qkv_ptr + bt.to(tl.int64) * (HEADS + 2 * KV_HEADS) * D + head * D
+    x = tl.load(row + d).to(tl.float32)
+    if head < HEADS + KV_HEADS:
+        # rotate_half: [-x2, x1]
+        partner = tl.load(row + (d + D // 2) % D).to(tl.float32)
+        rot = tl.where(d < D // 2, -partner, partner)
+        cos = tl.load(cos_ptr + p * D + d).to(tl.float32)
+        sin = tl.load(sin_ptr + p * D + d).to(tl.float32)
+        y = x * cos + rot * sin
+        if head < HEADS:
+            dst = q_ptr + ((b * HEADS + head) * T + t).to(tl.int64) * D + d
+            tl.store(dst, y.to(q_ptr.dtype.element_ty))
+        else:
+            dst = k_ptr + ((b * KV_HEADS + head - HEADS).to(tl.int64) * S + p) * D + d
+            tl.store(dst, y.to(k_ptr.dtype.element_ty))
+    else:
+        dst = v_ptr + ((b * KV_HEADS + head - HEADS - KV_HEADS).to(tl.int64) * S + p) * D + d
+        tl.store(dst, x.to(v_ptr.dtype.element_ty))
+
+
+def rope_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor, k_cache: torch.Tensor,
+               v_cache: torch.Tensor, heads: int, kv_heads: int) -> torch.Tensor:
+    """qkv [B, T, (heads + 2 kv_heads) * D] -> rotated q [B, heads, T, D]; rotated k and v go
+    into the caches [B, kv_heads, S, D] at positions pos [T]. cos/sin: [S, D]."""
+    b, t, _ = qkv.shape
+    d = k_cache.shape[-1]
+    q = torch.empty(b, heads, t, d, dtype=qkv.dtype, device=qkv.device)
+    _rope_cache_kernel[(b * t, heads + 2 * kv_heads)](qkv, cos, sin, pos, q, k_cache, v_cache, t, k_cache.shape[2],
+                                                      HEADS=heads, KV_HEADS=kv_heads, D=d, num_warps=1)
+    return q
+
+
+@triton.jit
+def _decode_attention_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, S, scale,
+                             HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr, BLOCK_S: tl.constexpr):
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    kvh = h // (HEADS // KV_HEADS)
+    d = tl.arange(0, D)
+    q = tl.load(q_ptr + (b * HEADS + h).to(tl.int64) * D + d).to(tl.float32) * scale
+    last = tl.load(pos_ptr)  # keys 0..last are visible
+    base = (b * KV_HEADS + kvh).to(tl.int64) * S * D
+    m_i = -float("inf")
+    l_i = 0.0
+    acc = tl.zeros([D], dtype=tl.float32)
+    for s0 in range(0, last + 1, BLOCK_S):
+        s = s0 + tl.arange(0, BLOCK_S)
+        smask = s <= last
+        k = tl.load(k_ptr + base + s[:, None] * D + d[None, :], mask=smask[:, None], other=0.0).to(tl.float32)
+        scores = tl.where(smask, tl.sum(k * q[None, :], axis=1), -float("inf"))  # [BLOCK_S]
+        m_new = tl.maximum(m_i, tl.max(scores, axis=0))
+        p = tl.exp(scores - m_new)
+        alpha = tl.exp(m_i - m_new)
+        v = tl.load(v_ptr + base + s[:, None] * D + d[None, :], mask=smask[:, None], other=0.0).to(tl.float32)
+        acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
+        l_i = l_i * alpha + tl.sum(p, axis=0)
+        m_i = m_new
+    tl.store(o_ptr + (b * HEADS + h).to(tl.int64) * D + d, (acc / l_i).to(o_ptr.dtype.element_ty))
+
+
+def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pos: torch.Tensor,
+                     scale: float) -> torch.Tensor:
+    """One query per sequence: q [B, heads, 1, D] over cache positions 0..pos[0] -> [B, 1, heads * D]."""
+    b, heads, _, d = q.shape
+    o = torch.empty(b, 1, heads * d, dtype=q.dtype, device=q.device)
+    _decode_attention_kernel[(b, heads)](q, k_cache, v_cache, pos, o, k_cache.shape[2], scale, HEADS=heads,
+                                         KV_HEADS=k_cache.shape[1], D=d, BLOCK_S=64, num_warps=4)
+    return o
