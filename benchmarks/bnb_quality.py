@@ -43,6 +43,9 @@ FORMATS = {
     "fp4": dict(load_in_4bit=True, bnb_4bit_quant_type="fp4"),
     "fp4+dq": dict(load_in_4bit=True, bnb_4bit_quant_type="fp4", bnb_4bit_use_double_quant=True),
     "rtn-int4-g64": None,
+    # Diagnostic: the same int8 weights with float activations (what bitsandbytes' CPU
+    # backend computes); separates weight error from LLM.int8's activation quantization.
+    "int8-weights-only": dict(load_in_8bit=True),
 }
 
 _PEAK_SCRIPT = """
@@ -72,7 +75,19 @@ def load_format(model: str, label: str, workdir: Path):
         out = workdir / label
         quantize(model, out, QuantConfig(method="rtn", bits=4, group_size=64), overwrite=True, progress=False)
         return lowbit.load(out, device="cpu")
-    return lowbit.load(model, device_map="cpu", **kwargs) if kwargs else lowbit.load(model, device="cpu")
+    m = lowbit.load(model, device_map="cpu", **kwargs) if kwargs else lowbit.load(model, device="cpu")
+    if label == "int8-weights-only":
+        from lowbit.models.checkpoint import set_module
+        from lowbit.nn import Linear8bitLt
+
+        for name, mod in list(m.named_modules()):
+            if isinstance(mod, Linear8bitLt):
+                lin = torch.nn.Linear(mod.in_features, mod.out_features, bias=mod.bias is not None)
+                lin.weight.data = mod.dequantize(torch.float32)
+                if mod.bias is not None:
+                    lin.bias.data = mod.bias.float()
+                set_module(m, name, lin)
+    return m
 
 
 def peak_memory(model: str) -> dict:
@@ -112,20 +127,22 @@ def main() -> None:
             if ids is None:
                 ids = token_ids(model.tokenizer, "wikitext2", data_dir=args.data_dir)
             r = perplexity(model, model.tokenizer, ids, seq_len=args.seq_len, max_windows=args.windows, progress=False)
+            diag = label == "int8-weights-only"  # its size is the int8 row's; it holds float copies
             rows.append({"format": label, "perplexity": r.perplexity, "nll": r.nll, "tokens": r.tokens,
-                         "windows": r.windows, "memory_bytes": lowbit.memory_footprint(model),
-                         "bits_per_quantized_weight": bits_per_quantized_weight(model),
+                         "windows": r.windows, "memory_bytes": None if diag else lowbit.memory_footprint(model),
+                         "bits_per_quantized_weight": None if diag else bits_per_quantized_weight(model),
                          "load_seconds": round(load_s, 1), "eval_seconds": round(r.seconds, 1)})
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
             del model
     base = next((r["perplexity"] for r in rows if r["format"] == "fp32"), None)
     print(f"model {args.model}; WikiText-2 test, seq {args.seq_len}, first {rows[0]['windows']} windows "
           f"({rows[0]['tokens']} predicted tokens); CPU, {torch.get_num_threads()} threads")
-    print(f"{'format':<14} {'perplexity':>10} {'vs fp32':>8} {'memory MiB':>11} {'bits/q.weight':>13}")
+    print(f"{'format':<17} {'perplexity':>10} {'vs fp32':>8} {'memory MiB':>11} {'bits/q.weight':>13}")
     for r in rows:
         delta = "" if base is None else f"{100 * (r['perplexity'] / base - 1):+.2f}%"
         bits = "-" if r["bits_per_quantized_weight"] is None else f"{r['bits_per_quantized_weight']:.3f}"
-        print(f"{r['format']:<14} {r['perplexity']:>10.3f} {delta:>8} {r['memory_bytes'] / 2**20:>11.1f} {bits:>13}")
+        mem = "-" if r["memory_bytes"] is None else f"{r['memory_bytes'] / 2**20:.1f}"
+        print(f"{r['format']:<17} {r['perplexity']:>10.3f} {delta:>8} {mem:>11} {bits:>13}")
     result = {"rows": rows, "seq_len": args.seq_len, "model": args.model}
     if args.peak_memory:
         result["peak_memory"] = peak = peak_memory(args.model)

@@ -121,6 +121,13 @@ def _int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     try:
         return torch._int_mm(a, b.t())
     except RuntimeError:
-        # CUDA's _int_mm wants M > 16 and K, N multiples of 8; int64 is exact for any K
-        # (|sum| <= 127^2 * K) and is the same number.
-        return (a.long() @ b.long().t()).to(torch.int32)
+        pass
+    if a.device.type == "cpu":
+        return (a.long() @ b.long().t()).to(torch.int32)  # exact: |sum| <= 127^2 * K
+    # CUDA's _int_mm wants M > 16 and K, N multiples of 8: zero padding changes no sum.
+    m, k = a.shape
+    n = b.shape[0]
+    mp, kp, np_ = max(32, -(-m // 8) * 8), -(-k // 8) * 8, -(-n // 8) * 8
+    ap = torch.nn.functional.pad(a, (0, kp - k, 0, mp - m))
+    bp = torch.nn.functional.pad(b, (0, kp - k, 0, np_ - n))
+    return torch._int_mm(ap, bp.t())[:m, :n]

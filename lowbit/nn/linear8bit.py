@@ -78,6 +78,17 @@ class Linear8bitLt(nn.Module):
         """Weight [N, K] in ``dtype`` (default: the compute dtype)."""
         return int8.dequantize_rowwise(self.weight_int8, self.weight_scale, dtype or self.compute_dtype)
 
+    def _apply(self, fn, recurse=True):
+        # model.half() / .to(bfloat16) cast every float buffer; the quantization state must
+        # stay as stored (float32), so dtype casts leave it alone and only device moves apply.
+        saved = {n: self._buffers[n] for n in ("weight_scale",) if self._buffers.get(n) is not None}
+        super()._apply(fn, recurse)
+        for name, old in saved.items():
+            new = self._buffers[name]
+            if new.dtype != old.dtype:
+                self._buffers[name] = old.to(new.device)
+        return self
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return kernels.dispatch("int8", x, self)
 

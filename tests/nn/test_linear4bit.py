@@ -70,3 +70,16 @@ def test_bad_arguments():
         Linear4bit.from_linear(nn.Linear(7, 4))
     with pytest.raises(ValueError, match="unknown 4-bit quant type"):
         Linear4bit.from_linear(nn.Linear(8, 4), "int4")
+
+
+def test_half_keeps_the_quantization_state_exact():
+    lin = _linear(128, 64)
+    layer = Linear4bit.from_linear(lin, "nf4", double_quant=True, compute_dtype=torch.float16)
+    plain = Linear4bit.from_linear(lin, "nf4", double_quant=False, compute_dtype=torch.float16)
+    w, w_plain = layer.dequantize(torch.float32), plain.dequantize(torch.float32)
+    layer.half()
+    plain.to(torch.bfloat16)
+    assert layer.nested_absmax.dtype == layer.nested_offset.dtype == plain.absmax.dtype == torch.float32
+    assert layer.bias.dtype == torch.float16 and plain.bias.dtype == torch.bfloat16
+    assert torch.equal(layer.dequantize(torch.float32), w)
+    assert torch.equal(plain.dequantize(torch.float32), w_plain)

@@ -75,3 +75,20 @@ def test_shapes_dtypes_skeleton_and_bad_threshold():
     assert torch.equal(y.reshape(32, 96), src(x))
     with pytest.raises(ValueError, match="threshold"):
         Linear8bitLt.from_linear(lin, threshold=-1)
+
+
+def test_half_keeps_the_scales_float32():
+    lin, x = _setup()
+    layer = Linear8bitLt.from_linear(lin, compute_dtype=torch.float16)
+    scale = layer.weight_scale.clone()
+    layer.half()
+    assert torch.equal(layer.weight_scale, scale) and layer.bias.dtype == torch.float16
+
+
+def test_int8_matmul_padding_path_is_exact():
+    from lowbit.kernels.reference import _int8_matmul
+
+    g = torch.Generator().manual_seed(0)
+    a = torch.randint(-127, 128, (3, 70), generator=g, dtype=torch.int64).to(torch.int8)
+    b = torch.randint(-127, 128, (5, 70), generator=g, dtype=torch.int64).to(torch.int8)
+    assert torch.equal(_int8_matmul(a, b), (a.long() @ b.long().t()).int())
