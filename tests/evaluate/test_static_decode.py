@@ -65,12 +65,16 @@ def test_fused_path_matches_transformers(arch, quantized):
                               num_key_value_heads=2, vocab_size=tiny.VOCAB, max_position_embeddings=256)).eval()
     if quantized:
         _rtn(model)
-    ids = torch.randint(3, tiny.VOCAB, (1, 9), generator=torch.Generator().manual_seed(2))
+    # On a CUDA machine the kernels are compiled (float32 model: QuantLinear takes the
+    # reference path, the glue kernels run); on CPU they are interpreted.
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    model = model.to(device)
+    ids = torch.randint(3, tiny.VOCAB, (1, 9), generator=torch.Generator().manual_seed(2)).to(device)
     dec = StaticDecoder(model, max_len=80, fused=True)  # 80 > one 64-key block of the attention kernel
     assert dec.fused and all(m is not None for m in dec.qkv + dec.gate_up)
-    assert not StaticDecoder(tiny.build(arch)[0], max_len=16, fused=True).fused  # head size 24
-    ours = torch.cat([dec.forward(ids[:, :7], torch.arange(7)),
-                      *[dec.forward(ids[:, i:i + 1], torch.tensor([i])) for i in range(7, 9)]], dim=1)
+    assert not StaticDecoder(tiny.build(arch)[0].to(device), max_len=16, fused=True).fused  # head size 24
+    ours = torch.cat([dec.forward(ids[:, :7], torch.arange(7, device=device)),
+                      *[dec.forward(ids[:, i:i + 1], torch.tensor([i], device=device)) for i in range(7, 9)]], dim=1)
     with torch.no_grad():
         ref = model(ids).logits
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
