@@ -34,7 +34,7 @@ def llama3_8b(layers: int):
                       tie_word_embeddings=False)
     torch.manual_seed(0)
     with torch.device("cuda"):
-        model = LlamaForCausalLM._from_config(cfg, torch_dtype=torch.float16)
+        model = LlamaForCausalLM._from_config(cfg, dtype=torch.float16)
     return model.eval()
 
 

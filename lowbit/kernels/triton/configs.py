@@ -33,21 +33,24 @@ GEMV: dict[tuple[int, int, int], GemvConfig] = {
     (14336, 4096, 4): GemvConfig(chunks=2, split=1, num_warps=4, num_stages=1, prefetch=False),  # 19.7 us, fp16 42.2
 }
 #: (N, K, bits, M bucket) -> GEMM config.
-GEMM: dict[tuple[int, int, int, int], GemmConfig] = {
+GEMM: dict[tuple[int, int, int, int], GemmConfig | DequantConfig] = {
     (1024, 4096, 4, 16): GemmConfig(bm=16, bnt=64, split=16, num_warps=4, num_stages=4),  # 8.1 us, fp16 7.7
-    (1024, 4096, 4, 256): GemmConfig(bm=128, bnt=128, split=16, num_warps=8, num_stages=2),  # 32.3 us, fp16 9.0
+    # M = 256: dequantize + cuBLAS beat the fused kernel on every shape (run 3,
+    # benchmarks/results/h100_table_int4_run3.txt: 14.1/29.2/108.0/114.3 us against fused 33.0/42.0/122.0/135.8).
+    (1024, 4096, 4, 256): DequantConfig(),  # 14.1 us, fp16 9.1
     (4096, 4096, 4, 16): GemmConfig(bm=16, bnt=64, split=4, num_warps=4, num_stages=3, swap=True),  # 13.5, 16.1
-    (4096, 4096, 4, 256): GemmConfig(bm=128, bnt=64, split=1, num_warps=4, num_stages=3),  # 41.4 us, fp16 18.7
+    (4096, 4096, 4, 256): DequantConfig(),  # 29.2 us, fp16 18.7
     (4096, 14336, 4, 16): GemmConfig(bm=16, bnt=64, split=8, num_warps=4, num_stages=3, swap=True),  # 28.3, 45.0
-    (4096, 14336, 4, 256): GemmConfig(bm=128, bnt=64, split=1, num_warps=4, num_stages=3),  # 138.0 us, fp16 58.3
+    (4096, 14336, 4, 256): DequantConfig(),  # 114.3 us, fp16 58.7
     (14336, 4096, 4, 16): GemmConfig(bm=16, bnt=64, split=4, num_warps=4, num_stages=3, swap=True),  # 30.2, 43.0
-    (14336, 4096, 4, 256): GemmConfig(bm=128, bnt=128, split=1, num_warps=8, num_stages=2),  # 120.5 us, fp16 51.0
+    (14336, 4096, 4, 256): DequantConfig(),  # 108.0 us, fp16 50.9
 }
 
 #: Largest M that runs on the CUDA-core GEMV (above it the tensor-core kernel wins).
 GEMV_MAX_M = 1
-#: From this M on, shapes without a measured config dequantize once and call cuBLAS.
-DEQUANT_MIN_M = 512
+#: From this M on, shapes without a measured config dequantize once and call cuBLAS (at
+#: M = 256 that was faster than the fused kernel on all four Llama-3-8B shapes).
+DEQUANT_MIN_M = 129
 M_BUCKETS = (16, 32, 64, 128, 256)
 #: Bytes of shared memory the GEMM's pipeline stages may take (H100: 227 KB a block).
 SHARED_BUDGET = 160 * 1024
