@@ -7,10 +7,14 @@ from __future__ import annotations
 
 from typing import Callable
 
+from .awq import awq_quantize
 from .bnb import BNB_ALGORITHMS
+from .gptq import gptq_quantize
 from .result import LayerResult
 from .rtn import rtn_quantize
 
-ALGORITHMS: dict[str, Callable[..., LayerResult]] = {"rtn": rtn_quantize, **BNB_ALGORITHMS}
+ALGORITHMS: dict[str, Callable[..., LayerResult]] = {
+    "rtn": rtn_quantize, "gptq": gptq_quantize, "awq": awq_quantize, **BNB_ALGORITHMS,
+}
 
 __all__ = ["ALGORITHMS", "LayerResult"]

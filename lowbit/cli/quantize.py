@@ -76,7 +76,8 @@ def run(args: argparse.Namespace) -> int:
         seq_len=args.max_seq_length, seed=args.seed, text_column=args.text_column,
     )
     report = quantize(args.model_path, args.output_dir, cfg, calib if cfg.method in ("gptq", "awq") else None,
-                      overwrite=args.overwrite, progress=not args.quiet, dtype=parse_dtype(args.dtype))
+                      overwrite=args.overwrite, progress=not args.quiet, dtype=parse_dtype(args.dtype),
+                      device=args.device)
     n = len(report["layers"])
     what = {"nf4": f"nf4 block {cfg.blocksize}{' +dq' if cfg.double_quant else ''}", "int8": "int8",
             "fp4": f"fp4 block {cfg.blocksize}{' +dq' if cfg.double_quant else ''}"}.get(

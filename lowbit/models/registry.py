@@ -28,11 +28,14 @@ class ScaleGroup:
 class Arch:
     """blocks: dotted path of the ``nn.ModuleList`` of decoder blocks.
     linears: the block's Linear layers in execution order (true-sequential GPTQ uses it);
-    awq_groups: the scale groups of a block."""
+    awq_groups: the scale groups of a block;
+    norm_offset: 1.0 where norms compute x * (1 + weight) (Gemma), so AWQ folds a scale s
+    into them as (1 + weight) / s - 1."""
 
     blocks: str
     linears: tuple[str, ...]
     awq_groups: tuple[ScaleGroup, ...] = field(default=())
+    norm_offset: float = 0.0
 
 
 _LLAMA_LINEARS = (
@@ -60,10 +63,10 @@ ARCHITECTURES: dict[str, Arch] = {
     "mistral": _LLAMA,
     "qwen2": _LLAMA,
     "qwen3": _LLAMA,
-    "gemma": _LLAMA,
-    "gemma2": Arch("model.layers", _LLAMA_LINEARS, _GEMMA2_GROUPS),
-    "gemma3_text": Arch("model.layers", _LLAMA_LINEARS, _GEMMA2_GROUPS),
-    "gemma3": Arch("model.language_model.layers", _LLAMA_LINEARS, _GEMMA2_GROUPS),
+    "gemma": Arch("model.layers", _LLAMA_LINEARS, _LLAMA_GROUPS, norm_offset=1.0),
+    "gemma2": Arch("model.layers", _LLAMA_LINEARS, _GEMMA2_GROUPS, norm_offset=1.0),
+    "gemma3_text": Arch("model.layers", _LLAMA_LINEARS, _GEMMA2_GROUPS, norm_offset=1.0),
+    "gemma3": Arch("model.language_model.layers", _LLAMA_LINEARS, _GEMMA2_GROUPS, norm_offset=1.0),
     "phi3": Arch(
         "model.layers",
         ("self_attn.qkv_proj", "self_attn.o_proj", "mlp.gate_up_proj", "mlp.down_proj"),

@@ -1,0 +1,365 @@
+"""The sequential runner: calibrate a model block by block, one decoder block on the device.
+
+    acts = capture(model, blocks, input_ids, batch_size, device)   # inputs of block 0
+    for i, block in enumerate(blocks):
+        block.to(device)
+        runner = BlockRunner(block, i, acts, compute_dtype)
+        quantize_block(i, block, runner)     # runner.collect(names) -> input statistics;
+                                             # swaps quantized layers into the block
+        acts.hidden = runner.outputs()       # the quantized block's outputs feed the next
+        block.to(home)
+
+Peak accelerator memory: one block, the calibration activations (inputs and outputs of a
+block, [N, L, hidden] each) and one batch's intermediates.
+
+``capture`` runs the model once with every block replaced by a recorder: block 0's recorder
+keeps its input hidden states, every block's recorder keeps the other arguments the model
+passes it (attention mask, rotary embeddings, position ids: they differ between layers in
+models with sliding-window layers), and the last one stops the forward before the head.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import LowbitError
+from ..models.registry import get_blocks
+
+log = logging.getLogger(__name__)
+
+#: Tokens per calibration forward batch: big enough for efficient matmuls, small enough
+#: that one batch's MLP intermediates stay well below the activations themselves.
+BATCH_TOKENS = {"cpu": 8192, "cuda": 16384}
+
+OOM_ERRORS = (getattr(torch, "OutOfMemoryError", torch.cuda.OutOfMemoryError),)
+
+
+class _Stop(Exception):
+    """Raised inside a forward pass to skip the rest of it."""
+
+
+@dataclass
+class Activations:
+    """hidden: per batch [b, L, hidden], the inputs of the current block (on the device);
+    calls[i][j]: (extra positional args, kwargs) the model passes block i for batch j."""
+
+    hidden: list[torch.Tensor]
+    calls: list[list[tuple[tuple, dict]]]
+    as_output: Callable[[torch.Tensor], object]
+    #: whether replaying a frozen submodule's recorded output was checked to give the same
+    #: block output as recomputing it (None: not checked yet)
+    replay_ok: bool | None = None
+
+
+def resolve_device(device: "str | torch.device | None") -> torch.device:
+    """None -> cuda when available, else cpu; a CUDA device that is not there is an error."""
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise LowbitError(f"--device {device} is not a device: use cuda, cuda:N or cpu") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise LowbitError(f"--device {device}: no CUDA device is available here; use --device cpu")
+    return dev
+
+
+def resolve_compute_dtype(model_dtype: torch.dtype, device: torch.device, dtype="auto") -> torch.dtype:
+    """The dtype of the calibration forward passes. 16-bit models run as they are; float32
+    models run under autocast in bfloat16 where it is fast (GPUs, CPUs with AVX512-BF16/AMX:
+    2-3x the float32 speed there) and in float32 elsewhere. Statistics are float32 always."""
+    if dtype != "auto":
+        return dtype
+    if model_dtype != torch.float32:
+        return model_dtype
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    fast_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(
+        torch.cpu, "_is_amx_tile_supported", lambda: False)()
+    return torch.bfloat16 if fast_bf16 else torch.float32
+
+
+def _to(obj, device):
+    if isinstance(obj, torch.Tensor):
+        return obj.to(device, non_blocking=True)
+    if isinstance(obj, (tuple, list)):
+        return type(obj)(_to(o, device) for o in obj)
+    if isinstance(obj, dict):
+        return {k: _to(v, device) for k, v in obj.items()}
+    return obj
+
+
+@contextlib.contextmanager
+def _patched_forwards(blocks: Iterable[nn.Module], make: Callable[[int, nn.Module], Callable]):
+    """Replace each block's forward (instance attribute) for the duration."""
+    saved = []
+    try:
+        for i, block in enumerate(blocks):
+            saved.append((block, block.__dict__.get("forward")))
+            block.forward = make(i, block)
+        yield
+    finally:
+        for block, fwd in saved:
+            if fwd is None:
+                del block.forward
+            else:
+                block.forward = fwd
+
+
+def _run_model(model: nn.Module, ids: torch.Tensor) -> None:
+    try:
+        model(input_ids=ids.to(model.get_input_embeddings().weight.device), use_cache=False)
+    except _Stop:
+        return
+    raise RuntimeError("the model's forward did not reach its last decoder block")
+
+
+def _output_structure(model: nn.Module, blocks: nn.ModuleList, ids: torch.Tensor) -> Callable:
+    """How a block returns its hidden states: a tensor (transformers 5) or a tuple that starts
+    with it (older versions). Learned from block 0 on a 4-token input."""
+    found = {}
+
+    def make(i, block):
+        original = type(block).forward.__get__(block)
+
+        def probe(*args, **kwargs):
+            out = original(*args, **kwargs)
+            found["tuple"] = isinstance(out, tuple) and len(out)
+            raise _Stop
+
+        return probe if i == 0 else (lambda *a, **k: None)
+
+    with _patched_forwards(blocks, make):
+        _run_model(model, ids[:1, :4])
+    n = found["tuple"]
+    return (lambda h: (h,) + (None,) * (n - 1)) if n else (lambda h: h)
+
+
+@torch.no_grad()
+def capture(model: nn.Module, blocks: nn.ModuleList, input_ids: torch.Tensor, batch_size: int,
+            device: torch.device) -> Activations:
+    """Inputs of block 0 (on ``device``) and every block's call arguments, per batch."""
+    as_output = _output_structure(model, blocks, input_ids)
+    hidden: list[torch.Tensor] = []
+    calls: list[list] = [[] for _ in blocks]
+    last = len(blocks) - 1
+
+    def make(i, block):
+        def record(hidden_states, *args, **kwargs):
+            calls[i].append((args, kwargs))
+            if i == 0:
+                hidden.append(hidden_states.to(device))
+            if i == last:
+                raise _Stop
+            return as_output(hidden_states)
+
+        return record
+
+    with _patched_forwards(blocks, make):
+        for batch in input_ids.split(batch_size):
+            _run_model(model, batch)
+    return Activations(hidden, calls, as_output)
+
+
+class BlockRunner:
+    """Forward passes of one block (on the device) over the calibration batches."""
+
+    def __init__(self, block: nn.Module, index: int, acts: Activations, compute_dtype: torch.dtype):
+        self.block = block
+        self.index = index
+        self.acts = acts
+        self.device = acts.hidden[0].device
+        model_dtype = next(block.parameters()).dtype
+        self.autocast = (torch.autocast(self.device.type, dtype=compute_dtype)
+                         if compute_dtype != model_dtype else contextlib.nullcontext())
+        self.frozen: dict[str, dict[int, object]] = {}  # submodule -> {batch: recorded output}
+
+    def freeze(self, child: str) -> None:
+        """The output of submodule ``child`` (e.g. ``self_attn`` once q, k, v, o are quantized)
+        no longer changes: the next pass that computes it records it per batch and later
+        passes replay it instead of recomputing it (true-sequential GPTQ's later passes then
+        cost little more than the MLP)."""
+        self.frozen.setdefault(child, {})
+
+    def _forward(self, j: int, replay: bool = True) -> torch.Tensor:
+        args, kwargs = _to(self.acts.calls[self.index][j], self.device)
+        handles, patched = [], []
+        for child, cache in self.frozen.items():
+            module = self.block.get_submodule(child)
+            if replay and j in cache and self.acts.replay_ok is not False:
+                patched.append((module, module.__dict__.get("forward")))
+                module.forward = lambda *a, _out=cache[j], **k: _out
+            else:
+                handles.append(module.register_forward_hook(
+                    lambda m, a, out, _cache=cache: _cache.__setitem__(j, _detach(out))))
+        try:
+            with torch.no_grad(), self.autocast:
+                out = self.block(self.acts.hidden[j], *args, **kwargs)
+        finally:
+            for h in handles:
+                h.remove()
+            for module, saved in patched:
+                if saved is None:
+                    del module.forward
+                else:
+                    module.forward = saved
+        return out[0] if isinstance(out, tuple) else out
+
+    def _check_replay(self) -> None:
+        """Once per run: the block output with recorded submodule outputs replayed must equal
+        the recomputed one (a block that changed a submodule's output in place would break
+        replaying); otherwise replaying is turned off, with a warning."""
+        if self.acts.replay_ok is not None or not any(0 in c for c in self.frozen.values()):
+            return
+        replayed = self._forward(0)
+        recomputed = self._forward(0, replay=False)
+        self.acts.replay_ok = bool(torch.allclose(replayed.float(), recomputed.float(), rtol=1e-3, atol=1e-5))
+        if not self.acts.replay_ok:
+            log.warning("replaying recorded submodule outputs changes the block output: recomputing them instead")
+
+    def collect(self, names: list[str], make_stats: Callable[[int, torch.device], object],
+                stop_early: bool = True) -> dict[str, object]:
+        """Statistics (``make_stats(K, device)`` objects with ``add(x [..., K])``) of the inputs
+        of the named Linear layers over all batches. Layers that read the very same tensor
+        (q, k and v) share one statistics object. ``stop_early``: end each forward once every
+        named layer has seen its input."""
+        stats: dict[str, object] = {}
+        seen: dict[int, tuple[torch.Tensor, object]] = {}  # id(x) -> (x kept alive, its stats)
+        done: set[str] = set()
+        wanted = set(names)
+
+        def hook(name):
+            def pre_hook(module, args):
+                x = args[0]
+                entry = seen.get(id(x))
+                if entry is not None and entry[0] is x:
+                    stats.setdefault(name, entry[1])
+                else:
+                    s = stats.get(name)
+                    if s is None:
+                        s = stats[name] = make_stats(x.shape[-1], x.device)
+                    s.add(x.detach())
+                    seen[id(x)] = (x, s)
+                done.add(name)
+                if stop_early and done >= wanted:
+                    raise _Stop
+
+            return pre_hook
+
+        handles = [self.block.get_submodule(n).register_forward_pre_hook(hook(n)) for n in names]
+        try:
+            for j in range(len(self.acts.hidden)):
+                seen.clear()
+                done.clear()
+                try:
+                    self._forward(j)
+                except _Stop:
+                    pass
+        finally:
+            for h in handles:
+                h.remove()
+        return stats
+
+    def outputs(self) -> list[torch.Tensor]:
+        """The block's outputs per batch; NaN/Inf is an error naming the block."""
+        self._check_replay()
+        outs = []
+        for j, x in enumerate(self.acts.hidden):
+            y = self._forward(j).to(x.dtype)
+            if not torch.isfinite(y).all():
+                raise LowbitError(
+                    f"decoder block {self.index} produced NaN/Inf activations on the calibration data: the "
+                    "model overflows in this dtype or its weights are corrupt; try float32 (--device cpu)"
+                )
+            outs.append(y)
+        return outs
+
+
+def _detach(out):
+    if isinstance(out, torch.Tensor):
+        return out.detach()
+    return type(out)(_detach(o) for o in out) if isinstance(out, (tuple, list)) else out
+
+
+def _home(block: nn.Module) -> torch.device:
+    p = next(block.parameters(), None)
+    return p.device if p is not None else torch.device("cpu")
+
+
+def _oom_message(device: torch.device, input_ids: torch.Tensor | None, where: str) -> str:
+    size = "" if input_ids is None else f" with {input_ids.shape[0]} x {input_ids.shape[1]} calibration tokens"
+    return (f"out of memory on {device} {where}{size}: use fewer --calibration-samples or a shorter "
+            "--max-seq-length")
+
+
+def _is_oom(e: BaseException) -> bool:
+    return isinstance(e, OOM_ERRORS) or (isinstance(e, RuntimeError) and (
+        "out of memory" in str(e) or "can't allocate memory" in str(e)))
+
+
+def run(
+    model: nn.Module,
+    input_ids: torch.Tensor | None,
+    quantize_block: Callable[[int, nn.Module, "BlockRunner | None"], list[dict]],
+    device: "str | torch.device | None" = None,
+    compute_dtype="auto",
+    batch_size: int | None = None,
+    progress: bool = True,
+    desc: str = "quantize",
+) -> list[dict]:
+    """Walk the decoder blocks in order: on ``device``, ``quantize_block(i, block, runner)``
+    (runner None without calibration data), then the block's outputs become the next inputs.
+    input_ids: LongTensor [N, L] or None. Returns the records quantize_block returns."""
+    device = resolve_device(device)
+    blocks = get_blocks(model)
+    acts = None
+    if input_ids is not None:
+        if batch_size is None:
+            batch_size = max(1, BATCH_TOKENS.get(device.type, 8192) // input_ids.shape[1])
+        t0 = time.perf_counter()
+        try:
+            acts = capture(model, blocks, input_ids, batch_size, device)
+        except Exception as e:
+            if _is_oom(e):
+                raise LowbitError(_oom_message(device, input_ids, "while capturing the calibration inputs")) from None
+            raise
+        if not all(torch.isfinite(h).all() for h in acts.hidden):
+            raise LowbitError("the embeddings produce NaN/Inf on the calibration data: the model's weights are corrupt")
+        log.info("captured %d x %d calibration tokens in %d batches (%.1f s)", *input_ids.shape,
+                 len(acts.hidden), time.perf_counter() - t0)
+    records: list[dict] = []
+    bar = tqdm(blocks, desc=desc, unit="block", disable=not progress)
+    for i, block in enumerate(bar):
+        home = _home(block)
+        t0 = time.perf_counter()
+        try:
+            block.to(device)
+            runner = None
+            if acts is not None:
+                dtype = resolve_compute_dtype(next(block.parameters()).dtype, device, compute_dtype)
+                runner = BlockRunner(block, i, acts, dtype)
+            recs = quantize_block(i, block, runner)
+            if runner is not None and i < len(blocks) - 1:
+                acts.hidden = runner.outputs()
+        except Exception as e:
+            if _is_oom(e):
+                acts = None
+                block.to(home)
+                raise LowbitError(_oom_message(device, input_ids, f"in decoder block {i}")) from None
+            raise
+        block.to(home)
+        for r in recs:
+            r["block_seconds"] = round(time.perf_counter() - t0, 3)
+        records.extend(recs)
+        if recs:  # the layer errors of the block, worst first
+            worst = max(recs, key=lambda r: r["rel_weight_error"])
+            bar.set_postfix_str(f"worst {'.'.join(worst['layer'].split('.')[-2:])} "
+                                f"rel.err {worst['rel_weight_error']:.4f} loss {worst['loss']:.3g}")
+    return records
