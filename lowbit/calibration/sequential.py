@@ -72,18 +72,22 @@ def resolve_device(device: "str | torch.device | None") -> torch.device:
 
 
 def resolve_compute_dtype(model_dtype: torch.dtype, device: torch.device, dtype="auto") -> torch.dtype:
-    """The dtype of the calibration forward passes. 16-bit models run as they are; float32
-    models run under autocast in bfloat16 where it is fast (GPUs, CPUs with AVX512-BF16/AMX:
-    2-3x the float32 speed there) and in float32 elsewhere. Statistics are float32 always."""
+    """The dtype of the calibration forward passes (autocast when it differs from the
+    model's). GPUs: 16-bit models as they are, float32 ones in bfloat16 (float16 without
+    bf16 support). CPUs: bfloat16 where it is fast (AVX512-BF16/AMX: 2-3x the float32 speed)
+    and for float16 models (CPUs have no fast float16 matmul), float32 otherwise. Statistics
+    are accumulated in float32 always."""
     if dtype != "auto":
         return dtype
-    if model_dtype != torch.float32:
-        return model_dtype
     if device.type == "cuda":
+        if model_dtype in (torch.float16, torch.bfloat16):
+            return model_dtype
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     fast_bf16 = getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() or getattr(
         torch.cpu, "_is_amx_tile_supported", lambda: False)()
-    return torch.bfloat16 if fast_bf16 else torch.float32
+    if model_dtype in (torch.float16, torch.bfloat16) or fast_bf16:
+        return torch.bfloat16
+    return torch.float32
 
 
 def _to(obj, device):
