@@ -22,7 +22,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="keep the quantized checkpoints under OUTPUT_DIR/checkpoints (default: temporary)")
     p.add_argument("--batch-size", type=int, default=1, help="bench batch size (default: 1)")
     p.add_argument("--prompt-len", type=int, default=128, help="bench prompt tokens (default: 128)")
-    p.add_argument("--new-tokens", type=int, default=32, help="bench generated tokens (default: 32)")
+    p.add_argument("--new-tokens", type=int, default=16, help="bench generated tokens (default: 16)")
     p.add_argument("--repeats", type=int, default=3, help="bench timed runs per model (default: 3)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda if available)")
     p.add_argument("--dtype", default=None, help="float parts' dtype (default: float32 on CPU, float16 on CUDA)")

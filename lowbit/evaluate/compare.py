@@ -23,6 +23,7 @@ while loading and computing perplexity.
 """
 from __future__ import annotations
 
+import ctypes
 import gc
 import logging
 import tempfile
@@ -76,6 +77,11 @@ def _release() -> None:
     gc.collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
+    # glibc keeps freed heap pages; without this the next row's peak RSS would include them.
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: the next peak may include freed memory
 
 
 def _quantize(base, label: str, method: str, args: dict, work: Path, progress: bool) -> tuple[Path, dict]:
@@ -158,7 +164,7 @@ def _add_ratios(rows: list[dict]) -> None:
 
 def compare(base: "str | Path", methods=(BASELINE, "rtn"), bits: int = 4, group_size: int = 128,
             dataset: str = "wikitext2", split: str = "test", data_dir=None, seq_len: int = 2048,
-            max_windows: int | None = None, batch_size: int = 1, prompt_len: int = 128, new_tokens: int = 32,
+            max_windows: int | None = None, batch_size: int = 1, prompt_len: int = 128, new_tokens: int = 16,
             repeats: int = 3, warmup: int = 1, device: str | None = None, dtype=None,
             calibration: CalibrationConfig | None = None, checkpoint_dir: "str | Path | None" = None,
             progress: bool = True) -> dict:

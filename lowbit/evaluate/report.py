@@ -115,10 +115,15 @@ def render_png(report: dict, path: Path) -> None:
     err = [[m - r["bench"]["decode_tok_s"]["min"] for m, r in zip(med, rows)],
            [r["bench"]["decode_tok_s"]["max"] - m for m, r in zip(med, rows)]]
     bars = ax2.bar(labels, med, yerr=err, capsize=6, color=colors, zorder=3)
-    for bar, r in zip(bars, rows):
-        # inside the bar, clear of the error bar drawn at its top
-        ax2.text(bar.get_x() + bar.get_width() / 2, bar.get_height() / 2, f"{r['speedup_decode']:.2f}x",
-                 ha="center", va="center", color="white", fontsize=12, fontweight="bold", zorder=4)
+    top = max(m + e for m, e in zip(med, err[1])) or 1.0
+    for bar, r, hi in zip(bars, rows, err[1]):
+        x, h = bar.get_x() + bar.get_width() / 2, bar.get_height()
+        if h > 0.2 * top:  # inside the bar, clear of the error bar drawn at its top
+            ax2.text(x, h / 2, f"{r['speedup_decode']:.2f}x", ha="center", va="center", color="white",
+                     fontsize=12, fontweight="bold", zorder=4)
+        else:  # too short to hold the label: above its error bar
+            ax2.text(x, h + hi + 0.02 * top, f"{r['speedup_decode']:.2f}x", ha="center", va="bottom",
+                     fontsize=12, fontweight="bold", zorder=4)
     s = report["settings"]
     ax2.set_ylabel("decode tokens/s (median, bars: min-max)")
     ax2.set_title(f"Decode speed, batch {s['batch_size']} on {s['device']} ({s['repeats']} runs)")
