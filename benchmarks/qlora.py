@@ -18,6 +18,7 @@ tokens/s (steady steps) and peak GPU memory.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import subprocess
@@ -48,8 +49,15 @@ def child(argv: list[str], mem_file: str) -> int:
     inner, phases = loop.train, {}
 
     def measured(*a, **kw):
+        from lowbit.evaluate.memory import memory_footprint
+
+        phases["model_bytes"] = memory_footprint(a[0])
         phases["load_peak_rss"] = _vm("VmHWM")  # loading (+ 4-bit quantization) and tokenizing
-        Path("/proc/self/clear_refs").write_text("5")  # Linux: reset the peak-RSS counter
+        # Give freed heap (the float weights replaced by 4-bit ones) back to the OS, then reset
+        # the peak-RSS counter (Linux), so the training peak counts what training holds.
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+        phases["rss_at_train_start"] = _vm("VmRSS")
+        Path("/proc/self/clear_refs").write_text("5")
         out = inner(*a, **kw)
         phases["train_peak_rss"] = _vm("VmHWM")
         return out
@@ -68,7 +76,7 @@ def run_child(argv: list[str], out: Path, log_name: str) -> tuple[dict, float]:
     mem = out / f"{log_name}.mem.json"
     t0 = time.perf_counter()
     with open(out / f"{log_name}.log", "w") as f:
-        rc = subprocess.call([sys.executable, __file__, "--child", str(mem), "--", *argv], stdout=f,
+        rc = subprocess.call([sys.executable, __file__, "--child", str(mem), str(torch.get_num_threads()), *argv], stdout=f,
                              stderr=subprocess.STDOUT, cwd=ROOT)
     wall = time.perf_counter() - t0
     if rc != 0:
@@ -79,10 +87,11 @@ def run_child(argv: list[str], out: Path, log_name: str) -> tuple[dict, float]:
 # ---------------------------------------------------------------- CPU: the demo model
 
 
-def write_data(out: Path, n_eval: int) -> tuple[Path, Path]:
+def write_data(out: Path, n_eval: int, chunk_chars: int) -> tuple[Path, Path]:
     from lowbit.train.data import pydoc_instructions
 
-    train, held = pydoc_instructions("train", chunk_chars=200), pydoc_instructions("validation", chunk_chars=200)
+    train = pydoc_instructions("train", chunk_chars=chunk_chars)
+    held = pydoc_instructions("validation", chunk_chars=chunk_chars)
     held = held[:: max(1, len(held) // n_eval)][:n_eval]  # spread over all held-out topics
     paths = out / "pydoc-train.jsonl", out / "pydoc-heldout.jsonl"
     for p, recs in zip(paths, (train, held)):
@@ -160,26 +169,52 @@ def held_out_losses(models: dict[str, str], adapter: Path, held: Path) -> dict:
     return out
 
 
+MEMORY_RUNS = {  # label -> extra `lowbit train` flags; same data, steps and batch for all
+    "QLoRA, NF4 base, fp32 compute": [],
+    "LoRA, fp32 base": ["--no-load-in-4bit"],
+    "QLoRA, NF4 base, bf16 compute": ["--bnb-4bit-compute-dtype", "bfloat16"],
+    "LoRA, bf16 base": ["--no-load-in-4bit", "--bnb-4bit-compute-dtype", "bfloat16"],
+}
+
+
 def cpu(args) -> None:
     out = ROOT / args.out
     out.mkdir(parents=True, exist_ok=True)
-    train_path, held_path = write_data(out, args.eval_records)
-    common = ["--model-path", "demo", "--dataset", str(train_path), "--eval-dataset", str(held_path),
-              "--max-seq-length", "256", "--per-device-train-batch-size", str(args.batch), "--learning-rate",
-              str(args.lr), "--warmup-ratio", "0.05", "--logging-steps", "5", "--save-steps", "0", "--seed", "0",
-              "--overwrite", "--quiet"]
-    adapter = out / "adapter"
-    mem_q, wall_q = run_child(["train", *common, "--max-steps", str(args.steps), "--output-dir", str(adapter)], out, "qlora")
-    rq = json.loads((adapter / "train_report.json").read_text())
-    mem_16, wall_16 = run_child(["train", *common, "--max-steps", str(args.baseline_steps), "--no-load-in-4bit",
-                                 "--bnb-4bit-compute-dtype", "bfloat16", "--output-dir", str(out / "lora-bf16")],
-                                out, "lora-bf16")
-    r16 = json.loads((out / "lora-bf16" / "train_report.json").read_text())
+    train_path, held_path = write_data(out, args.eval_records, args.chunk_chars)
+    common = ["--model-path", "demo", "--dataset", str(train_path), "--max-seq-length", str(args.max_seq_length),
+              "--per-device-train-batch-size", str(args.batch), "--learning-rate", str(args.lr), "--warmup-ratio", "0.05",
+              "--logging-steps", "5", "--save-steps", "0", "--seed", "0", "--overwrite"]
+    path = out / "result.json"
+    result = json.loads(path.read_text()) if path.is_file() else {}
+    result.update(threads=torch.get_num_threads(), batch=args.batch)
+    if "quality" in args.parts:
+        result.update(quality(args, out, common, held_path), load_average_quality=os.getloadavg())
+        path.write_text(json.dumps(result, indent=2))
+    if "memory" in args.parts:
+        mem = {}
+        for label, extra in MEMORY_RUNS.items():
+            name = "mem-" + "".join(c if c.isalnum() else "-" for c in label.lower())
+            m, wall = run_child(["train", *common, "--max-steps", str(args.baseline_steps), "--gradient-checkpointing",
+                                 "--output-dir", str(out / name), *extra], out, name)
+            rep = json.loads((out / name / "train_report.json").read_text())
+            mem[label] = {**m, "wall_seconds": wall, "tokens_per_second": rep["tokens_per_second"]}
+        result.update(memory=mem, memory_steps=args.baseline_steps, load_average_memory=os.getloadavg())
+        path.write_text(json.dumps(result, indent=2))
+    print_cpu(result)
+
+
+def quality(args, out: Path, common: list[str], held_path: Path) -> dict:
+    """The 60-step QLoRA run, then peft / merge / quantize checks on its adapter."""
+    from transformers import AutoTokenizer
 
     from lowbit.cli import main
     from lowbit.models.demo import demo_dir
     from lowbit.train import data
 
+    adapter = out / "adapter"
+    mem_q, wall_q = run_child(["train", *common, "--eval-dataset", str(held_path), "--max-steps", str(args.steps),
+                               "--output-dir", str(adapter)], out, "qlora")
+    rq = json.loads((adapter / "train_report.json").read_text())
     merged, quant = out / "merged", out / "merged-rtn-w4g64"
     assert main(["merge", "--base", "demo", "--adapter", str(adapter), "--output-dir", str(merged), "--overwrite",
                  "--quiet"]) == 0
@@ -187,53 +222,51 @@ def cpu(args) -> None:
     rc = main(["quantize", "--model-path", str(merged), "--output-dir", str(quant), "--quantization-type", "rtn",
                "--bits", "4", "--group-size", "64", "--overwrite", "--quiet"])
     quant_s = time.perf_counter() - t0
-    recs = data.load_records(held_path)[:4]
-    from transformers import AutoTokenizer
-
     tok = AutoTokenizer.from_pretrained(str(demo_dir()))
+    recs = data.load_records(held_path)[:4]
     ids = torch.nn.utils.rnn.pad_sequence([torch.tensor(e.input_ids[:96]) for e in data.tokenize(recs, tok, 256)],
                                           batch_first=True, padding_value=tok.pad_token_id)
-    result = {
+    return {
         "qlora": {**{k: rq[k] for k in ("train_loss_first", "train_loss_last", "eval_loss_first", "eval_loss_last",
                                          "tokens_per_second", "train_seconds")}, "wall_seconds": wall_q, **mem_q,
                   "steps": args.steps},
-        "lora_bf16": {"steps": args.baseline_steps, "tokens_per_second": r16["tokens_per_second"], "wall_seconds": wall_16,
-                      **mem_16},
         "logits": logits_check(adapter, ids),
         "merge": merge_check(adapter, merged),
         "quantize_merged": {"rc": rc, "seconds": quant_s},
-        "held_out_loss": held_out_losses({"base": "demo", "qlora": "", "merged": str(merged), "merged_rtn_w4g64": str(quant)},
-                                         adapter, held_path),
-        "threads": torch.get_num_threads(), "load_average": os.getloadavg(),
+        "held_out_loss": held_out_losses({"base": "demo", "qlora": "", "merged": str(merged),
+                                          "merged_rtn_w4g64": str(quant)}, adapter, held_path),
     }
-    (out / "result.json").write_text(json.dumps(result, indent=2))
-    print_cpu(result)
 
 
 def print_cpu(r: dict) -> None:
-    q, b = r["qlora"], r["lora_bf16"]
-    drop = 1 - q["train_loss_last"] / q["train_loss_first"]
     mib = lambda x: f"{x / 2**20:,.0f} MiB"  # noqa: E731
-    print(f"\nQLoRA on the demo model, {q['steps']} steps (CPU, {r['threads']} threads, load average "
-          f"{r['load_average'][0]:.1f} from other jobs)")
-    print("| | value |\n|---|---|")
-    print(f"| train loss, first -> last logged (5-step means) | {q['train_loss_first']:.4f} -> {q['train_loss_last']:.4f} "
-          f"({100 * drop:.1f}% lower) |")
-    print(f"| held-out loss, before -> after | {q['eval_loss_first']:.4f} -> {q['eval_loss_last']:.4f} |")
-    print(f"| wall time of `lowbit train` (load, quantize, train, eval x2, save) | {q['wall_seconds']:.0f} s |")
-    print(f"| training throughput | {q['tokens_per_second']:.0f} tokens/s |")
-    print("\nPeak resident memory (whole process, torch + transformers included)")
-    print("| run | load phase | training phase | tokens/s |\n|---|---|---|---|")
-    print(f"| QLoRA (NF4 base, fp32 compute) | {mib(q['load_peak_rss'])} | {mib(q['train_peak_rss'])} | "
-          f"{q['tokens_per_second']:.0f} |")
-    print(f"| LoRA, bf16 base ({b['steps']} steps) | {mib(b['load_peak_rss'])} | {mib(b['train_peak_rss'])} | "
-          f"{b['tokens_per_second']:.0f} |")
-    print("\nLogits (4 held-out prompts x 96 tokens): |difference| max / mean")
-    for k, v in r["logits"].items():
-        print(f"| {k} | {v['max']:.2e} / {v['mean']:.2e} |")
-    print(f"\nmerge: {r['merge']['layers']} layers, merged == base + B@A*alpha/r exactly (fp32): {r['merge']['exact']}; "
-          f"lowbit quantize (rtn w4 g64) on it: rc {r['quantize_merged']['rc']} in {r['quantize_merged']['seconds']:.0f} s")
-    print("held-out loss: " + ", ".join(f"{k} {v:.4f}" for k, v in r["held_out_loss"].items()))
+    if "qlora" in r:
+        q = r["qlora"]
+        drop = 1 - q["train_loss_last"] / q["train_loss_first"]
+        print(f"\nQLoRA on the demo model, {q['steps']} steps x batch {r['batch']} (CPU, {r['threads']} thread(s), "
+              f"load average {r['load_average_quality'][0]:.1f} from other jobs)")
+        print("| | value |\n|---|---|")
+        print(f"| train loss, first -> last logged (5-step means) | {q['train_loss_first']:.4f} -> "
+              f"{q['train_loss_last']:.4f} ({100 * drop:.1f}% lower) |")
+        print(f"| held-out loss (other topics), before -> after | {q['eval_loss_first']:.4f} -> {q['eval_loss_last']:.4f} |")
+        print(f"| wall time of `lowbit train` (load, quantize, train, eval x2, save) | {q['wall_seconds']:.0f} s |")
+        print(f"| CPU time of that process | {q['cpu_seconds']:.0f} s |")
+        print(f"| training throughput (wall) | {q['tokens_per_second']:.0f} tokens/s |")
+        print("\nLogits (4 held-out prompts x 96 tokens), |difference| max / mean")
+        for k, v in r["logits"].items():
+            print(f"| {k} | {v['max']:.2e} / {v['mean']:.2e} |")
+        m = r["merge"]
+        print(f"\nmerge: {m['layers']} layers, merged == base + B@A*alpha/r exactly (fp32): {m['exact']}; "
+              f"lowbit quantize (rtn w4 g64) on it: rc {r['quantize_merged']['rc']} in {r['quantize_merged']['seconds']:.0f} s")
+        print("held-out loss: " + ", ".join(f"{k} {v:.4f}" for k, v in r["held_out_loss"].items()))
+    if "memory" in r:
+        print(f"\nMemory, {r['memory_steps']} steps x batch {r['batch']}, gradient checkpointing, no eval "
+              f"(peak RSS of the whole process, torch + transformers included)")
+        print("| run | model in memory (weights + LoRA) | RSS at training start | peak RSS, training | "
+              "peak RSS, loading |\n|---|---|---|---|---|")
+        for label, v in r["memory"].items():
+            print(f"| {label} | {mib(v['model_bytes'])} | {mib(v['rss_at_train_start'])} | {mib(v['train_peak_rss'])} | "
+                  f"{mib(v['load_peak_rss'])} |")
 
 
 # ---------------------------------------------------------------- GPU: Llama-3-8B shapes
@@ -324,20 +357,27 @@ class _NoTok:
 
 def main() -> None:
     if len(sys.argv) > 2 and sys.argv[1] == "--child":
+        torch.set_num_threads(int(sys.argv[3]))
         sys.exit(child(sys.argv[4:], sys.argv[2]))
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--gpu", action="store_true", help="Llama-3-8B-shaped speed run on CUDA")
     p.add_argument("--steps", type=int, default=None, help="optimizer steps (default: 60 CPU, 6 GPU)")
-    p.add_argument("--baseline-steps", type=int, default=10, help="CPU: steps of the 16-bit memory baseline")
+    p.add_argument("--baseline-steps", type=int, default=3, help="CPU: steps of each memory run")
     p.add_argument("--batch", type=int, default=None, help="batch size (default: 4 CPU, 1 GPU)")
-    p.add_argument("--lr", type=float, default=5e-4, help="CPU: peak learning rate")
+    p.add_argument("--lr", type=float, default=1e-3, help="CPU: peak learning rate")
     p.add_argument("--eval-records", type=int, default=48, help="CPU: held-out records")
     p.add_argument("--seq", type=int, default=2048, help="GPU: tokens per sequence")
     p.add_argument("--layers", type=int, default=32, help="GPU: decoder blocks (32 = Llama-3-8B)")
     p.add_argument("--out", default="outputs/bench-qlora", help="CPU: work folder")
     p.add_argument("--json", default=None, help="GPU: also write the results here")
     p.add_argument("--smoke", action="store_true", help="GPU path with small shapes (runs on CPU)")
+    p.add_argument("--chunk-chars", type=int, default=160, help="CPU: characters per passage of the pydoc set")
+    p.add_argument("--max-seq-length", type=int, default=192, help="CPU: tokens per example")
+    p.add_argument("--threads", type=int, default=None, help="CPU: torch threads (default: torch's)")
+    p.add_argument("--parts", default="quality,memory", help="CPU: quality (60-step run + checks), memory")
     args = p.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.gpu:
         args.steps, args.batch = args.steps or 6, args.batch or 1
         gpu(args)

@@ -51,6 +51,12 @@ def load_base(model_path: str, load_in_4bit: bool = True, quant_type: str = "nf4
                                device=device, progress=progress)
         log.info("base model: %d Linear layers in %s (double quant %s), compute dtype %s", n, quant_type,
                  "on" if double_quant else "off", str(compute_dtype).replace("torch.", ""))
+        if torch.device(device).type == "cpu":
+            # The float parameters left (embeddings, norms) may be views of the memory-mapped
+            # safetensors file, which then stays resident whole, quantized layers included
+            # (~300 MB of the demo model): copy them off it.
+            for p in model.parameters():
+                p.data = p.data.clone()
     model = model.to(device)
     for p in model.parameters():
         p.requires_grad_(False)
