@@ -27,10 +27,10 @@ import torch
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 DEFAULT_CONFIGS = [
-    "float", "rtn:4:64", "gptq:4:64", "gptq:4:64:act", "awq:4:64",
-    "rtn:4:128", "gptq:4:128:act", "awq:4:128",
-    "rtn:3:64", "gptq:3:64:act", "awq:3:64",
-    "rtn:8:64", "gptq:8:64:act", "awq:8:64",
+    "float", "rtn:4:64", "rtn:4:64:asym", "gptq:4:64:act", "awq:4:64",
+    "rtn:3:64", "rtn:3:64:asym", "gptq:3:64:act", "awq:3:64",
+    "rtn:4:128", "rtn:4:128:asym", "gptq:4:128:act", "awq:4:128",
+    "rtn:8:64", "rtn:8:64:asym", "gptq:8:64:act", "awq:8:64",
 ]
 
 
@@ -71,22 +71,30 @@ def run_config(config: str, args) -> dict:
 
 
 def table(results: dict, configs: list[str]) -> str:
+    """Markdown; "gap" = (P - P_float) / (P_rtn - P_float) against RTN of the same bits, group
+    and zero-point setting: 0 is the float model, 1 is round-to-nearest."""
+    from lowbit.config import DEFAULT_SYM
+
     rows = [results[c] for c in configs if c in results]
     p0 = next((r["perplexity"] for r in rows if r["method"] == "float"), None)
-    rtn = {(r["bits"], r["group_size"]): r["perplexity"] for r in rows if r["method"] == "rtn"}
-    lines = ["| method | bits | group | perplexity | gap to float vs RTN's | size (MiB) | quantize time (s) |",
-             "|---|---|---|---|---|---|---|"]
+
+    def sym(r):
+        return r.get("sym", DEFAULT_SYM[r["method"]])
+
+    rtn = {(r["bits"], r["group_size"], sym(r)): r["perplexity"] for r in rows if r["method"] == "rtn"}
+    lines = ["| method | bits | group | zero point | perplexity | gap vs RTN | size (MiB) | quantize time (s) |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if r["method"] == "float":
-            lines.append(f"| float | 16 | - | {r['perplexity']:.3f} | - | {r['size_mib']:.1f} | - |")
+            lines.append(f"| float | 16 | - | - | {r['perplexity']:.3f} | 0 | {r['size_mib']:.1f} | - |")
             continue
-        flags = [k for k, on in (("act-order", r.get("act_order")), ("static", r.get("static_groups")),
-                                 ("not true-seq", r.get("true_sequential") is False)) if on]
+        flags = [k for k, on in (("act-order", r.get("act_order")), ("static groups", r.get("static_groups")),
+                                 ("not true-sequential", r.get("true_sequential") is False)) if on]
         name = r["method"] + (f" ({', '.join(flags)})" if flags else "")
-        base = rtn.get((r["bits"], r["group_size"]))
+        base = rtn.get((r["bits"], r["group_size"], sym(r)))
         gap = "-" if p0 is None or base is None or base == p0 else f"{(r['perplexity'] - p0) / (base - p0):.2f}"
-        lines.append(f"| {name} | {r['bits']} | {r['group_size']} | {r['perplexity']:.3f} | {gap} | "
-                     f"{r['size_mib']:.1f} | {r['quantize_seconds']:.0f} |")
+        lines.append(f"| {name} | {r['bits']} | {r['group_size']} | {'no' if sym(r) else 'yes'} | "
+                     f"{r['perplexity']:.3f} | {gap} | {r['size_mib']:.1f} | {r['quantize_seconds']:.0f} |")
     return "\n".join(lines)
 
 

@@ -9,8 +9,9 @@ same input x [K] (produced by ``prev``: a norm, or a Linear) and any s [K] > 0,
 so W is quantized as Q(W diag(s)) and 1/s is folded into ``prev`` (a norm's weight, or the
 rows of the previous Linear): the float model is unchanged (``fold_scale``). The paper's
 scale is s = s_x^alpha, with s_x the mean |x| per input channel and alpha in [0, 1) chosen
-on a grid of ``n_grid`` points to minimize the group's output error (``search_scale``);
-alpha = 0 is round-to-nearest, so the search never does worse on its objective. Then each
+on a grid of ``n_grid`` points to minimize the group's output error (``search_scale``; it
+also tries AutoAWQ's s_x^alpha / s_w^(1-alpha) and keeps the better); alpha = 0 is
+round-to-nearest, so the search never does worse on its objective. Then each
 layer's group ranges are clipped, the shrink factor searched per output row and group to
 minimize that group's output error (``clip_range``). Zero point (asymmetric) by default.
 
@@ -48,26 +49,40 @@ def output_error(D: torch.Tensor, Sigma: torch.Tensor) -> float:
     return ((D @ Sigma) * D).sum().item() / D.shape[0]
 
 
+def weight_magnitude(W: torch.Tensor, group_size: int) -> torch.Tensor:
+    """Mean over rows of |w| relative to its group's max |w|: [K] (AutoAWQ's w_mean)."""
+    N, K = W.shape
+    gs = group_block(K, group_size)[1]
+    G = math.ceil(K / gs)
+    A = torch.nn.functional.pad(W.abs(), (0, G * gs - K)).view(N, G, gs)
+    return (A / (A.amax(-1, keepdim=True) + 1e-6)).view(N, -1)[:, :K].mean(0)
+
+
 def search_scale(
     W: torch.Tensor, x_mean: torch.Tensor, Sigma: torch.Tensor, bits: int, group_size: int, sym: bool,
     n_grid: int = N_GRID,
-) -> tuple[torch.Tensor, float, list[float]]:
-    """The best s = s_x^alpha for a group. W: float32 [N, K], the group's weights stacked along
-    N; x_mean: mean |x| [K]; Sigma: float32 [K, K]. Returns (s [K], alpha, loss per alpha)."""
+) -> tuple[torch.Tensor, float, bool, list[float]]:
+    """The best scale for a group. W: float32 [N, K], the group's weights stacked along N;
+    x_mean: mean |x| [K]; Sigma: float32 [K, K]. Candidates: the paper's s = s_x^alpha and
+    AutoAWQ's "duo" s = s_x^alpha / s_w^(1 - alpha) (s_w: ``weight_magnitude``), alpha on the
+    grid. Returns (s [K], alpha, duo, losses: n_grid paper ones then n_grid duo ones)."""
     W = W.float()
     x_mean = x_mean.float()
+    w_mean = weight_magnitude(W, group_size)
     losses = []
-    best = (math.inf, torch.ones_like(x_mean), 0.0)
-    for i in range(n_grid):
-        alpha = i / n_grid
-        s = x_mean.pow(alpha).clamp(min=1e-4)
-        s = s / (s.max() * s.min()).sqrt()  # centre the scales around 1 (AutoAWQ does the same)
-        D = fake_quant(W * s, bits, group_size, sym) / s - W
-        loss = output_error(D, Sigma)
-        losses.append(loss)
-        if loss < best[0]:
-            best = (loss, s, alpha)
-    return best[1], best[2], losses
+    best = (math.inf, torch.ones_like(x_mean), 0.0, False)
+    for duo in (False, True):
+        for i in range(n_grid):
+            alpha = i / n_grid
+            s = x_mean.pow(alpha) / (w_mean.pow(1 - alpha) + 1e-4) if duo else x_mean.pow(alpha)
+            s = s.clamp(min=1e-4)
+            s = s / (s.max() * s.min()).sqrt()  # centre the scales around 1 (AutoAWQ does the same)
+            D = fake_quant(W * s, bits, group_size, sym) / s - W
+            loss = output_error(D, Sigma)
+            losses.append(loss)
+            if loss < best[0]:
+                best = (loss, s, alpha, duo)
+    return best[1], best[2], best[3], losses
 
 
 @torch.no_grad()

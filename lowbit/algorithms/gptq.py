@@ -101,16 +101,26 @@ def lazy_blocksize(blocksize: int, group_size: int, k: int) -> int:
 
 def inverse_hessian(H: torch.Tensor, damp_percent: float) -> torch.Tensor | None:
     """Hinv = chol((H + damp I)^-1), upper triangular [K, K]; None if H cannot be factorized
-    even with damp raised DAMP_RETRIES times."""
+    even with damp raised DAMP_RETRIES times. Damps H in place (it is GPTQ's own copy): at
+    K = 14336 each K x K matrix is 0.8 GB."""
     mean_diag = torch.mean(torch.diag(H)).item()
-    damp = damp_percent * mean_diag
-    eye = torch.eye(H.shape[0], device=H.device, dtype=H.dtype)
+    damp, applied = damp_percent * mean_diag, 0.0
     for attempt in range(DAMP_RETRIES + 1):
-        L, info = torch.linalg.cholesky_ex(H + damp * eye)
+        H.diagonal().add_(damp - applied)
+        applied = damp
+        L, info = torch.linalg.cholesky_ex(H)
         if info.item() == 0:
-            # H^-1 = L^-T L^-1 (torch.cholesky_inverse computes the same, 4x slower on CPU)
-            Linv = torch.linalg.solve_triangular(L, eye, upper=False)
-            U, info = torch.linalg.cholesky_ex(Linv.t() @ Linv, upper=True)
+            if H.device.type == "cpu":
+                # H^-1 = L^-T L^-1 (torch.cholesky_inverse computes the same, 4x slower on CPU)
+                eye = torch.eye(H.shape[0], dtype=H.dtype)
+                Linv = torch.linalg.solve_triangular(L, eye, upper=False)
+                del L, eye
+                Hinv = Linv.t() @ Linv
+                del Linv
+            else:
+                Hinv = torch.cholesky_inverse(L)
+                del L
+            U, info = torch.linalg.cholesky_ex(Hinv, upper=True)
             if info.item() == 0 and torch.isfinite(U).all():
                 return U
         new_damp = max(damp * 10, 0.01 * mean_diag, 1e-8)
@@ -153,7 +163,7 @@ def gptq(
     g_idx [K], the GPTQ loss sum (w - q)^2 / Hinv_ii^2 / 2), or None if H is unusable.
     Computes in float32 on W's device."""
     W = W.detach().float().clone()
-    H = H.detach().float().to(W.device).clone()
+    H = H.detach().to(W.device, torch.float32, copy=True)
     N, K = W.shape
     gs = K if group_size == -1 else min(group_size, K)
     G = math.ceil(K / gs)
@@ -171,8 +181,9 @@ def gptq(
 
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(K, device=W.device)
     invperm = torch.argsort(perm)
-    W = W[:, perm]
-    H = H[perm][:, perm]
+    if act_order:
+        W = W[:, perm]
+        H = H[perm][:, perm]
     # group of each column in processing order: static groups keep the original columns' groups
     group_of = perm // gs if static_groups else torch.arange(K, device=W.device) // gs
 
@@ -209,8 +220,9 @@ def gptq(
             Losses += Err1.pow(2).sum(1) / 2  # sum (w - w_hat)^2 / [Hinv]_ii^2 / 2
             W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
 
+    del H, Hinv
     g_idx = group_of[invperm].to(torch.int32)
-    qw = AffineQuantized(Q[:, invperm].to(torch.uint8), scale, zero, g_idx, bits, (1, gs), sym)
+    qw = AffineQuantized((Q[:, invperm] if act_order else Q).to(torch.uint8), scale, zero, g_idx, bits, (1, gs), sym)
     return qw, Losses.sum().item()
 
 

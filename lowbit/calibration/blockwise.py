@@ -153,12 +153,13 @@ def awq_block(ctx: BlockContext, i: int, block: nn.Module, runner: BlockRunner) 
             continue
         st = stats[layers[0]]
         W = torch.cat([m.weight.data.float() for m in mods])
-        s, alpha, losses = search_scale(W, st.x_mean, st.H / 2, cfg.bits, cfg.group_size, cfg.sym)
+        s, alpha, duo, losses = search_scale(W, st.x_mean, st.H / 2, cfg.bits, cfg.group_size, cfg.sym)
         fold_scale(prev, mods, s, ctx.arch.norm_offset)
         for unique in {id(stats[n]): stats[n] for n in layers}.values():
             rescale_stats(unique, s)
-        alphas.update({n: alpha for n in layers})
-        log.debug("AWQ block %d %s: alpha %.2f, loss %.4g -> %.4g", i, layers, alpha, losses[0], min(losses))
+        alphas.update({n: (alpha, duo) for n in layers})
+        log.debug("AWQ block %d %s: alpha %.2f%s, loss %.4g -> %.4g", i, layers, alpha, " (duo)" * duo,
+                  losses[0], min(losses))
     records = []
     for n in names:
         clip = n.rsplit(".", 1)[-1] not in NO_CLIP
@@ -168,7 +169,7 @@ def awq_block(ctx: BlockContext, i: int, block: nn.Module, runner: BlockRunner) 
 
         rec = ctx.swap(i, block, n, stats.get(n), algorithm)
         if n in alphas:
-            rec["awq_alpha"] = alphas[n]
+            rec["awq_alpha"], rec["awq_duo"] = alphas[n]
         records.append(rec)
     return records
 
