@@ -10,9 +10,8 @@ the first K windows only (the whole file has 153 windows of 2048 tokens for the 
 tokenizer: too slow for 2 shared CPU cores). Memory: parameters + buffers of the loaded
 model (lowbit.memory_footprint); bits/q.weight: bytes of the quantized layers' weight
 tensors (codes, scales, absmax, nested absmax) x 8 / their weight count, measured.
---peak-memory: peak RSS of a fresh process that loads the model at nf4+dq lazily
-(lowbit.load(..., load_in_4bit=True)) versus one that loads it in float first, and of one
-that only imports torch/transformers (the floor).
+--peak-memory: how much a fresh process's peak RSS grows while it loads the model at nf4+dq
+lazily (lowbit.load(..., load_in_4bit=True)) versus float first, then quantized.
 """
 from __future__ import annotations
 
@@ -50,20 +49,19 @@ FORMATS = {
 
 _PEAK_SCRIPT = """
 import sys, lowbit, torch
+import transformers.models.llama.modeling_llama
 from lowbit.evaluate.memory import peak_rss
 from lowbit.models.load import load_float
 from lowbit.models.onthefly import quantize_model_bnb
 from lowbit.config import BnbConfig
 src, mode = sys.argv[1], sys.argv[2]
-if mode == "imports only":
-    import transformers.models.llama.modeling_llama, accelerate, safetensors
-    m = torch.nn.Linear(1, 1)
-elif mode == "lazy":
+before = peak_rss()
+if mode == "lazy":
     m = lowbit.load(src, load_in_4bit=True, bnb_4bit_use_double_quant=True)
 else:
     m, _ = load_float(src)
     quantize_model_bnb(m, BnbConfig(load_in_4bit=True, bnb_4bit_use_double_quant=True).to_quant_config(), False)
-print(peak_rss(), lowbit.memory_footprint(m))
+print(before, peak_rss(), lowbit.memory_footprint(m))
 """
 
 
@@ -91,12 +89,15 @@ def load_format(model: str, label: str, workdir: Path):
 
 
 def peak_memory(model: str) -> dict:
+    """Peak RSS of a fresh process loading ``model`` at nf4+dq, lazily or float-first; the
+    increase over its RSS after imports, beside the loaded model's bytes."""
     out = {}
-    for mode in ("imports only", "lazy", "float-then-quantize"):
+    for mode in ("lazy", "float-then-quantize"):
         res = subprocess.run([sys.executable, "-c", _PEAK_SCRIPT, model, mode], capture_output=True, text=True,
                              check=True)
-        peak, footprint = map(int, res.stdout.split()[-2:])
-        out[mode] = {"peak_rss": peak, "model_bytes": footprint}
+        before, peak, footprint = map(int, res.stdout.split()[-3:])
+        out[mode] = {"rss_after_imports": before, "peak_rss": peak, "peak_increase": peak - before,
+                     "model_bytes": footprint}
     return out
 
 
@@ -147,7 +148,8 @@ def main() -> None:
     if args.peak_memory:
         result["peak_memory"] = peak = peak_memory(args.model)
         for mode, v in peak.items():
-            print(f"peak RSS, nf4+dq load {mode}: {v['peak_rss'] / 2**20:.0f} MiB (model {v['model_bytes'] / 2**20:.0f} MiB)")
+            print(f"nf4+dq load, {mode}: peak RSS +{v['peak_increase'] / 2**20:.0f} MiB over the imports "
+                  f"({v['peak_rss'] / 2**20:.0f} MiB total); the loaded model holds {v['model_bytes'] / 2**20:.0f} MiB")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))
 

@@ -15,8 +15,12 @@ name: "lm_head", "mlp.down_proj", "model.layers.0" (every layer of block 0).
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import json
 import logging
+import math
 import time
 from pathlib import Path
 from typing import Callable
@@ -123,34 +127,61 @@ def quantize_model_bnb(model: nn.Module, cfg: QuantConfig, progress: bool = True
     return records
 
 
+_ST_DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+              "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+              "BOOL": torch.bool}
+
+
 class SafetensorsReader:
-    """Tensors of a folder's safetensors files by name, read one at a time (memory-mapped)."""
+    """Tensors of a folder's safetensors files by name, read one at a time.
+
+    Reads each tensor's bytes with ``readinto`` into a fresh tensor instead of memory-mapping
+    the file: mapped file pages count in the process's resident memory as they are touched,
+    so an mmap reader would show the whole float checkpoint in RSS while loading.
+    Format: 8-byte little-endian header length, JSON header {name: {dtype, shape,
+    data_offsets: [begin, end]}}, then the data (offsets relative to its start).
+    """
 
     def __init__(self, folder: Path):
-        from safetensors import safe_open
-
         index = folder / "model.safetensors.index.json"
         if index.is_file():
-            weight_map = json.loads(index.read_text())["weight_map"]
-            files = sorted(set(weight_map.values()))
+            files = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         else:
             files = [p.name for p in sorted(folder.glob("*.safetensors"))]
-        self.handles = {}
-        self.where: dict[str, str] = {}
+        self.entries: dict[str, tuple[Path, int, torch.dtype, list[int], int]] = {}
         for f in files:
-            try:
-                h = safe_open(str(folder / f), framework="pt")
-            except Exception as e:  # safetensors raises its own error types for bad headers
-                raise LowbitError(f"{folder / f} is corrupt or truncated ({str(e).splitlines()[0]})") from None
-            self.handles[f] = h
-            for k in h.keys():
-                self.where[k] = f
+            self._read_header(folder / f)
+
+    def _read_header(self, path: Path) -> None:
+        try:
+            with open(path, "rb") as fh:
+                n = int.from_bytes(fh.read(8), "little")
+                header = json.loads(fh.read(n))
+            start = 8 + n
+            size = path.stat().st_size
+            for name, e in header.items():
+                if name == "__metadata__":
+                    continue
+                b, end = e["data_offsets"]
+                dtype = _ST_DTYPES[e["dtype"]]
+                if start + end > size or end - b != math.prod(e["shape"]) * dtype.itemsize:
+                    raise ValueError(f"tensor {name} runs past the end of the file or has a wrong size")
+                self.entries[name] = (path, start + b, dtype, list(e["shape"]), end - b)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise LowbitError(f"{path} is corrupt or truncated ({str(e).splitlines()[0] if str(e) else type(e).__name__}): "
+                              "re-create or re-download the checkpoint") from None
 
     def __contains__(self, name: str) -> bool:
-        return name in self.where
+        return name in self.entries
 
     def get(self, name: str) -> torch.Tensor:
-        return self.handles[self.where[name]].get_tensor(name)
+        path, offset, dtype, shape, nbytes = self.entries[name]
+        buf = torch.empty(nbytes, dtype=torch.uint8)
+        with open(path, "rb") as fh:
+            fh.seek(offset)
+            if fh.readinto(memoryview(buf.numpy())) != nbytes:
+                raise LowbitError(f"{path} is truncated (tensor {name}): re-create or re-download the checkpoint")
+        return buf.view(dtype).reshape(shape)
 
 
 class ModelReader:
@@ -278,6 +309,23 @@ def _size_estimator(model: nn.Module, cfg: QuantConfig | None) -> Callable[[str]
     return size_of
 
 
+@functools.lru_cache(maxsize=1)
+def _libc_malloc_trim():
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc: nothing to trim
+        return None
+
+
+def release_freed_memory() -> None:
+    """Give freed heap memory back to the OS (glibc ``malloc_trim``). Without it, the float
+    temporaries of each layer stay in the process's heap and peak RSS grows well past the
+    quantized model's size; with it, loading peaks near (quantized size + one layer)."""
+    trim = _libc_malloc_trim()
+    if trim is not None:
+        trim(0)
+
+
 def _materialize(model, reader, cfg, targets, placement, dtype, in_fp32, progress) -> list[dict]:
     """Fill every meta tensor: quantize target Linears, read the rest, put each on its device."""
     targets = set(targets)
@@ -298,6 +346,8 @@ def _materialize(model, reader, cfg, targets, placement, dtype, in_fp32, progres
                                             cfg, compute[device])
             checkpoint.set_module(model, name, layer)
             records.append(record)
+            del w, b
+            release_freed_memory()
             continue
         float_dtype = torch.float32 if in_fp32(name) else dtype
         for attr, t in list(module._parameters.items()):

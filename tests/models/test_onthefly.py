@@ -169,3 +169,14 @@ def test_compute_dtype_that_cannot_run_falls_back_with_a_warning(caplog):
         assert runnable_dtype(torch.float8_e4m3fn, "cpu") == torch.float32
     assert "cannot run matmuls" in caplog.text
     assert runnable_dtype(torch.bfloat16, "cpu") == torch.bfloat16
+
+
+def test_truncated_checkpoint_is_a_clear_error(tiny_llama_dir, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(tiny_llama_dir, bad)
+    f = bad / "model.safetensors"
+    f.write_bytes(f.read_bytes()[:-1000])
+    with pytest.raises(LowbitError, match="corrupt or truncated"):
+        lowbit.load(bad, load_in_4bit=True)
