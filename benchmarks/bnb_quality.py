@@ -32,7 +32,7 @@ from lowbit.evaluate.perplexity import perplexity, token_ids
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
-#: label -> lowbit.load keyword arguments (None: RTN int4 g64 through `lowbit quantize`).
+#: label -> lowbit.load keyword arguments, or a QuantConfig written by `lowbit quantize` first.
 FORMATS = {
     "fp32": {},
     "int8": dict(load_in_8bit=True, llm_int8_threshold=6.0),
@@ -41,7 +41,8 @@ FORMATS = {
     "nf4+dq": dict(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True),
     "fp4": dict(load_in_4bit=True, bnb_4bit_quant_type="fp4"),
     "fp4+dq": dict(load_in_4bit=True, bnb_4bit_quant_type="fp4", bnb_4bit_use_double_quant=True),
-    "rtn-int4-g64": None,
+    "rtn-int4-g64": QuantConfig(method="rtn", bits=4, group_size=64),  # symmetric, lowbit's RTN default
+    "rtn-int4-g64-asym": QuantConfig(method="rtn", bits=4, group_size=64, sym=False),
     # Diagnostic: the same int8 weights with float activations (what bitsandbytes' CPU
     # backend computes); separates weight error from LLM.int8's activation quantization.
     "int8-weights-only": dict(load_in_8bit=True),
@@ -67,11 +68,11 @@ print(before, peak_rss(), lowbit.memory_footprint(m))
 
 def load_format(model: str, label: str, workdir: Path):
     kwargs = FORMATS[label]
-    if kwargs is None:
+    if isinstance(kwargs, QuantConfig):
         from lowbit.quantize import quantize
 
         out = workdir / label
-        quantize(model, out, QuantConfig(method="rtn", bits=4, group_size=64), overwrite=True, progress=False)
+        quantize(model, out, kwargs, overwrite=True, progress=False)
         return lowbit.load(out, device="cpu")
     m = lowbit.load(model, device_map="cpu", **kwargs) if kwargs else lowbit.load(model, device="cpu")
     if label == "int8-weights-only":
