@@ -100,19 +100,22 @@ def rtn_block(ctx: BlockContext, i: int, block: nn.Module, runner: BlockRunner |
     return [ctx.swap(i, block, n) for n in ctx.layers(i, block)]
 
 
-def final_children(block: nn.Module, order: list[str], done: set[str]) -> list[str]:
-    """The block's direct submodules (containers such as self_attn, mlp) whose outputs can no
-    longer change: every Linear inside them and every Linear that runs before them
-    (``order``: all the block's Linears in execution order) is in ``done``."""
-    out = []
+def frozen_parts(block: nn.Module, order: list[str], done: set[str]) -> tuple[list[str], list[tuple[str, str]]]:
+    """What can no longer change in a block, given the Linears in ``done`` (``order``: all
+    its Linears in execution order): the direct submodules (containers such as self_attn,
+    mlp) whose Linears and every Linear before them are done; and (submodule, its last
+    Linear) pairs where everything up to that last Linear is done (its input is final)."""
+    whole, tails = [], []
     for child, module in block.named_children():
         inside = [n for n in order if n.startswith(child + ".")]
         if isinstance(module, nn.Linear) or not inside:
             continue
-        before = order[: max(order.index(n) for n in inside) + 1]
-        if set(before) <= done:
-            out.append(child)
-    return out
+        upto = order[: order.index(inside[-1]) + 1]
+        if set(upto) <= done:
+            whole.append(child)
+        elif set(upto[:-1]) <= done:
+            tails.append((child, inside[-1]))
+    return whole, tails
 
 
 def gptq_block(ctx: BlockContext, i: int, block: nn.Module, runner: BlockRunner) -> list[dict]:
@@ -121,6 +124,9 @@ def gptq_block(ctx: BlockContext, i: int, block: nn.Module, runner: BlockRunner)
     order = [n for subset in sequential_subsets(list(block_linears(block)), ctx.arch) for n in subset]
     done = set(order) - set(names)  # skipped layers stay as they are
     records = []
+    whole, tails = frozen_parts(block, order, done)
+    for child, linear in tails:
+        runner.freeze_tail(child, linear)
     for subset in subsets:
         stats = runner.collect(subset, HessianStats.zeros)
         for n in subset:
@@ -131,8 +137,11 @@ def gptq_block(ctx: BlockContext, i: int, block: nn.Module, runner: BlockRunner)
                 records.append(ctx.swap(i, block, n, stats[n]))
         del stats
         done.update(subset)
-        for child in final_children(block, order, done):
+        whole, tails = frozen_parts(block, order, done)
+        for child in whole:
             runner.freeze(child)
+        for child, linear in tails:
+            runner.freeze_tail(child, linear)
     return records
 
 

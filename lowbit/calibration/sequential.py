@@ -22,7 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import torch
@@ -53,9 +53,12 @@ class Activations:
     hidden: list[torch.Tensor]
     calls: list[list[tuple[tuple, dict]]]
     as_output: Callable[[torch.Tensor], object]
-    #: whether replaying a frozen submodule's recorded output was checked to give the same
-    #: block output as recomputing it (None: not checked yet)
-    replay_ok: bool | None = None
+    #: output structure of each direct submodule of a block: 0 for a tensor, n for a tuple
+    #: of n whose first element is the tensor (attention modules return (out, weights))
+    child_outputs: dict[str, int] = field(default_factory=dict)
+    #: (submodule, "out" | "tail") -> whether replaying it was checked to give the block
+    #: output that recomputing gives (missing: not checked yet)
+    replay_ok: dict[tuple[str, str], bool] = field(default_factory=dict)
 
 
 def resolve_device(device: "str | torch.device | None") -> torch.device:
@@ -125,32 +128,48 @@ def _run_model(model: nn.Module, ids: torch.Tensor) -> None:
     raise RuntimeError("the model's forward did not reach its last decoder block")
 
 
-def _output_structure(model: nn.Module, blocks: nn.ModuleList, ids: torch.Tensor) -> Callable:
+def _output_structure(model: nn.Module, blocks: nn.ModuleList, ids: torch.Tensor) -> tuple[Callable, dict[str, int]]:
     """How a block returns its hidden states: a tensor (transformers 5) or a tuple that starts
-    with it (older versions). Learned from block 0 on a 4-token input."""
-    found = {}
+    with it (older versions); and how each of its direct submodules returns its output.
+    Learned from block 0 on a 4-token input."""
+    found: dict[str, int] = {}
 
     def make(i, block):
         original = type(block).forward.__get__(block)
 
         def probe(*args, **kwargs):
-            out = original(*args, **kwargs)
-            found["tuple"] = isinstance(out, tuple) and len(out)
+            def record(name):
+                def hook(module, args, out):  # returns None: the output is kept
+                    found.setdefault(name, _arity(out))
+
+                return hook
+
+            hooks = [m.register_forward_hook(record(n)) for n, m in block.named_children()]
+            try:
+                out = original(*args, **kwargs)
+            finally:
+                for h in hooks:
+                    h.remove()
+            found[""] = _arity(out)
             raise _Stop
 
         return probe if i == 0 else (lambda *a, **k: None)
 
     with _patched_forwards(blocks, make):
         _run_model(model, ids[:1, :4])
-    n = found["tuple"]
-    return (lambda h: (h,) + (None,) * (n - 1)) if n else (lambda h: h)
+    n = found.pop("")
+    return (lambda h: (h,) + (None,) * (n - 1)) if n else (lambda h: h), found
+
+
+def _arity(out) -> int:
+    return len(out) if isinstance(out, tuple) else 0
 
 
 @torch.no_grad()
 def capture(model: nn.Module, blocks: nn.ModuleList, input_ids: torch.Tensor, batch_size: int,
             device: torch.device) -> Activations:
     """Inputs of block 0 (on ``device``) and every block's call arguments, per batch."""
-    as_output = _output_structure(model, blocks, input_ids)
+    as_output, child_outputs = _output_structure(model, blocks, input_ids)
     hidden: list[torch.Tensor] = []
     calls: list[list] = [[] for _ in blocks]
     last = len(blocks) - 1
@@ -169,7 +188,7 @@ def capture(model: nn.Module, blocks: nn.ModuleList, input_ids: torch.Tensor, ba
     with _patched_forwards(blocks, make):
         for batch in input_ids.split(batch_size):
             _run_model(model, batch)
-    return Activations(hidden, calls, as_output)
+    return Activations(hidden, calls, as_output, child_outputs)
 
 
 class BlockRunner:
@@ -184,25 +203,57 @@ class BlockRunner:
         self.autocast = (torch.autocast(self.device.type, dtype=compute_dtype)
                          if compute_dtype != model_dtype else contextlib.nullcontext())
         self.frozen: dict[str, dict[int, object]] = {}  # submodule -> {batch: recorded output}
+        # submodule -> (its last Linear, {batch: recorded input of that Linear})
+        self.tails: dict[str, tuple[str, dict[int, torch.Tensor]]] = {}
 
     def freeze(self, child: str) -> None:
         """The output of submodule ``child`` (e.g. ``self_attn`` once q, k, v, o are quantized)
         no longer changes: the next pass that computes it records it per batch and later
-        passes replay it instead of recomputing it (true-sequential GPTQ's later passes then
-        cost little more than the MLP)."""
+        passes replay it instead of recomputing it."""
         self.frozen.setdefault(child, {})
 
-    def _forward(self, j: int, replay: bool = True) -> torch.Tensor:
+    def freeze_tail(self, child: str, linear: str) -> None:
+        """Everything in submodule ``child`` before its last op, the Linear ``linear`` (o_proj
+        in self_attn, down_proj in mlp), no longer changes: the next pass records the
+        Linear's input per batch and later passes compute the submodule's output as
+        ``linear(recorded input)``, with the Linear as it is then (quantized). With
+        ``freeze`` this makes true-sequential GPTQ's later passes cost about one Linear each
+        instead of most of a block (CPU; on GPUs recomputing is cheap and the recorded inputs
+        would cost memory)."""
+        if self.device.type == "cpu":
+            self.tails.setdefault(child, (linear, {}))
+
+    def _ok(self, child: str, kind: str) -> bool:
+        return self.acts.replay_ok.get((child, kind), True)
+
+    def _forward(self, j: int, replay: bool = True, record: bool = True) -> torch.Tensor:
+        """Block output for batch j; recorded submodule outputs / tail inputs are replayed
+        (``replay``) and pending ones recorded (``record``)."""
         args, kwargs = _to(self.acts.calls[self.index][j], self.device)
         handles, patched = [], []
+
+        def patch(module, fn):
+            patched.append((module, module.__dict__.get("forward")))
+            module.forward = fn
+
         for child, cache in self.frozen.items():
             module = self.block.get_submodule(child)
-            if replay and j in cache and self.acts.replay_ok is not False:
-                patched.append((module, module.__dict__.get("forward")))
-                module.forward = lambda *a, _out=cache[j], **k: _out
-            else:
+            if replay and j in cache and self._ok(child, "out"):
+                patch(module, lambda *a, _out=cache[j], **k: _out)
+            elif record:
                 handles.append(module.register_forward_hook(
                     lambda m, a, out, _cache=cache: _cache.__setitem__(j, _detach(out))))
+        for child, (name, inputs) in self.tails.items():
+            module, linear = self.block.get_submodule(child), self.block.get_submodule(name)
+            if any(m is module for m, _ in patched):
+                continue
+            if replay and j in inputs and self._ok(child, "tail"):
+                shape = self.acts.child_outputs.get(child, 0)
+                patch(module, lambda *a, _l=linear, _x=inputs[j], _n=shape, **k:
+                      (_l(_x),) + (None,) * (_n - 1) if _n else _l(_x))
+            elif record:  # prepended: it must run before a statistics hook stops the pass
+                handles.append(linear.register_forward_pre_hook(
+                    lambda m, a, _inputs=inputs: _inputs.__setitem__(j, a[0].detach()), prepend=True))
         try:
             with torch.no_grad(), self.autocast:
                 out = self.block(self.acts.hidden[j], *args, **kwargs)
@@ -217,16 +268,23 @@ class BlockRunner:
         return out[0] if isinstance(out, tuple) else out
 
     def _check_replay(self) -> None:
-        """Once per run: the block output with recorded submodule outputs replayed must equal
-        the recomputed one (a block that changed a submodule's output in place would break
-        replaying); otherwise replaying is turned off, with a warning."""
-        if self.acts.replay_ok is not None or not any(0 in c for c in self.frozen.values()):
+        """Once per run and kind of replay: the block output with it must equal the recomputed
+        one (a submodule whose last op is not its last Linear, or a block that changes a
+        submodule's output in place, would break it); otherwise that replay is turned off,
+        with a warning. Runs on batch 0 without statistics hooks."""
+        kinds = [(c, "out") for c, cache in self.frozen.items() if 0 in cache]
+        kinds += [(c, "tail") for c, (_, inputs) in self.tails.items() if 0 in inputs]
+        kinds = [k for k in kinds if k not in self.acts.replay_ok]
+        if not kinds:
             return
-        replayed = self._forward(0)
-        recomputed = self._forward(0, replay=False)
-        self.acts.replay_ok = bool(torch.allclose(replayed.float(), recomputed.float(), rtol=1e-3, atol=1e-5))
-        if not self.acts.replay_ok:
-            log.warning("replaying recorded submodule outputs changes the block output: recomputing them instead")
+        replayed = self._forward(0, record=False)
+        recomputed = self._forward(0, replay=False, record=False)
+        ok = bool(torch.allclose(replayed.float(), recomputed.float(), rtol=1e-2, atol=1e-3))
+        for k in kinds:
+            self.acts.replay_ok[k] = ok
+        if not ok:
+            log.warning("replaying recorded outputs of %s changes the block output: recomputing instead",
+                        ", ".join(c for c, _ in kinds))
 
     def collect(self, names: list[str], make_stats: Callable[[int, torch.device], object],
                 stop_early: bool = True) -> dict[str, object]:
@@ -234,6 +292,7 @@ class BlockRunner:
         of the named Linear layers over all batches. Layers that read the very same tensor
         (q, k and v) share one statistics object. ``stop_early``: end each forward once every
         named layer has seen its input."""
+        self._check_replay()
         stats: dict[str, object] = {}
         seen: dict[int, tuple[torch.Tensor, object]] = {}  # id(x) -> (x kept alive, its stats)
         done: set[str] = set()

@@ -5,7 +5,7 @@ import tiny
 
 from lowbit.algorithms.gptq import HessianStats
 from lowbit.calibration import sequential
-from lowbit.calibration.blockwise import final_children, sequential_subsets
+from lowbit.calibration.blockwise import frozen_parts, sequential_subsets
 from lowbit.config import QuantConfig
 from lowbit.errors import LowbitError
 from lowbit.models.registry import block_linears, get_arch, get_blocks
@@ -107,15 +107,23 @@ def test_quantized_blocks_feed_the_next_one_as_at_inference(method):
         assert torch.allclose(h, ref[i], atol=1e-5, rtol=1e-4), f"block {i}"
 
 
-def test_replaying_frozen_submodules_changes_nothing(monkeypatch):
+@pytest.mark.parametrize("arch", ["llama", "gemma2", "phi3"])
+def test_replaying_frozen_submodules_changes_nothing(monkeypatch, arch):
     x = ids()
     results = []
+    original = sequential.BlockRunner.outputs
     for freeze in (True, False):
         if not freeze:
             monkeypatch.setattr(sequential.BlockRunner, "freeze", lambda self, child: None)
-        model = build("llama")
+            monkeypatch.setattr(sequential.BlockRunner, "freeze_tail", lambda self, child, linear: None)
+        model = build(arch)
+        checked = []
+        monkeypatch.setattr(sequential.BlockRunner, "outputs",
+                            lambda self: checked.append(dict(self.acts.replay_ok)) or original(self))
         quantize_model(model, QuantConfig(method="gptq", bits=3, group_size=32), progress=False, calibration=x,
                        compute_dtype=F32, batch_size=4)
+        if freeze:  # the replays were used, and checked against recomputing
+            assert checked[-1] and all(checked[-1].values()), checked
         results.append(model.state_dict())
     assert all(torch.equal(results[0][k], results[1][k]) for k in results[0])
 
@@ -136,8 +144,11 @@ def test_true_sequential_subsets_and_frozen_children():
         ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], ["self_attn.o_proj"],
         ["mlp.gate_proj", "mlp.up_proj"], ["mlp.down_proj"]]
     block = get_blocks(build("llama"))[0]
-    assert final_children(block, names, set(names[:3])) == []
-    assert final_children(block, names, set(names[:4])) == ["self_attn"]
+    assert frozen_parts(block, names, set()) == ([], [])
+    assert frozen_parts(block, names, set(names[:3])) == ([], [("self_attn", "self_attn.o_proj")])
+    assert frozen_parts(block, names, set(names[:4])) == (["self_attn"], [])
+    assert frozen_parts(block, names, set(names[:6])) == (["self_attn"], [("mlp", "mlp.down_proj")])
+    assert frozen_parts(block, names, set(names)) == (["self_attn", "mlp"], [])
 
 
 def test_calibrated_gptq_beats_rtn_on_a_tiny_model():
