@@ -108,14 +108,15 @@ def main() -> None:
     p.add_argument("--data-dir", default=str(DATA))
     p.add_argument("--seq-len", type=int, default=2048)
     p.add_argument("--windows", type=int, default=8, help="first K windows of the test file (default 8)")
-    p.add_argument("--formats", default=",".join(FORMATS), help=f"comma-separated subset of {', '.join(FORMATS)}")
+    p.add_argument("--formats", default=",".join(FORMATS),
+                   help=f"comma-separated subset of {', '.join(FORMATS)}; 'none' with --peak-memory")
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--peak-memory", action="store_true")
     p.add_argument("--json", default=None, help="also write the rows here")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    labels = args.formats.split(",")
+    labels = [] if args.formats == "none" else args.formats.split(",")
     unknown = [lab for lab in labels if lab not in FORMATS]
     if unknown:
         p.error(f"unknown format(s) {unknown}")
@@ -137,9 +138,10 @@ def main() -> None:
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
             del model
     base = next((r["perplexity"] for r in rows if r["format"] == "fp32"), None)
-    print(f"model {args.model}; WikiText-2 test, seq {args.seq_len}, first {rows[0]['windows']} windows "
-          f"({rows[0]['tokens']} predicted tokens); CPU, {torch.get_num_threads()} threads")
-    print(f"{'format':<17} {'perplexity':>10} {'vs fp32':>8} {'memory MiB':>11} {'bits/q.weight':>13}")
+    if rows:
+        print(f"model {args.model}; WikiText-2 test, seq {args.seq_len}, first {rows[0]['windows']} windows "
+              f"({rows[0]['tokens']} predicted tokens); CPU, {torch.get_num_threads()} threads")
+        print(f"{'format':<17} {'perplexity':>10} {'vs fp32':>8} {'memory MiB':>11} {'bits/q.weight':>13}")
     for r in rows:
         delta = "" if base is None else f"{100 * (r['perplexity'] / base - 1):+.2f}%"
         bits = "-" if r["bits_per_quantized_weight"] is None else f"{r['bits_per_quantized_weight']:.3f}"

@@ -257,6 +257,8 @@ def load_on_the_fly(
     cfg = bnb.to_quant_config() if bnb is not None else None
     placement, fp32_keys, targets = plan(model, bnb, device_map)
     in_fp32 = lambda n: dm.owner(n, placement) in fp32_keys  # noqa: E731
+    if fp32_keys and fp32_keys == set(placement):  # all of it offloaded: one fp32 model, no casts
+        dtype, fp32_keys = torch.float32, set()
     records = _materialize(model, reader, cfg, targets, placement, dtype, in_fp32, progress)
     if is_tied(model):
         model.tie_weights()

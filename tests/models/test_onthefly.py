@@ -101,6 +101,7 @@ def test_fp32_offloaded_block_runs_in_fp32_inside_a_bf16_model(tiny_llama_dir):
     m = lowbit.load(tiny_llama_dir, quantization_config=bnb, device_map="cpu", dtype=torch.bfloat16)
     assert all(t == "Linear" for t in _types(m).values())  # everything on "cpu": all kept fp32
     assert m.model.layers[0].mlp.up_proj.weight.dtype == torch.float32
+    assert m(IDS).logits.dtype == torch.float32
 
     m = lowbit.load(tiny_llama_dir, load_in_4bit=True, device_map="cpu", dtype=torch.bfloat16)
     block = m.model.layers[1]
