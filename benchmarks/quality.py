@@ -53,20 +53,23 @@ def run_config(config: str, args) -> dict:
     from lowbit.quantize import quantize
 
     spec = parse(config)
-    seconds = None
+    seconds = cpu_seconds = None
     if spec["method"] == "float":
         model = lowbit.load("demo", device="cpu", dtype=torch.float32)
     else:
         cfg = QuantConfig(**spec)
         calib = CalibrationConfig(dataset=str(args.calib), n_samples=args.samples, seq_len=args.seq_len, seed=0)
         folder = args.out / config.replace(":", "-")
+        cpu0 = time.process_time()
         report = quantize("demo", folder, cfg, calib, overwrite=True, progress=not args.quiet, device="cpu")
         seconds = report["seconds"]["quantize"]
+        cpu_seconds = time.process_time() - cpu0  # all threads: on an idle machine wall ~ this / threads
         model = lowbit.load(folder, device="cpu", dtype=torch.float32)
     windows = args.windows or None
     res = perplexity(model, model.tokenizer, args.test, seq_len=2048, max_windows=windows, progress=not args.quiet)
     return {"config": config, **spec, "perplexity": res.perplexity, "windows": res.windows,
             "tokens": res.tokens, "size_mib": storage_bytes(model) / 2**20, "quantize_seconds": seconds,
+            "quantize_cpu_seconds": cpu_seconds, "threads": torch.get_num_threads(),
             "load_average": os.getloadavg()[0]}
 
 
