@@ -17,6 +17,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def describe(src: str, by_layer: bool = False) -> dict:
     from pathlib import Path
 
+    from ..config import BNB_BITS
     from ..evaluate.footprint import bits_per_quantized_weight, bytes_by_layer, bytes_by_type
     from ..evaluate.memory import bytes_by_dtype, memory_footprint
     from ..models.checkpoint import disk_bytes
@@ -34,8 +35,11 @@ def describe(src: str, by_layer: bool = False) -> dict:
         "hidden_size": getattr(model.config, "hidden_size", None),
         "method": qc.method if qc else "none",
         "bits": qc.bits if qc else None,
-        "group_size": qc.group_size if qc else None,
-        "sym": qc.sym if qc else None,
+        "group_size": qc.group_size if qc and qc.method not in BNB_BITS else None,
+        "sym": qc.sym if qc and qc.method not in BNB_BITS else None,
+        **({"blocksize": qc.blocksize, "double_quant": qc.double_quant} if qc and qc.method in ("nf4", "fp4") else {}),
+        **({"int8_threshold": qc.int8_threshold} if qc and qc.method == "int8" else {}),
+        **({"compute_dtype": qc.compute_dtype} if qc and qc.method in BNB_BITS else {}),
         "bytes_on_disk": on_disk,
         "memory_footprint": memory_footprint(model),
         "bytes_by_dtype": bytes_by_dtype(model),

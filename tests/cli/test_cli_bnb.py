@@ -53,7 +53,8 @@ def test_inspect_reports_bits_and_layers(tiny_llama_dir, tmp_path, capsys):
     capsys.readouterr()
     assert main(["inspect", str(out), "--json", "--by-layer", "--quiet"]) == 0
     info = json.loads(capsys.readouterr().out)
-    assert info["method"] == "nf4"
+    assert info["method"] == "nf4" and info["blocksize"] == 64 and info["double_quant"] is True
+    assert info["group_size"] is None
     assert 4.12 < info["bits_per_quantized_weight"] < 4.2  # nf4 + double quant, measured on the buffers
     rows = {r["layer"]: r for r in info["layers"]}
     q = rows["model.layers.0.self_attn.q_proj"]
