@@ -20,12 +20,10 @@ from torch import nn
 from ..config import QuantConfig
 from ..errors import LowbitError
 from ..formats import pack, unpack
-from ..models.checkpoint import REPORT_FILE, _unique_state_dict, read_tensors, set_module
+from ..models.checkpoint import REPORT_FILE, _unique_state_dict, read_tensors, save_state_dict, set_module
 from ..nn import QuantLinear
 
 log = logging.getLogger(__name__)
-
-MAX_SHARD_SIZE = "2GB"
 
 
 @dataclass
@@ -216,7 +214,7 @@ def write_model(model: nn.Module, tokenizer, out: Path, quantization_config: dic
     for name, tensors in layer_tensors.items():
         for suffix, t in tensors.items():
             state[f"{name}.{suffix}"] = t.detach().cpu().contiguous()
-    _save_state(state, out)
+    save_state_dict(state, out)
     had = hasattr(model.config, "quantization_config")
     previous = getattr(model.config, "quantization_config", None)
     model.config.quantization_config = quantization_config
@@ -231,19 +229,6 @@ def write_model(model: nn.Module, tokenizer, out: Path, quantization_config: dic
         model.generation_config.save_pretrained(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
-
-
-def _save_state(state: dict[str, torch.Tensor], out: Path) -> None:
-    from huggingface_hub import split_torch_state_dict_into_shards
-    from safetensors.torch import save_file
-
-    split = split_torch_state_dict_into_shards(state, max_shard_size=MAX_SHARD_SIZE)
-    for filename, names in split.filename_to_tensors.items():
-        save_file({n: state[n] for n in names}, str(out / filename), metadata={"format": "pt"})
-    if split.is_sharded:
-        index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
-                 "weight_map": split.tensor_to_filename}
-        (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
 
 
 LayerBuilder = Callable[[str, nn.Linear, dict], IntWeights]

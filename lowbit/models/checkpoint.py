@@ -78,10 +78,15 @@ def _unique_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 def save_tensors(model: nn.Module, out: Path) -> int:
     """Write the model's tensors as safetensors shards (+ index); returns bytes written."""
+    save_state_dict({k: v.cpu() for k, v in _unique_state_dict(model).items()}, out)
+    return sum(f.stat().st_size for f in out.glob("*.safetensors"))
+
+
+def save_state_dict(state: dict[str, torch.Tensor], out: Path) -> None:
+    """Write CPU tensors as safetensors shards of at most MAX_SHARD_SIZE (+ index when sharded)."""
     from huggingface_hub import split_torch_state_dict_into_shards
     from safetensors.torch import save_file
 
-    state = {k: v.cpu() for k, v in _unique_state_dict(model).items()}
     split = split_torch_state_dict_into_shards(state, max_shard_size=MAX_SHARD_SIZE)
     for filename, names in split.filename_to_tensors.items():
         save_file({n: state[n] for n in names}, str(out / filename), metadata={"format": "pt"})
@@ -89,7 +94,6 @@ def save_tensors(model: nn.Module, out: Path) -> int:
         index = {"metadata": {"total_size": sum(t.numel() * t.element_size() for t in state.values())},
                  "weight_map": split.tensor_to_filename}
         (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
-    return sum(f.stat().st_size for f in out.glob("*.safetensors"))
 
 
 def save_checkpoint(model: nn.Module, tokenizer, cfg: QuantConfig, out: Path, report: dict | None = None) -> None:
