@@ -39,6 +39,8 @@ class QuantConfig:
     true_sequential: bool = True
     damp_percent: float = 0.01
     static_groups: bool = False
+    # rtn / gptq: search a clipping ratio per group (formats.choose_qparams_clipped)
+    clip_search: bool = False
     quantize_lm_head: bool = False
     modules_to_not_convert: list[str] = field(default_factory=list)
     format: str = "lowbit"

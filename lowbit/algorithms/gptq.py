@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 import torch
 
 from ..config import QuantConfig
-from ..formats import AffineQuantized, choose_qparams
+from ..formats import AffineQuantized, choose_qparams, choose_qparams_clipped
 from .result import LayerResult
 from .rtn import rtn_quantize
 
@@ -158,16 +158,19 @@ def gptq(
     static_groups: bool = False,
     damp_percent: float = 0.01,
     blocksize: int = 128,
+    clip_search: bool = False,
 ) -> tuple[AffineQuantized, float] | None:
     """Quantize W [N, K] given H [K, K] = 2 X X^T. Returns (codes + scale/zero [N, G] +
     g_idx [K], the GPTQ loss sum (w - q)^2 / Hinv_ii^2 / 2), or None if H is unusable.
-    Computes in float32 on W's device."""
+    Computes in float32 on W's device. ``clip_search``: each group's range is the clipped one
+    of ``formats.choose_qparams_clipped`` instead of min-max."""
     W = W.detach().float().clone()
     H = H.detach().to(W.device, torch.float32, copy=True)
     N, K = W.shape
     gs = K if group_size == -1 else min(group_size, K)
     G = math.ceil(K / gs)
     maxq = 2**bits - 1
+    qparams = choose_qparams_clipped if clip_search else choose_qparams
 
     dead = torch.diag(H) == 0  # inputs that are always zero: any value works, take 0
     H[dead, dead] = 1
@@ -177,7 +180,7 @@ def gptq(
     zero = torch.zeros(N, G, device=W.device)
     if static_groups:
         for g in range(G):
-            scale[:, g : g + 1], zero[:, g : g + 1] = choose_qparams(W[:, g * gs : (g + 1) * gs], bits, (1, gs), sym)
+            scale[:, g : g + 1], zero[:, g : g + 1] = qparams(W[:, g * gs : (g + 1) * gs], bits, (1, gs), sym)
 
     perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(K, device=W.device)
     invperm = torch.argsort(perm)
@@ -209,7 +212,7 @@ def gptq(
                 if not static_groups and col % gs == 0:
                     g = col // gs
                     cols = torch.cat([W1[:, i : i + gs], W[:, i2 : col + gs]], dim=1)
-                    scale[:, g : g + 1], zero[:, g : g + 1] = choose_qparams(cols, bits, (1, cols.shape[1]), sym)
+                    scale[:, g : g + 1], zero[:, g : g + 1] = qparams(cols, bits, (1, cols.shape[1]), sym)
                 s, z = scale[:, groups[col]], zero[:, groups[col]]
                 q = torch.round(w / s).add_(z).clamp_(0, maxq)
                 Q1[:, i] = q
@@ -234,7 +237,8 @@ def gptq_quantize(W: torch.Tensor, stats: "HessianStats | torch.Tensor", cfg: Qu
 
         raise LowbitError("GPTQ: the layer's calibration inputs contain NaN or Inf: the model overflows on "
                           "the calibration data; use float32/bfloat16 or check the weights")
-    out = gptq(W, H, cfg.bits, cfg.group_size, cfg.sym, cfg.act_order, cfg.static_groups, cfg.damp_percent)
+    out = gptq(W, H, cfg.bits, cfg.group_size, cfg.sym, cfg.act_order, cfg.static_groups, cfg.damp_percent,
+               clip_search=cfg.clip_search)
     if out is None:
         log.warning("GPTQ: the Hessian cannot be factorized even with damping raised; rounding this layer to nearest")
         return rtn_quantize(W, None, cfg)

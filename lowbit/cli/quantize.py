@@ -27,6 +27,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--damp-percent", "--damp_percent", type=float, default=0.01,
                    help="GPTQ: Hessian dampening as a fraction of its mean diagonal (default: 0.01)")
     p.add_argument("--static-groups", action="store_true", help="GPTQ: fix group parameters before act-order")
+    p.add_argument("--clip-search", action=argparse.BooleanOptionalAction, default=None,
+                   help="RTN/GPTQ: search a clipping ratio per group that minimizes the weight error")
     p.add_argument("--no-true-sequential", dest="true_sequential", action="store_false",
                    help="GPTQ: quantize a block's layers from the same inputs instead of in order")
     p.add_argument("--calibration-samples", "--nsamples", type=int, default=512,
@@ -66,6 +68,7 @@ def run(args: argparse.Namespace) -> int:
         method=args.quantization_type, bits=args.bits, group_size=args.group_size, sym=args.sym,
         act_order=args.act_order, true_sequential=args.true_sequential, damp_percent=args.damp_percent,
         static_groups=args.static_groups, quantize_lm_head=args.quantize_lm_head,
+        **({} if args.clip_search is None else {"clip_search": args.clip_search}),
         modules_to_not_convert=args.skip_modules, format=args.format or default_format(args.quantization_type),
         blocksize=args.blocksize,
         double_quant=args.double_quant, compute_dtype=args.compute_dtype, int8_threshold=args.llm_int8_threshold,

@@ -186,3 +186,27 @@ def test_lazy_blocksize_never_cuts_an_open_group():
         for g0 in range(0, k, gs):  # each group starts a block or ends inside the block it starts in
             b0 = (g0 // bs) * bs
             assert g0 == b0 or min(g0 + gs, k) <= b0 + bs, (gs, k, bs, g0)
+
+
+@pytest.mark.parametrize("sym,act", [(True, True), (False, False)])
+def test_clip_search_lowers_the_output_error(sym, act):
+    errs = {}
+    for clip in (False, True):
+        cfg = QuantConfig(method="gptq", bits=3, group_size=16, sym=sym, act_order=act, clip_search=clip)
+        total = 0.0
+        for seed in range(3):
+            W, X = layer(seed=seed)
+            W[::3, 5] *= 6  # large weights, as trained LLM layers have a few of
+            total += output_error(X, W, gptq_quantize(W, hessian(X), cfg).weight.dequantize())
+        errs[clip] = total
+    assert errs[True] < errs[False]
+
+
+def test_rtn_clip_search_lowers_the_weight_error():
+    from lowbit.algorithms.rtn import rtn_quantize
+
+    W, _ = layer()
+    W[::3, 5] *= 6
+    plain = rtn_quantize(W, None, QuantConfig(method="rtn", bits=4, group_size=16))
+    clipped = rtn_quantize(W, None, QuantConfig(method="rtn", bits=4, group_size=16, clip_search=True))
+    assert clipped.loss < plain.loss
