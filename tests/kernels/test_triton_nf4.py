@@ -50,11 +50,12 @@ def test_repack_nf4_refuses_straddling_blocks(tk):
         repack(tk, layer)
 
 
-@pytest.mark.parametrize("quant_type,double_quant,m", [("nf4", True, 1), ("fp4", False, 2)])
-def test_gemv_nf4(tk, quant_type, double_quant, m):
+@pytest.mark.parametrize("quant_type,double_quant,m,lut_reg", [("nf4", True, 1, False), ("fp4", False, 2, False),
+                                                                ("nf4", True, 1, True)])
+def test_gemv_nf4(tk, quant_type, double_quant, m, lut_reg):
     layer = make_layer(40, 512, quant_type, double_quant=double_quant, bias=m == 1, device=tk.device)
     x = torch.randn(m, 512, device=tk.device).half()
-    y = tk.launch.gemv(x, repack(tk, layer, 32), layer.bias, tk.launch.GemvConfig(split=2))
+    y = tk.launch.gemv(x, repack(tk, layer, 32), layer.bias, tk.launch.GemvConfig(split=2, lut_reg=lut_reg))
     check(y, ref_out(x, layer))
 
 

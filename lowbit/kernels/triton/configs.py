@@ -13,7 +13,7 @@ from dataclasses import replace
 import torch
 import triton
 
-from .launch import DequantConfig, GemmConfig, GemvConfig
+from .launch import DequantConfig, GemmConfig, GemvConfig, TcConfig
 from .layout import PK
 
 # Measured on an H100 SXM (benchmarks/results/h100_tune_best_run2.json: int4 g128 asym,
@@ -33,7 +33,7 @@ GEMV: dict[tuple[int, int, int], GemvConfig] = {
     (14336, 4096, 4): GemvConfig(chunks=2, split=1, num_warps=4, num_stages=1, prefetch=False),  # 19.7 us, fp16 42.2
 }
 #: (N, K, bits, M bucket) -> GEMM config.
-GEMM: dict[tuple[int, int, int, int], GemmConfig | DequantConfig] = {
+GEMM: dict[tuple[int, int, int, int], GemmConfig | DequantConfig | TcConfig] = {
     (1024, 4096, 4, 16): GemmConfig(bm=16, bnt=64, split=16, num_warps=4, num_stages=4),  # 8.1 us, fp16 7.7
     # M = 256: dequantize + cuBLAS beat the fused kernel on every shape (run 3,
     # benchmarks/results/h100_table_int4_run3.txt: 14.1/29.2/108.0/114.3 us against fused 33.0/42.0/122.0/135.8).
@@ -48,9 +48,6 @@ GEMM: dict[tuple[int, int, int, int], GemmConfig | DequantConfig] = {
 
 #: Largest M that runs on the CUDA-core GEMV (above it the tensor-core kernel wins).
 GEMV_MAX_M = 1
-#: From this M on, shapes without a measured config dequantize once and call cuBLAS (at
-#: M = 256 that was faster than the fused kernel on all four Llama-3-8B shapes).
-DEQUANT_MIN_M = 129
 M_BUCKETS = (16, 32, 64, 128, 256)
 #: Bytes of shared memory the GEMM's pipeline stages may take (H100: 227 KB a block).
 SHARED_BUDGET = 160 * 1024
@@ -66,6 +63,8 @@ def load_table(path: str) -> None:
                 BLOCK_N[key] = e["bn"]
             elif e["kind"] == "dequant":
                 GEMM[key + (m_bucket(e["m"]),)] = DequantConfig(**e["cfg"])
+            elif e["kind"] == "tc":
+                GEMM[key + (m_bucket(e["m"]),)] = TcConfig(**e["cfg"])
             else:
                 GEMM[key + (m_bucket(e["m"]),)] = GemmConfig(**e["cfg"])
 
@@ -123,17 +122,37 @@ def _fit_shared(cfg: GemmConfig, bits: int) -> GemmConfig:
     return replace(cfg, num_stages=stages)
 
 
-def gemm_config(m: int, n: int, k: int, bits: int, chunks: int, device: torch.device) -> GemmConfig | DequantConfig:
+def fit_shared_tc(cfg: TcConfig, lut: bool) -> TcConfig:
+    """Fewer stages when x tile + word tile (+ the code-book gather, which Triton pipelines
+    through shared memory too) of a stage would overflow shared memory."""
+    stage = cfg.bm * cfg.bk * 2 + PK * cfg.bnt * 4 + (cfg.bk * cfg.bnt * 4 if lut else 0)
+    stages = cfg.num_stages
+    while stages > 1 and stages * stage > SHARED_BUDGET:
+        stages -= 1
+    return replace(cfg, num_stages=stages)
+
+
+def tc_config(m: int, n: int, tiles_chunks: int, device: torch.device) -> TcConfig:
+    """Heuristic tensor-core config: wide tiles for prefill, split-K until the SMs are busy."""
+    if m <= 16:
+        cfg = TcConfig(bm=16, bnt=64, bk=128, num_warps=4, num_stages=4, swap=True, scale_after=True)
+    elif m <= 64:
+        cfg = TcConfig(bm=64, bnt=64, bk=64, num_warps=4, num_stages=4)
+    else:
+        cfg = TcConfig(bm=128, bnt=128, bk=64, num_warps=8, num_stages=3)
+    tiles = triton.cdiv(m, cfg.bm) * triton.cdiv(n, cfg.bnt)
+    split = 1
+    while tiles * split < _sms(device) and split * 2 <= tiles_chunks:
+        split *= 2
+    return replace(cfg, split=split)
+
+
+def gemm_config(m: int, n: int, k: int, bits: int, chunks: int, device: torch.device) -> GemmConfig | DequantConfig | TcConfig:
     b = m_bucket(m)
     if (n, k, bits, b) in GEMM:
         return GEMM[(n, k, bits, b)]
-    if m >= DEQUANT_MIN_M:
-        return DequantConfig()
     if b <= 16:
         cfg = GemmConfig(bm=16, bnt=64, num_warps=4, num_stages=3, swap=True)
-    elif b <= 64:
-        cfg = GemmConfig(bm=b, bnt=64, num_warps=4, num_stages=3)
-    else:
-        cfg = GemmConfig(bm=128, bnt=128, num_warps=8, num_stages=2)
-    tiles = triton.cdiv(m, cfg.bm) * triton.cdiv(n, cfg.bnt)
-    return _fit_shared(replace(cfg, split=_fill_split(tiles, chunks, _sms(device))), bits)
+        tiles = triton.cdiv(m, cfg.bm) * triton.cdiv(n, cfg.bnt)
+        return _fit_shared(replace(cfg, split=_fill_split(tiles, chunks, _sms(device))), bits)
+    return tc_config(m, n, chunks, device)

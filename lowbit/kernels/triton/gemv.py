@@ -26,7 +26,7 @@ def int_gemv_kernel(
     M, N, K, KC, G, stride_xm, stride_ym, chunks_per_split, splits, magic,
     BITS: tl.constexpr, BN: tl.constexpr, PK: tl.constexpr, C: tl.constexpr,
     GS: tl.constexpr, JR: tl.constexpr, SPLIT_K: tl.constexpr, EVEN_K: tl.constexpr, EVEN_C: tl.constexpr,
-    PREFETCH: tl.constexpr,
+    PREFETCH: tl.constexpr, LUT_REG: tl.constexpr,
     MODE_LUT: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
@@ -44,6 +44,8 @@ def int_gemv_kernel(
     w_ptrs = qw_ptr + pid_n.to(tl.int64) * KC * (PK * BN) + (c_begin + rc) * (PK * BN) + rr * BN + rn
     x_row = x_ptr + m.to(tl.int64) * stride_xm
     acc = tl.zeros([C, PK, BN], dtype=tl.float32)
+    if MODE_LUT and LUT_REG:
+        lut = tl.load(lut_ptr + tl.arange(0, 1 << BITS))  # the code book, held by the program
     if PREFETCH:
         nxt = tl.load(w_ptrs, mask=(c_begin + rc) < c_end, other=0)
     for c0 in range(c_begin, c_end, C):
@@ -82,7 +84,14 @@ def int_gemv_kernel(
                 if HAS_ZERO:
                     z = tl.load(z_ptr + g * N + n, mask=nmask & cmask, other=0.0).to(tl.float32)
                 part = tl.zeros([C, PK, BN], dtype=tl.float32)
-            v = decode_slab(words, hi, magic, lut_ptr, j, BITS, MODE_LUT)
+            if MODE_LUT and LUT_REG:
+                # Look the codes up in the program's copy (a gather from registers / shared
+                # memory) instead of one global load per weight.
+                src = words if j < 16 // BITS else hi
+                q = (src >> (BITS * (j % (16 // BITS)))) & ((1 << BITS) - 1)
+                v = tl.reshape(tl.gather(lut, tl.reshape(q, [C * PK * BN]), 0), [C, PK, BN])
+            else:
+                v = decode_slab(words, hi, magic, lut_ptr, j, BITS, MODE_LUT)
             if MODE_LUT:
                 part += v * xv
             else:

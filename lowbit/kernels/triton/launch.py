@@ -13,6 +13,7 @@ import triton
 
 from .dequant import dequant_kernel
 from .gemm import int_gemm_kernel
+from .gemm_tc import int_gemm_tc_kernel
 from .gemv import int_gemv_kernel
 from .layout import PK, PackedWeight
 
@@ -24,6 +25,7 @@ class GemvConfig:
     num_warps: int = 4
     num_stages: int = 3
     prefetch: bool = True  # load the next step's words before decoding this step's
+    lut_reg: bool = False  # lut mode: gather codes from a per-program copy of the code book
 
 
 @dataclass(frozen=True)
@@ -35,6 +37,22 @@ class GemmConfig:
     num_stages: int = 3
     swap: bool = False
     group_m: int = 8
+
+
+@dataclass(frozen=True)
+class TcConfig:
+    """``gemm_tc``: BM x BNT output tiles, BK-deep steps (a power of two from 32 up to a
+    chunk); ``scale_after`` needs BK to divide the group size (else ignored)."""
+
+    bm: int = 64
+    bnt: int = 128
+    bk: int = 64
+    split: int = 1
+    num_warps: int = 4
+    num_stages: int = 3
+    swap: bool = False
+    group_m: int = 8
+    scale_after: bool = False
 
 
 #: 2^23 as float32 bits, passed at run time (see ``epilogue.decode_slab``).
@@ -121,6 +139,7 @@ def gemv(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: Gemv
         M=m, N=pw.n, K=pw.k, KC=pw.chunks, G=pw.groups, stride_xm=x.stride(0), stride_ym=y.stride(0),
         chunks_per_split=per, splits=split, magic=MAGIC, BITS=pw.bits, BN=pw.block_n, PK=PK, C=cfg.chunks,
         GS=pw.group_size, JR=jr, SPLIT_K=split > 1, EVEN_K=_even_k(pw), EVEN_C=even_c, PREFETCH=cfg.prefetch,
+        LUT_REG=cfg.lut_reg and pw.mode == "lut",
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_common(x, pw, bias),
     )
     return y
@@ -143,6 +162,41 @@ def gemm(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: Gemm
         M=m, N=pw.n, K=pw.k, KC=pw.chunks, G=pw.groups, stride_xm=x.stride(0), stride_ym=y.stride(0),
         chunks_per_split=per, splits=split, magic=MAGIC, BITS=pw.bits, BN=pw.block_n, PK=PK,
         GS=pw.group_size, JR=jr, EVEN_K=_even_k(pw), BM=cfg.bm, BNT=cfg.bnt, GROUP_M=cfg.group_m, SPLIT_K=split > 1, SWAP=cfg.swap,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_common(x, pw, bias),
+    )
+    return y
+
+
+def tc_shape(cfg: TcConfig, pw: PackedWeight) -> tuple[int, int]:
+    """(BNT, BK) as the kernel can take them for this layout: BNT a multiple of the layout's
+    column block times a power of two, BK a power of two between PK and a chunk."""
+    blocks = -(-max(cfg.bnt, pw.block_n) // pw.block_n)
+    bnt = pw.block_n << (blocks - 1).bit_length()
+    bk = min(max(cfg.bk, PK), pw.codes_per_word * PK)
+    return bnt, bk
+
+
+def gemm_tc(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: TcConfig,
+            out: torch.Tensor | None = None) -> torch.Tensor:
+    """y [M, N] = x [M, K] @ W.T (+ bias): tiled tensor-core kernel (``gemm_tc``), x fp16/bf16."""
+    m = x.shape[0]
+    y = torch.empty(m, pw.n, dtype=x.dtype, device=x.device) if out is None else out
+    bnt, bk = tc_shape(cfg, pw)
+    tiles = triton.cdiv(m, cfg.bm) * triton.cdiv(pw.n, bnt)
+    steps = pw.chunks * (pw.codes_per_word * PK // bk)
+    per, split = _splits(steps, cfg.split, 1)
+    bufs = splitk_buffers(x.device, m * pw.n, tiles) if split > 1 else None
+    if split > 1 and bufs is None:
+        per, split = steps, 1
+    ws, cnt = bufs if bufs is not None else (y, y)
+    nb = pw.qweight.shape[0]
+    half = x.dtype == torch.float16 and pw.scales.dtype == torch.float16
+    int_gemm_tc_kernel[(tiles, split)](
+        x, pw.qweight, y_ptr=y, ws_ptr=ws, cnt_ptr=cnt,
+        M=m, N=pw.n, K=pw.k, KC=pw.chunks, NB=nb, G=pw.groups, stride_xm=x.stride(0), stride_ym=y.stride(0),
+        steps_per_split=per, splits=split, BITS=pw.bits, BN=pw.block_n, PK=PK, GS=pw.group_size,
+        EVEN_K=_even_k(pw), EVEN_N=nb % (bnt // pw.block_n) == 0, BM=cfg.bm, BNT=bnt, BK=bk, GROUP_M=cfg.group_m,
+        SPLIT_K=split > 1, SWAP=cfg.swap, SCALE_AFTER=cfg.scale_after and pw.group_size % bk == 0, HALF_MATH=half,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_common(x, pw, bias),
     )
     return y

@@ -102,6 +102,8 @@ def run_packed(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None) -> 
         cfg = configs.gemm_config(m, pw.n, pw.k, pw.bits, pw.chunks, x.device)
         if isinstance(cfg, launch.DequantConfig):
             y = launch.dequant_matmul(x2, pw, bias, cfg)
+        elif isinstance(cfg, launch.TcConfig):
+            y = launch.gemm_tc(x2, pw, bias, configs.fit_shared_tc(cfg, pw.mode == "lut"))
         else:
             if pw.mode == "lut":
                 # The code-book gathers would be software-pipelined through shared memory

@@ -1,0 +1,89 @@
+"""The tiled tensor-core kernel (gemm_tc) vs kernels/reference.py (interpreted on CPU)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from lowbit.formats import group_block, quantize_affine
+from lowbit.kernels import reference
+from lowbit.nn import Linear4bit, QuantLinear
+
+
+def make_layer(n, k, bits, gs, sym, act_order=False, bias=False, seed=0, device="cpu"):
+    g = torch.Generator().manual_seed(seed)
+    layer = QuantLinear.from_quantized(quantize_affine(torch.randn(n, k, generator=g), bits, group_block(k, gs), sym),
+                                       gs, torch.randn(n, generator=g) if bias else None)
+    if act_order:  # GPTQ act-order: column perm[i] belongs to group i // gs
+        g_idx = torch.empty(k, dtype=torch.int32)
+        g_idx[torch.randperm(k, generator=g)] = layer.g_idx.clone()
+        layer.g_idx = g_idx
+    return layer.to(device)
+
+
+def ref_out(x, layer):
+    return reference.int_group_linear(x.float(), layer.qweight, layer.qzeros, layer.scales, layer.g_idx,
+                                      layer.bits, layer.bias)
+
+
+def check(y, ref, x):
+    assert y.dtype == x.dtype and y.shape == ref.shape and torch.isfinite(y).all()
+    err = (y.float() - ref).abs().max().item() / ref.abs().max().item()
+    assert err < 4e-3, err
+
+
+def repack(tk, layer, block_n):
+    return tk.layout.repack_int_group(layer.qweight, layer.qzeros, layer.scales, layer.g_idx, layer.bits,
+                                      layer.group_size, block_n)
+
+
+@pytest.mark.parametrize("bits,gs,sym,act,n,k,m,bn,cfg", [
+    # M, tile, step depth and split-K; N = 40 with 16-column blocks: a tile of 32 spans two
+    # blocks and the last tile a missing one; K = 576: a partial chunk and a ragged group.
+    (4, 128, False, False, 40, 512, 3, 16, dict(bm=16, bnt=32, bk=64, swap=True)),
+    (4, 128, False, False, 48, 512, 16, 16, dict(bm=16, bnt=32, bk=128, split=3, scale_after=True)),
+    (4, 64, False, True, 40, 576, 17, 16, dict(bm=16, bnt=32, bk=256, split=2)),
+    (4, 128, True, False, 48, 512, 64, 16, dict(bm=32, bnt=48, bk=32, scale_after=True, swap=True)),
+    (4, 32, False, True, 40, 576, 257, 16, dict(bm=64, bnt=64, bk=64)),
+    (8, -1, False, False, 40, 256, 5, 16, dict(bm=16, bnt=32, bk=128, scale_after=True)),
+    (2, 64, False, True, 32, 512, 20, 16, dict(bm=16, bnt=32, bk=64, split=2)),
+    (4, 128, False, False, 24, 512, 1, 8, dict(bm=16, bnt=16, bk=32, split=4, swap=True, scale_after=True)),
+])
+def test_gemm_tc(tk, bits, gs, sym, act, n, k, m, bn, cfg):
+    layer = make_layer(n, k, bits, gs, sym, act, bias=m % 2 == 1, seed=m + bits, device=tk.device)
+    x = torch.randn(m, k, device=tk.device).half()
+    y = tk.launch.gemm_tc(x, repack(tk, layer, bn), layer.bias, tk.launch.TcConfig(**cfg))
+    check(y, ref_out(x, layer), x)
+
+
+def test_gemm_tc_splitk_leaves_workspace_zero(tk):
+    layer = make_layer(32, 512, 4, 128, False, device=tk.device)
+    pw = repack(tk, layer, 16)
+    x = torch.randn(4, 512, device=tk.device).half()
+    for _ in range(2):
+        y = tk.launch.gemm_tc(x, pw, None, tk.launch.TcConfig(bm=16, bnt=16, bk=64, split=4))
+        check(y, ref_out(x, layer), x)
+    ws, cnt = tk.launch.splitk_buffers(tk.device, 32, 2)
+    assert not ws.any() and not cnt.any()
+
+
+@pytest.mark.parametrize("quant_type,scale_after", [("nf4", True), ("fp4", False)])
+def test_gemm_tc_nf4(tk, quant_type, scale_after):
+    g = torch.Generator().manual_seed(3)
+    lin = torch.nn.Linear(512, 40, bias=True)
+    with torch.no_grad():
+        lin.weight.copy_(torch.randn(40, 512, generator=g) * 0.05)
+    layer = Linear4bit.from_linear(lin, quant_type, 64, True).to(tk.device)
+    pw = tk.layout.repack_nf4(layer.weight_4bit, layer.absmax_float(), layer.code, 40, 512, 64, 16)
+    x = torch.randn(18, 512, device=tk.device).half()
+    y = tk.launch.gemm_tc(x, pw, layer.bias, tk.launch.TcConfig(bm=16, bnt=32, bk=64, scale_after=scale_after))
+    ref = reference.nf4_linear(x.float(), layer.weight_4bit, layer.absmax_float(), quant_type, 64, torch.float32,
+                               layer.bias)
+    err = (y.float() - ref).abs().max().item() / ref.abs().max().item()
+    assert err < 4e-3, err
+
+
+def test_tc_shape_rounds_to_the_layout(tk):
+    layer = make_layer(40, 512, 4, 128, False)
+    pw = repack(tk, layer, 32)
+    assert tk.launch.tc_shape(tk.launch.TcConfig(bnt=16, bk=512), pw) == (32, 256)
+    assert tk.launch.tc_shape(tk.launch.TcConfig(bnt=80, bk=16), pw) == (128, 32)
