@@ -130,6 +130,8 @@ def table(args) -> None:
     peak = peak_gbs()
     print(f"device: {torch.cuda.get_device_name()}; copy bandwidth measured {copy_gbs():.0f} GB/s; "
           f"peak {peak:.0f} GB/s", flush=True)
+    print("timing: fp16 (cuBLAS F.linear) and ours alike: each call on its own weight copy, rotating over "
+          f">= {L2_ROTATION_BYTES >> 20} MB, calls captured in one CUDA graph, median replay time / calls", flush=True)
     rows, base = [], {}
     kinds = args.kinds or list(KINDS)
     print(f"{'kind':<18}{'K x N':>12}{'M':>5}{'fp16 us':>9}{'ours us':>9}{'speedup':>9}{'GB/s':>7}{'% peak':>8}")

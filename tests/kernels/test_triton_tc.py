@@ -47,6 +47,10 @@ def repack(tk, layer, block_n):
     (8, -1, False, False, 40, 256, 5, 16, dict(bm=16, bnt=32, bk=128, scale_after=True)),
     (2, 64, False, True, 32, 512, 20, 16, dict(bm=16, bnt=32, bk=64, split=2)),
     (4, 128, False, False, 24, 512, 1, 8, dict(bm=16, bnt=16, bk=32, split=4, swap=True, scale_after=True)),
+    # flat decode: one group per step, several groups per step (ragged), 8-bit, swapped
+    (4, 128, False, False, 40, 512, 33, 16, dict(bm=32, bnt=32, bk=64, flat=True)),
+    (4, 32, False, True, 40, 576, 16, 16, dict(bm=16, bnt=32, bk=128, flat=True, split=2)),
+    (8, 64, True, False, 40, 256, 5, 16, dict(bm=16, bnt=32, bk=64, flat=True, swap=True, scale_after=True)),
 ])
 def test_gemm_tc(tk, bits, gs, sym, act, n, k, m, bn, cfg):
     layer = make_layer(n, k, bits, gs, sym, act, bias=m % 2 == 1, seed=m + bits, device=tk.device)
@@ -66,8 +70,9 @@ def test_gemm_tc_splitk_leaves_workspace_zero(tk):
     assert not ws.any() and not cnt.any()
 
 
-@pytest.mark.parametrize("quant_type,scale_after", [("nf4", True), ("fp4", False)])
-def test_gemm_tc_nf4(tk, quant_type, scale_after):
+@pytest.mark.parametrize("quant_type,scale_after,flat", [("nf4", True, False), ("fp4", False, True),
+                                                         ("nf4", False, False)])
+def test_gemm_tc_nf4(tk, quant_type, scale_after, flat):
     g = torch.Generator().manual_seed(3)
     lin = torch.nn.Linear(512, 40, bias=True)
     with torch.no_grad():
@@ -75,7 +80,8 @@ def test_gemm_tc_nf4(tk, quant_type, scale_after):
     layer = Linear4bit.from_linear(lin, quant_type, 64, True).to(tk.device)
     pw = tk.layout.repack_nf4(layer.weight_4bit, layer.absmax_float(), layer.code, 40, 512, 64, 16)
     x = torch.randn(18, 512, device=tk.device).half()
-    y = tk.launch.gemm_tc(x, pw, layer.bias, tk.launch.TcConfig(bm=16, bnt=32, bk=64, scale_after=scale_after))
+    y = tk.launch.gemm_tc(x, pw, layer.bias, tk.launch.TcConfig(bm=16, bnt=32, bk=128 if flat else 64, scale_after=scale_after,
+                                                                      flat=flat))
     ref = reference.nf4_linear(x.float(), layer.weight_4bit, layer.absmax_float(), quant_type, 64, torch.float32,
                                layer.bias)
     err = (y.float() - ref).abs().max().item() / ref.abs().max().item()

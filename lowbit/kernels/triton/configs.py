@@ -46,6 +46,11 @@ GEMM: dict[tuple[int, int, int, int], GemmConfig | DequantConfig | TcConfig] = {
     (14336, 4096, 4, 256): DequantConfig(),  # 108.0 us, fp16 50.9
 }
 
+#: Code-book (NF4/FP4, "lut" mode) layers: their own tables, same keys (measured separately:
+#: the code-book gather changes what hides latency best).
+GEMV_LUT: dict[tuple[int, int, int], GemvConfig] = {}
+GEMM_LUT: dict[tuple[int, int, int, int], GemmConfig | DequantConfig | TcConfig] = {}
+
 #: Largest M that runs on the CUDA-core GEMV (above it the tensor-core kernel wins).
 GEMV_MAX_M = 1
 M_BUCKETS = (16, 32, 64, 128, 256)
@@ -58,15 +63,18 @@ def load_table(path: str) -> None:
     with open(path) as f:
         for e in json.load(f):
             key = (e["n"], e["k"], e["bits"])
+            lut = e.get("mode") == "lut"
+            gemm = GEMM_LUT if lut else GEMM
             if e["kind"] == "gemv":
-                GEMV[key] = GemvConfig(**e["cfg"])
-                BLOCK_N[key] = e["bn"]
+                (GEMV_LUT if lut else GEMV)[key] = GemvConfig(**e["cfg"])
+                if "bn" in e:
+                    BLOCK_N[key] = e["bn"]
             elif e["kind"] == "dequant":
-                GEMM[key + (m_bucket(e["m"]),)] = DequantConfig(**e["cfg"])
+                gemm[key + (m_bucket(e["m"]),)] = DequantConfig(**e["cfg"])
             elif e["kind"] == "tc":
-                GEMM[key + (m_bucket(e["m"]),)] = TcConfig(**e["cfg"])
+                gemm[key + (m_bucket(e["m"]),)] = TcConfig(**e["cfg"])
             else:
-                GEMM[key + (m_bucket(e["m"]),)] = GemmConfig(**e["cfg"])
+                gemm[key + (m_bucket(e["m"]),)] = GemmConfig(**e["cfg"])
 
 
 @functools.lru_cache(maxsize=None)
@@ -97,11 +105,14 @@ def _fill_split(programs: int, chunks: int, sms: int) -> int:
     return split
 
 
-def gemv_config(n: int, k: int, bits: int, nb: int, chunks: int, device: torch.device) -> GemvConfig:
-    if (n, k, bits) in GEMV:
-        return GEMV[(n, k, bits)]
-    return GemvConfig(chunks=1, split=_fill_split(nb, chunks, _sms(device)), num_warps=4, num_stages=1,
-                      prefetch=False)
+def gemv_config(n: int, k: int, bits: int, nb: int, chunks: int, device: torch.device,
+                lut: bool = False) -> GemvConfig:
+    table = GEMV_LUT if lut else GEMV
+    if (n, k, bits) in table:
+        return table[(n, k, bits)]
+    # lut: the code book gathered from the program's copy was ~2x faster on every H100 shape.
+    return GemvConfig(chunks=1, split=_fill_split(nb, chunks, _sms(device)) * (2 if lut else 1), num_warps=4,
+                      num_stages=1, prefetch=False, lut_reg=lut)
 
 
 def m_bucket(m: int) -> int:
@@ -147,10 +158,12 @@ def tc_config(m: int, n: int, tiles_chunks: int, device: torch.device) -> TcConf
     return replace(cfg, split=split)
 
 
-def gemm_config(m: int, n: int, k: int, bits: int, chunks: int, device: torch.device) -> GemmConfig | DequantConfig | TcConfig:
+def gemm_config(m: int, n: int, k: int, bits: int, chunks: int, device: torch.device,
+                lut: bool = False) -> GemmConfig | DequantConfig | TcConfig:
     b = m_bucket(m)
-    if (n, k, bits, b) in GEMM:
-        return GEMM[(n, k, bits, b)]
+    table = GEMM_LUT if lut else GEMM
+    if (n, k, bits, b) in table:
+        return table[(n, k, bits, b)]
     if b <= 16:
         cfg = GemmConfig(bm=16, bnt=64, num_warps=4, num_stages=3, swap=True)
         tiles = triton.cdiv(m, cfg.bm) * triton.cdiv(n, cfg.bnt)

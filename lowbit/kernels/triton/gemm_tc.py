@@ -39,6 +39,7 @@ def int_gemm_tc_kernel(
     BITS: tl.constexpr, BN: tl.constexpr, PK: tl.constexpr, GS: tl.constexpr, EVEN_K: tl.constexpr,
     EVEN_N: tl.constexpr, BM: tl.constexpr, BNT: tl.constexpr, BK: tl.constexpr, GROUP_M: tl.constexpr,
     SPLIT_K: tl.constexpr, SWAP: tl.constexpr, SCALE_AFTER: tl.constexpr, HALF_MATH: tl.constexpr,
+    FLAT: tl.constexpr, ONE_GROUP: tl.constexpr,
     MODE_LUT: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr,
 ):
     pid = tl.program_id(0)
@@ -61,13 +62,22 @@ def int_gemm_tc_kernel(
     rn = pid_n * BNT + tl.arange(0, BNT)
     mmask = rm < M
     nmask = (rn < N)[None, None, :]
-    blk = pid_n * NBT + tl.arange(0, NBT)
-    w_ptrs = (qw_ptr + blk.to(tl.int64)[None, :, None] * (KC * PK * BN)
-              + tl.arange(0, PK)[:, None, None] * BN + tl.arange(0, BN)[None, None, :])  # [PK, NBT, BN]
-    bmask = (blk < NB)[None, :, None]
+    kb = tl.arange(0, BK)
+    if FLAT:
+        # Row kr of a step's tile is code kr // PK of word row kr % PK: each word is loaded
+        # (from L1) once per code it holds, and the tile is decoded in place, [BK, BNT].
+        w_col = (rn // BN).to(tl.int64) * (KC * PK * BN) + rn % BN  # [BNT]
+        w_ptrs = qw_ptr + w_col[None, :] + (kb % PK)[:, None] * BN  # [BK, BNT]
+        bmask = (rn // BN < NB)[None, :]
+    else:
+        blk = pid_n * NBT + tl.arange(0, NBT)
+        w_ptrs = (qw_ptr + blk.to(tl.int64)[None, :, None] * (KC * PK * BN)
+                  + tl.arange(0, PK)[:, None, None] * BN + tl.arange(0, BN)[None, None, :])  # [PK, NBT, BN]
+        bmask = (blk < NB)[None, :, None]
     x_rows = x_ptr + rm.to(tl.int64) * stride_xm
     jj = tl.arange(0, JS)
-    kb = tl.arange(0, BK)
+    if MODE_LUT:
+        lut = tl.load(lut_ptr + tl.arange(0, 1 << BITS))  # the code book, held by the program
     t_begin = pid_k * steps_per_split
     t_end = tl.minimum(t_begin + steps_per_split, KC * S)
     if SWAP:
@@ -76,37 +86,56 @@ def int_gemm_tc_kernel(
         acc = tl.zeros([BM, BNT], dtype=tl.float32)
     for t in range(t_begin, t_end):
         c = t // S
-        j = (t % S) * JS + jj  # code positions of this step, [JS]
         if EVEN_N:
             words = tl.load(w_ptrs + c * (PK * BN))
         else:
             words = tl.load(w_ptrs + c * (PK * BN), mask=bmask, other=0)
-        words = tl.reshape(words, [PK, BNT])
-        q = (words[None, :, :] >> (BITS * j)[:, None, None]) & ((1 << BITS) - 1)  # [JS, PK, BNT]
+        if FLAT:
+            j = (t % S) * JS + kb // PK  # code position of each row, [BK]
+            q = (words >> (BITS * j)[:, None]) & ((1 << BITS) - 1)  # [BK, BNT]
+        else:
+            j = (t % S) * JS + jj  # code positions of this step, [JS]
+            words = tl.reshape(words, [PK, BNT])
+            q = (words[None, :, :] >> (BITS * j)[:, None, None]) & ((1 << BITS) - 1)  # [JS, PK, BNT]
         # Padding steps past the last group reuse its scale: codes 0, activations masked to 0.
-        g = tl.minimum((c * KCH + j * PK) // GS, G - 1)  # [JS]
-        if SCALE_AFTER:
-            g0 = tl.minimum((t * BK) // GS, G - 1)  # the whole step lies in group g0
+        g0 = tl.minimum((t * BK) // GS, G - 1)  # group of the step's first column
+        if ONE_GROUP:  # the whole step lies in group g0
             s_off = g0 * N + rn  # [BNT]
-        qoff = g[:, None, None] * N + rn[None, None, :]  # [JS, 1, BNT]
+            qoff = s_off[None, :]
+            if not FLAT:
+                qoff = qoff[None, :, :]
+            smask = (rn < N)[None, :]
+        else:
+            g = tl.minimum((c * KCH + j * PK) // GS, G - 1)
+            if FLAT:
+                qoff = g[:, None] * N + rn[None, :]  # [BK, BNT]
+            else:
+                qoff = g[:, None, None] * N + rn[None, None, :]  # [JS, 1, BNT]
+            smask = rn < N
         if MODE_LUT:
-            w = tl.load(lut_ptr + q)  # float32
+            w = tl.gather(lut, tl.reshape(q, [BK * BNT]), 0)  # float32
+            if FLAT:
+                w = tl.reshape(w, [BK, BNT])
+            else:
+                w = tl.reshape(w, [JS, PK, BNT])
             if not SCALE_AFTER:
-                w = w * tl.load(s_ptr + qoff, mask=nmask, other=0.0).to(tl.float32)
+                w = w * tl.load(s_ptr + qoff, mask=smask, other=0.0).to(tl.float32)
         else:
             v = (q | 0x6400).to(tl.int16).to(tl.float16, bitcast=True)  # 1024 + q, exact
             if HAS_ZERO:
-                zz = tl.load(z_ptr + qoff, mask=nmask, other=0.0) + 1024.0  # fp16, exact
+                zz = tl.load(z_ptr + qoff, mask=smask, other=0.0) + 1024.0  # fp16, exact
             else:
                 zz = 1024.0 + (1 << (BITS - 1))
             w = v - zz  # q - zero, exact in float16
             if not SCALE_AFTER:
-                s = tl.load(s_ptr + qoff, mask=nmask, other=0.0)
+                s = tl.load(s_ptr + qoff, mask=smask, other=0.0)
                 if HALF_MATH:
                     w = w * s.to(tl.float16)  # one rounding, as the reference's
                 else:
                     w = w.to(tl.float32) * s.to(tl.float32)
-        w = tl.reshape(w.to(dt), [BK, BNT])
+        w = w.to(dt)
+        if not FLAT:
+            w = tl.reshape(w, [BK, BNT])
         kk = t * BK + kb
         if EVEN_K:
             kmask = kb < BK

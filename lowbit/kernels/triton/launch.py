@@ -53,7 +53,11 @@ class TcConfig:
     swap: bool = False
     group_m: int = 8
     scale_after: bool = False
+    flat: bool = False  # decode the [BK, BNT] tile in place (each word loaded once per code)
 
+
+#: Compiled handle of the last gemm_tc launch (for benchmarks/tune_tc.py --inspect).
+LAST_TC = None
 
 #: 2^23 as float32 bits, passed at run time (see ``epilogue.decode_slab``).
 MAGIC = 0x4B000000
@@ -191,12 +195,15 @@ def gemm_tc(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: T
     ws, cnt = bufs if bufs is not None else (y, y)
     nb = pw.qweight.shape[0]
     half = x.dtype == torch.float16 and pw.scales.dtype == torch.float16
-    int_gemm_tc_kernel[(tiles, split)](
+    one_group = pw.group_size % bk == 0
+    global LAST_TC
+    LAST_TC = int_gemm_tc_kernel[(tiles, split)](
         x, pw.qweight, y_ptr=y, ws_ptr=ws, cnt_ptr=cnt,
         M=m, N=pw.n, K=pw.k, KC=pw.chunks, NB=nb, G=pw.groups, stride_xm=x.stride(0), stride_ym=y.stride(0),
         steps_per_split=per, splits=split, BITS=pw.bits, BN=pw.block_n, PK=PK, GS=pw.group_size,
         EVEN_K=_even_k(pw), EVEN_N=nb % (bnt // pw.block_n) == 0, BM=cfg.bm, BNT=bnt, BK=bk, GROUP_M=cfg.group_m,
-        SPLIT_K=split > 1, SWAP=cfg.swap, SCALE_AFTER=cfg.scale_after and pw.group_size % bk == 0, HALF_MATH=half,
+        SPLIT_K=split > 1, SWAP=cfg.swap, SCALE_AFTER=cfg.scale_after and one_group, HALF_MATH=half,
+        FLAT=cfg.flat, ONE_GROUP=one_group,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_common(x, pw, bias),
     )
     return y

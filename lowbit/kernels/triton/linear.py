@@ -96,10 +96,10 @@ def run_packed(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None) -> 
     x2 = x.reshape(-1, pw.k)
     m = x2.shape[0]
     if m <= configs.GEMV_MAX_M:
-        cfg = configs.gemv_config(pw.n, pw.k, pw.bits, pw.qweight.shape[0], pw.chunks, x.device)
+        cfg = configs.gemv_config(pw.n, pw.k, pw.bits, pw.qweight.shape[0], pw.chunks, x.device, pw.mode == "lut")
         y = launch.gemv(x2, pw, bias, cfg)
     else:
-        cfg = configs.gemm_config(m, pw.n, pw.k, pw.bits, pw.chunks, x.device)
+        cfg = configs.gemm_config(m, pw.n, pw.k, pw.bits, pw.chunks, x.device, pw.mode == "lut")
         if isinstance(cfg, launch.DequantConfig):
             y = launch.dequant_matmul(x2, pw, bias, cfg)
         elif isinstance(cfg, launch.TcConfig):
