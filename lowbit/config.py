@@ -49,6 +49,8 @@ class QuantConfig:
     double_quant: bool = True
     compute_dtype: str = "float32"
     int8_threshold: float = 6.0
+    # int8: activation columns per scale (per token); 0 = the LLM.int8 paper's one scale per token.
+    int8_act_block_size: int = 64
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -155,6 +157,10 @@ def _check_bnb_fields(cfg: "QuantConfig") -> None:
     if isinstance(cfg.int8_threshold, bool) or not isinstance(cfg.int8_threshold, (int, float)) or cfg.int8_threshold < 0:
         raise LowbitError(f"int8 threshold {cfg.int8_threshold!r} must be a number >= 0 (6.0 is usual; 0 disables outliers)")
     cfg.int8_threshold = float(cfg.int8_threshold)
+    b = cfg.int8_act_block_size
+    if isinstance(b, bool) or not isinstance(b, int) or b < 0:
+        raise LowbitError(f"int8 activation block size {b!r} is invalid: use a number of columns such as 64, "
+                          "or 0 for one scale per token (the LLM.int8 paper's vector-wise quantization)")
     if cfg.method in BNB_BITS:
         cfg.bits = BNB_BITS[cfg.method]  # implied by the type: --bits does not apply
 
@@ -172,7 +178,9 @@ class BnbConfig:
     llm_int8_skip_modules: layer names (full, or a dotted suffix such as "lm_head" or
     "mlp.down_proj") kept in 16 bit; None keeps the output layer (lm_head) in 16 bit, as
     transformers does. llm_int8_enable_fp32_cpu_offload: layers that a device_map puts on
-    "cpu" stay unquantized in float32 and run there.
+    "cpu" stay unquantized in float32 and run there. llm_int8_act_block_size (lowbit's own):
+    int8 activations get one scale per token and block of this many columns (64); 0 = one
+    scale per token, as in the LLM.int8 paper and bitsandbytes.
     """
 
     load_in_4bit: bool = False
@@ -184,6 +192,7 @@ class BnbConfig:
     llm_int8_threshold: float = 6.0
     llm_int8_skip_modules: list[str] | None = None
     llm_int8_enable_fp32_cpu_offload: bool = False
+    llm_int8_act_block_size: int = 64
 
     def __post_init__(self) -> None:
         for name in ("load_in_4bit", "load_in_8bit", "bnb_4bit_use_double_quant", "llm_int8_enable_fp32_cpu_offload"):
@@ -215,7 +224,8 @@ class BnbConfig:
         return QuantConfig(
             method=self.method, bits=BNB_BITS[self.method], blocksize=self.bnb_4bit_blocksize,
             double_quant=self.bnb_4bit_use_double_quant, compute_dtype=self.bnb_4bit_compute_dtype,
-            int8_threshold=self.llm_int8_threshold, modules_to_not_convert=list(self.llm_int8_skip_modules or []),
+            int8_threshold=self.llm_int8_threshold, int8_act_block_size=self.llm_int8_act_block_size,
+            modules_to_not_convert=list(self.llm_int8_skip_modules or []),
         )
 
     @classmethod

@@ -32,7 +32,10 @@ def test_to_quant_config_carries_every_knob():
     assert (q.method, q.bits, q.blocksize, q.double_quant, q.compute_dtype) == ("fp4", 4, 128, True, "float16")
     q8 = BnbConfig(load_in_8bit=True, llm_int8_threshold=0.0, llm_int8_skip_modules=["o_proj"]).to_quant_config()
     assert (q8.method, q8.bits, q8.int8_threshold, q8.modules_to_not_convert) == ("int8", 8, 0.0, ["o_proj"])
+    assert q8.int8_act_block_size == 64  # lowbit's default: per token and block of 64 columns
     assert QuantConfig.from_dict(q8.to_dict()) == q8
+    paper = BnbConfig(load_in_8bit=True, llm_int8_act_block_size=0).to_quant_config()
+    assert paper.int8_act_block_size == 0 and QuantConfig.from_dict(paper.to_dict()) == paper
 
 
 def test_overrides_and_keywords():
@@ -47,6 +50,8 @@ def test_overrides_and_keywords():
     ({"load_in_4bit": True, "bnb_4bit_compute_dtype": "int8"}, "bnb_4bit_compute_dtype 'int8' is not supported"),
     ({"load_in_4bit": True, "bnb_4bit_blocksize": 63}, "blocksize 63"),
     ({"load_in_8bit": True, "llm_int8_threshold": -1.0}, "threshold -1.0"),
+    ({"load_in_8bit": True, "llm_int8_act_block_size": -64}, "block size -64 is invalid"),
+    ({"load_in_8bit": True, "llm_int8_act_block_size": 64.0}, "block size 64.0 is invalid"),
     ({"load_in_8bit": True, "llm_int8_skip_modules": "lm_head"}, "list of layer names"),
     ({"load_in_4bit": "yes"}, "load_in_4bit must be True or False"),
 ])
@@ -71,6 +76,6 @@ def test_quant_config_bnb_fields_validated_and_bits_implied():
     with pytest.raises(LowbitError, match="blocksize"):
         QuantConfig(method="nf4", blocksize=0)
     old = QuantConfig(method="rtn").to_dict()
-    for k in ("blocksize", "double_quant", "compute_dtype", "int8_threshold"):
+    for k in ("blocksize", "double_quant", "compute_dtype", "int8_threshold", "int8_act_block_size"):
         old.pop(k)  # a checkpoint written before these fields existed still loads
     assert QuantConfig.from_dict(old).blocksize == 64

@@ -38,7 +38,8 @@ def describe(src: str, by_layer: bool = False) -> dict:
         "group_size": qc.group_size if qc and qc.method not in BNB_BITS else None,
         "sym": qc.sym if qc and qc.method not in BNB_BITS else None,
         **({"blocksize": qc.blocksize, "double_quant": qc.double_quant} if qc and qc.method in ("nf4", "fp4") else {}),
-        **({"int8_threshold": qc.int8_threshold} if qc and qc.method == "int8" else {}),
+        **({"int8_threshold": qc.int8_threshold, "int8_act_block_size": qc.int8_act_block_size}
+           if qc and qc.method == "int8" else {}),
         **({"compute_dtype": qc.compute_dtype} if qc and qc.method in BNB_BITS else {}),
         "bytes_on_disk": on_disk,
         "memory_footprint": memory_footprint(model),

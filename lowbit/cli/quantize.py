@@ -56,6 +56,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    choices=["float32", "float16", "bfloat16"], help="nf4/fp4/int8: matmul dtype (default: float32)")
     p.add_argument("--llm-int8-threshold", type=float, default=6.0,
                    help="int8: inputs above this magnitude take the 16-bit path; 0 disables it (default: 6.0)")
+    p.add_argument("--int8-act-block-size", "--llm-int8-act-block-size", type=int, default=64,
+                   help="int8: activation columns per int8 scale, per token (default: 64); "
+                        "0: one scale per token, as in the LLM.int8 paper")
     p.add_argument("--overwrite", action="store_true", help="replace a non-empty output folder")
 
 
@@ -72,6 +75,7 @@ def run(args: argparse.Namespace) -> int:
         modules_to_not_convert=args.skip_modules, format=args.format or default_format(args.quantization_type),
         blocksize=args.blocksize,
         double_quant=args.double_quant, compute_dtype=args.compute_dtype, int8_threshold=args.llm_int8_threshold,
+        int8_act_block_size=args.int8_act_block_size,
     )
     check_format(cfg.format, cfg.method)
     calib = CalibrationConfig(

@@ -2,8 +2,12 @@
 
 Each row of a matrix gets one scale = absmax(row) / 127 and codes q = round(x * 127 / absmax)
 in [-127, 127] (symmetric, no zero point; -128 unused). Weights are quantized per output
-row once; activations per token (row) at run time. Columns whose magnitude exceeds a
-threshold ("outlier features") are kept out of the int8 product.
+row once; activations per token (row) at run time, either with one scale a row (the
+paper's vector-wise quantization) or one scale per row and block of ``block_size`` columns
+(fine-grained scales as in FP8/INT8 training and inference recipes, e.g. DeepSeek-V3's 1 x 128
+activation tiles), which rounds tokens whose magnitudes vary along K far less coarsely.
+Columns whose magnitude exceeds a threshold ("outlier features") are kept out of the int8
+product.
 
 Imports nothing of lowbit.
 """
@@ -31,6 +35,29 @@ def dequantize_rowwise(q: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype 
     return (q.float() * scale.float()[:, None]).to(dtype)
 
 
+def quantize_rowwise_blocks(x: torch.Tensor, block_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(q int8 [M, K], scale float32 [M, ceil(K / block_size)]) with
+    x[:, j] ~= q[:, j] * scale[:, j // block_size]; a ragged last block is allowed.
+
+    Each (row, block) gets absmax / 127; an all-zero block gets scale 0 and codes 0.
+    """
+    m, k = x.shape
+    nb = -(-k // block_size)
+    xf = torch.nn.functional.pad(x.float(), (0, nb * block_size - k))  # zeros change no absmax
+    xb = xf.view(m, nb, block_size)
+    absmax = xb.abs().amax(dim=2)  # [M, nb]
+    inv = QMAX / absmax.clamp_min(1e-30)
+    q = torch.round(xb * inv[:, :, None]).clamp_(-QMAX, QMAX).to(torch.int8)
+    return q.view(m, nb * block_size)[:, :k].contiguous(), absmax / QMAX
+
+
+def dequantize_rowwise_blocks(q: torch.Tensor, scale: torch.Tensor, block_size: int,
+                              dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """[M, K] in ``dtype`` = q * scale expanded over each block of columns (float32 math)."""
+    s = scale.float().repeat_interleave(block_size, dim=1)[:, : q.shape[1]]
+    return (q.float() * s).to(dtype)
+
+
 def outlier_columns(x: torch.Tensor, threshold: float) -> torch.Tensor:
     """bool [K]: columns of x [M, K] holding any |value| > threshold (none when threshold <= 0)."""
     if threshold <= 0:
@@ -38,4 +65,5 @@ def outlier_columns(x: torch.Tensor, threshold: float) -> torch.Tensor:
     return (x.abs() > threshold).any(dim=0)
 
 
-__all__ = ["QMAX", "dequantize_rowwise", "outlier_columns", "quantize_rowwise"]
+__all__ = ["QMAX", "dequantize_rowwise", "dequantize_rowwise_blocks", "outlier_columns", "quantize_rowwise",
+           "quantize_rowwise_blocks"]

@@ -32,7 +32,8 @@ def _reference_nf4(x: torch.Tensor, layer: torch.nn.Module) -> torch.Tensor:
 
 def _reference_int8(x: torch.Tensor, layer: torch.nn.Module) -> torch.Tensor:
     return reference.int8_linear(
-        x, layer.weight_int8, layer.weight_scale, layer.threshold, layer.compute_dtype, layer.bias
+        x, layer.weight_int8, layer.weight_scale, layer.threshold, layer.compute_dtype, layer.bias,
+        layer.act_block_size,
     )
 
 

@@ -88,16 +88,22 @@ def int8_linear(
     threshold: float,
     compute_dtype: torch.dtype,
     bias: torch.Tensor | None = None,
+    act_block_size: int = 0,
 ) -> torch.Tensor:
     """LLM.int8 (Dettmers et al. 2022): y [..., N] in x.dtype.
 
     weight_int8: int8 [N, K] row-wise codes; weight_scale: float32 [N] (row absmax / 127).
     Input columns j with max |x[:, j]| > threshold ("outliers") go through a matmul in
     ``compute_dtype`` with the matching (dequantized) weight columns; the rest is quantized
-    per token (row absmax / 127) and multiplied int8 x int8 with int32 accumulation.
-    threshold <= 0 disables the decomposition (everything through int8).
+    to int8 and multiplied int8 x int8 with int32 accumulation. threshold <= 0 disables the
+    decomposition (everything through int8).
+
+    act_block_size 0: one activation scale per token (the paper's vector-wise quantization).
+    act_block_size B > 0: one scale per token and block of B columns; each block's int8
+    product is accumulated in int32 and rescaled by its token-block scale (the weight's scale
+    is per row, the same in every block), then the blocks are summed in float32.
     """
-    from ..formats.int8 import outlier_columns, quantize_rowwise
+    from ..formats.int8 import outlier_columns, quantize_rowwise, quantize_rowwise_blocks
 
     shape = x.shape
     xc = x.reshape(-1, shape[-1]).to(compute_dtype)  # [M, K]
@@ -108,12 +114,28 @@ def int8_linear(
         w_out = weight_int8[:, cols].to(compute_dtype) * weight_scale[:, None].to(compute_dtype)  # [N, k_out]
         y += (xc[:, cols] @ w_out.t()).float()
         xc = xc.masked_fill(outlier[None, :], 0)
-    xq, x_scale = quantize_rowwise(xc)  # int8 [M, K], float32 [M]
-    acc = _int8_matmul(xq, weight_int8)  # int32 [M, N]
-    y += acc.float() * x_scale[:, None] * weight_scale[None, :].float()
+    if 0 < act_block_size < xc.shape[1]:
+        xq, x_scale = quantize_rowwise_blocks(xc, act_block_size)  # int8 [M, K], float32 [M, nb]
+        y += _int8_matmul_blockwise(xq, x_scale, weight_int8, act_block_size) * weight_scale[None, :].float()
+    else:  # a block spanning all of K is the per-token scale
+        xq, x_scale = quantize_rowwise(xc)  # int8 [M, K], float32 [M]
+        acc = _int8_matmul(xq, weight_int8)  # int32 [M, N]
+        y += acc.float() * x_scale[:, None] * weight_scale[None, :].float()
     if bias is not None:
         y += bias.float()
     return y.to(compute_dtype).to(x.dtype).reshape(*shape[:-1], weight_int8.shape[0])
+
+
+def _int8_matmul_blockwise(xq: torch.Tensor, x_scale: torch.Tensor, w: torch.Tensor, block: int) -> torch.Tensor:
+    """float32 [M, N] = sum over column blocks b of x_scale[:, b] * (xq[:, b] @ w[:, b].T), each
+    block's product accumulated exactly in int32 (xq int8 [M, K], x_scale float32 [M, nb],
+    w int8 [N, K]). One int8 matmul per block: a loop over K / block, not over elements."""
+    m, k = xq.shape
+    y = torch.zeros(m, w.shape[0], dtype=torch.float32, device=xq.device)
+    for b, start in enumerate(range(0, k, block)):
+        acc = _int8_matmul(xq[:, start:start + block].contiguous(), w[:, start:start + block])  # int32 [M, N]
+        y.addcmul_(acc, x_scale[:, b:b + 1])  # float32 result: int32 * float32 promotes
+    return y
 
 
 def _int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

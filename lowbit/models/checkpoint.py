@@ -55,6 +55,7 @@ def _empty_linear8bit(linear: nn.Linear, name: str, tensors: dict, cfg: QuantCon
     return Linear8bitLt.empty(
         linear.in_features, linear.out_features, bias is not None, cfg.int8_threshold,
         compute_dtype=getattr(torch, cfg.compute_dtype), bias_dtype=getattr(bias, "dtype", torch.float32),
+        act_block_size=cfg.int8_act_block_size,
     )
 
 

@@ -105,7 +105,7 @@ def quantize_weight(name: str, weight: torch.Tensor, bias: torch.Tensor | None, 
     result = BNB_ALGORITHMS[cfg.method](weight, None, cfg)
     if cfg.method == "int8":
         layer = Linear8bitLt.from_quantized(result.weight.q, result.weight.scale, bias, cfg.int8_threshold,
-                                            compute_dtype)
+                                            compute_dtype, cfg.int8_act_block_size)
     else:
         layer = Linear4bit.from_quantized(result.weight, bias, compute_dtype)
     w = weight.float()

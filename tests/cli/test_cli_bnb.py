@@ -21,6 +21,7 @@ def _quantize(src, out, qtype, *extra):
     ("fp4", ["--no-double-quant", "--compute-dtype", "bfloat16"],
      dict(load_in_4bit=True, bnb_4bit_quant_type="fp4", bnb_4bit_compute_dtype="bfloat16"), Linear4bit),
     ("int8", ["--llm-int8-threshold", "4.0"], dict(load_in_8bit=True, llm_int8_threshold=4.0), Linear8bitLt),
+    ("int8", ["--int8-act-block-size", "0"], dict(load_in_8bit=True, llm_int8_act_block_size=0), Linear8bitLt),
 ])
 def test_save_load_gives_identical_logits(tiny_dirs, tmp_path, capsys, qtype, extra, load_kwargs, cls):
     src = tiny_dirs("qwen2")  # q/k/v with biases
@@ -34,6 +35,9 @@ def test_save_load_gives_identical_logits(tiny_dirs, tmp_path, capsys, qtype, ex
     layer = saved.model.layers[0].self_attn.q_proj
     assert isinstance(layer, cls) and layer.bias is not None
     assert saved.quant_config.method == qtype
+    if cls is Linear8bitLt:  # the activation block size travels in config.json
+        assert layer.act_block_size == saved.quant_config.int8_act_block_size == load_kwargs.get(
+            "llm_int8_act_block_size", 64)
     assert torch.equal(saved(IDS).logits, on_the_fly(IDS).logits)
     for (n1, t1), (n2, t2) in zip(sorted(saved.state_dict().items()), sorted(on_the_fly.state_dict().items())):
         assert n1 == n2 and t1.dtype == t2.dtype and torch.equal(t1, t2)
@@ -76,6 +80,7 @@ def test_inspect_formats_table(tiny_llama_dir, capsys):
 @pytest.mark.parametrize("extra, message", [
     (["--blocksize", "63"], "blocksize 63"),
     (["--llm-int8-threshold", "-2"], "threshold -2.0"),
+    (["--int8-act-block-size", "-1"], "block size -1 is invalid"),
 ])
 def test_bad_flags_fail_with_one_line(tiny_llama_dir, tmp_path, capsys, extra, message):
     out = tmp_path / "bad"
