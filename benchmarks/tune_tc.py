@@ -86,6 +86,26 @@ def jobs_for(kind: str, k: int, n: int, quick: bool) -> list[tuple]:
     return out
 
 
+def final_jobs(kind: str, k: int, n: int, quick: bool) -> list[tuple]:
+    """The last check before the table: M = 256 tile shapes that leave room for several
+    programs per SM (shared memory), against dequantize + cuBLAS; M = 16 and 64 the table's
+    configs against the best alternatives of the earlier sweeps."""
+    out = [(256, "dequant", launch.DequantConfig())]
+    for bm, bnt, bk, w, st in ((128, 64, 64, 4, 2), (128, 64, 128, 4, 2), (64, 64, 128, 4, 2), (128, 128, 64, 8, 2),
+                               (64, 128, 64, 4, 2), (64, 64, 64, 4, 3), (128, 64, 64, 8, 2)):
+        tiles = -(-256 // bm) * -(-n // bnt)
+        for sp in sorted({1, fill(tiles)} if tiles < 132 else {1}):
+            out.append((256, "tc", TC(bm=bm, bnt=bnt, bk=bk, num_warps=w, num_stages=st, split=sp)))
+    key = (n, k, 4)
+    out.append((16, "gemm", configs.GEMM[key + (16,)]))
+    f = fill(-(-n // 64))
+    out.append((16, "tc", TC(bm=16, bnt=64, bk=256, split=f, num_warps=4, num_stages=4, scale_after=True)))
+    out.append((16, "tc", TC(bm=16, bnt=64, bk=128, split=f, num_warps=4, num_stages=4, swap=True, scale_after=True)))
+    out.append((64, "tc", configs.GEMM[key + (64,)]))
+    out.append((64, "gemm", launch.GemmConfig(bm=64, bnt=64, split=f, num_warps=4, num_stages=3)))
+    return out
+
+
 def make(kind: str, k: int, n: int, gen: torch.Generator):
     """(layer, packed weight) with the layout block dispatch would use."""
     bn = configs.block_n(n, k, 4)
@@ -153,6 +173,8 @@ def main(argv=None) -> int:
     p.add_argument("--best", required=True)
     p.add_argument("--kinds", nargs="+", default=["int4", "nf4"])
     p.add_argument("--quick", action="store_true")
+    p.add_argument("--final", action="store_true", help="the short int4 check (final_jobs) instead of the sweep")
+    p.add_argument("--table-out", metavar="JSON", help="best per shape and M in the configs.load_table format")
     p.add_argument("--inspect", metavar="TXT", help="also write registers/instructions of a few variants here")
     args = p.parse_args(argv)
     if args.inspect:
@@ -161,7 +183,8 @@ def main(argv=None) -> int:
         except Exception as e:  # noqa: BLE001 - the sweep matters more than the inspection
             print(f"inspect failed: {type(e).__name__}: {e}", flush=True)
     shapes = SHAPES[:1] if args.quick else SHAPES
-    jobs = [(kind, k, n) + j for kind in args.kinds for k, n in shapes for j in jobs_for(kind, k, n, args.quick)]
+    pick = final_jobs if args.final else jobs_for
+    jobs = [(kind, k, n) + j for kind in args.kinds for k, n in shapes for j in pick(kind, k, n, args.quick)]
     t = time.perf_counter()
     procs = min(14, os.cpu_count() or 4)
     with mp.get_context("spawn").Pool(procs) as pool:
@@ -197,6 +220,11 @@ def main(argv=None) -> int:
                 torch.cuda.empty_cache()
                 with open(args.best, "w") as f:  # after every shape: a run cut short keeps its results
                     json.dump(best, f, indent=1)
+                if args.table_out:
+                    with open(args.table_out, "w") as f:
+                        json.dump([dict(kind=r["launcher"], n=r["n"], k=r["k"], bits=4, m=r["m"], cfg=r["cfg"],
+                                        mode="lut" if r["kind"] == "nf4" else "int") for r in best.values()], f,
+                                  indent=1)
     for key, r in best.items():
         print(f"best {key}: {r['us']:.1f} us vs fp16 {r['fp16_us']:.1f} ({r['speedup']:.2f}x) {r['launcher']} "
               f"{r['cfg']}", flush=True)

@@ -44,12 +44,40 @@ GEMM: dict[tuple[int, int, int, int], GemmConfig | DequantConfig | TcConfig] = {
     (4096, 14336, 4, 256): DequantConfig(),  # 114.3 us, fp16 58.7
     (14336, 4096, 4, 16): GemmConfig(bm=16, bnt=64, split=4, num_warps=4, num_stages=3, swap=True),  # 30.2, 43.0
     (14336, 4096, 4, 256): DequantConfig(),  # 108.0 us, fp16 50.9
+    # M = 33..64: the tiled tensor-core kernel (gemm_tc, scale applied after each one-group
+    # step), benchmarks/results/h100_tune_tc_run4[ab].jsonl: beat the slab kernel (gemm.py) on
+    # every shape; our us, fp16 us, gemm.py us.
+    (1024, 4096, 4, 64): TcConfig(bm=64, bnt=64, bk=128, split=16, num_warps=4, num_stages=4,
+                                  scale_after=True),  # 14.1, 8.2, 17.3
+    (4096, 4096, 4, 64): TcConfig(bm=64, bnt=64, bk=128, split=4, num_warps=4, num_stages=4,
+                                  scale_after=True),  # 21.2, 14.9, 26.7
+    (14336, 4096, 4, 64): TcConfig(bm=64, bnt=64, bk=128, split=1, num_warps=4, num_stages=4,
+                                   scale_after=True),  # 44.5, 44.2, 58.9
+    (4096, 14336, 4, 64): TcConfig(bm=64, bnt=64, bk=128, split=4, num_warps=4, num_stages=4,
+                                   scale_after=True),  # 45.5, 47.5, 60.7
 }
 
 #: Code-book (NF4/FP4, "lut" mode) layers: their own tables, same keys (measured separately:
 #: the code-book gather changes what hides latency best).
-GEMV_LUT: dict[tuple[int, int, int], GemvConfig] = {}
-GEMM_LUT: dict[tuple[int, int, int, int], GemmConfig | DequantConfig | TcConfig] = {}
+# NF4 b64 double-quant (benchmarks/results/h100_tune_tc_run4[ab].jsonl; our us, fp16 us): the
+# GEMV gathers the code book from the program's copy (2x faster than a global load per code),
+# M = 16 runs gemm_tc with the same gather (2x faster than gemm.py's); M = 256 dequantizes.
+GEMV_LUT: dict[tuple[int, int, int], GemvConfig] = {
+    (1024, 4096, 4): GemvConfig(chunks=1, split=16, num_warps=4, num_stages=1, prefetch=False, lut_reg=True),  # 6.7, 7.5
+    (4096, 4096, 4): GemvConfig(chunks=1, split=8, num_warps=4, num_stages=1, prefetch=False, lut_reg=True),  # 11.4, 15.6
+    (14336, 4096, 4): GemvConfig(chunks=1, split=2, num_warps=4, num_stages=1, prefetch=False, lut_reg=True),  # 24.4, 41.7
+    (4096, 14336, 4): GemvConfig(chunks=1, split=8, num_warps=4, num_stages=1, prefetch=False, lut_reg=True),  # 25.6, 43.8
+}
+GEMM_LUT: dict[tuple[int, int, int, int], GemmConfig | DequantConfig | TcConfig] = {
+    (1024, 4096, 4, 16): TcConfig(bm=16, bnt=64, bk=64, split=32, num_warps=4, num_stages=4, swap=True,
+                                  scale_after=True),  # 9.6, 7.6
+    (4096, 4096, 4, 16): TcConfig(bm=16, bnt=64, bk=64, split=8, num_warps=4, num_stages=4, swap=True,
+                                  scale_after=True),  # 18.8, 16.0
+    (14336, 4096, 4, 16): TcConfig(bm=16, bnt=128, bk=64, split=4, num_warps=4, num_stages=4, swap=True,
+                                   scale_after=True),  # 50.3, 43.3
+    (4096, 14336, 4, 16): TcConfig(bm=16, bnt=128, bk=64, split=16, num_warps=4, num_stages=4, swap=True,
+                                   scale_after=True),  # 46.1, 45.0
+}
 
 #: Largest M that runs on the CUDA-core GEMV (above it the tensor-core kernel wins).
 GEMV_MAX_M = 1
@@ -143,29 +171,34 @@ def fit_shared_tc(cfg: TcConfig, lut: bool) -> TcConfig:
     return replace(cfg, num_stages=stages)
 
 
-def tc_config(m: int, n: int, tiles_chunks: int, device: torch.device) -> TcConfig:
-    """Heuristic tensor-core config: wide tiles for prefill, split-K until the SMs are busy."""
+def tc_config(m: int, n: int, chunks: int, group_size: int, device: torch.device) -> TcConfig:
+    """Heuristic gemm_tc config (M <= 64): split-K until the SMs are busy, and steps inside
+    one group so the scale is applied once per output (what measured best)."""
+    bk = 128 if group_size % 128 == 0 else 64
     if m <= 16:
-        cfg = TcConfig(bm=16, bnt=64, bk=128, num_warps=4, num_stages=4, swap=True, scale_after=True)
-    elif m <= 64:
-        cfg = TcConfig(bm=64, bnt=64, bk=64, num_warps=4, num_stages=4)
+        cfg = TcConfig(bm=16, bnt=64, bk=bk, num_warps=4, num_stages=4, swap=True, scale_after=True)
     else:
-        cfg = TcConfig(bm=128, bnt=128, bk=64, num_warps=8, num_stages=3)
+        cfg = TcConfig(bm=64, bnt=64, bk=bk, num_warps=4, num_stages=4, scale_after=True)
     tiles = triton.cdiv(m, cfg.bm) * triton.cdiv(n, cfg.bnt)
     split = 1
-    while tiles * split < _sms(device) and split * 2 <= tiles_chunks:
+    while tiles * split < 2 * _sms(device) and split * 2 <= chunks:
         split *= 2
     return replace(cfg, split=split)
 
 
 def gemm_config(m: int, n: int, k: int, bits: int, chunks: int, device: torch.device,
-                lut: bool = False) -> GemmConfig | DequantConfig | TcConfig:
+                lut: bool = False, group_size: int = 128) -> GemmConfig | DequantConfig | TcConfig:
+    """M >= 2: the measured table, else int M <= 16 the slab kernel (gemm.py), code-book
+    M <= 16 and any M <= 64 the tiled kernel (gemm_tc), larger M dequantize + cuBLAS (at
+    M = 256 that beat both fused kernels on every H100 shape measured)."""
     b = m_bucket(m)
     table = GEMM_LUT if lut else GEMM
     if (n, k, bits, b) in table:
         return table[(n, k, bits, b)]
-    if b <= 16:
+    if m > 64:
+        return DequantConfig()
+    if b <= 16 and not lut:
         cfg = GemmConfig(bm=16, bnt=64, num_warps=4, num_stages=3, swap=True)
         tiles = triton.cdiv(m, cfg.bm) * triton.cdiv(n, cfg.bnt)
         return _fit_shared(replace(cfg, split=_fill_split(tiles, chunks, _sms(device))), bits)
-    return tc_config(m, n, chunks, device)
+    return tc_config(m, n, chunks, group_size, device)

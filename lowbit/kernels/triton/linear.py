@@ -99,7 +99,7 @@ def run_packed(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None) -> 
         cfg = configs.gemv_config(pw.n, pw.k, pw.bits, pw.qweight.shape[0], pw.chunks, x.device, pw.mode == "lut")
         y = launch.gemv(x2, pw, bias, cfg)
     else:
-        cfg = configs.gemm_config(m, pw.n, pw.k, pw.bits, pw.chunks, x.device, pw.mode == "lut")
+        cfg = configs.gemm_config(m, pw.n, pw.k, pw.bits, pw.chunks, x.device, pw.mode == "lut", pw.group_size)
         if isinstance(cfg, launch.DequantConfig):
             y = launch.dequant_matmul(x2, pw, bias, cfg)
         elif isinstance(cfg, launch.TcConfig):
