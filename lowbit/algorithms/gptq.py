@@ -72,11 +72,11 @@ class HessianStats:
                 return out
             except (RuntimeError, TypeError, NotImplementedError):
                 self._mixed_mm = False
-        if x.dtype == torch.bfloat16 and x.device.type == "cpu":
-            # CPU bf16 GEMMs accumulate in float32 and are 2-3x faster than float32 ones;
-            # bf16 has float32's range, so the rounded result cannot overflow.
-            return (x.t() @ x).float()
-        x = x.float()  # fp16 sums of squares overflow past 65504
+        # Not a 16-bit product with a 16-bit result (CPUs have no out_dtype mm): rounding each
+        # batch's X^T X to bf16's 8-bit mantissa perturbs H by ~0.4% per entry, enough to make
+        # it indefinite (Cholesky failures at 1% damping) and to steer GPTQ's updates wrong;
+        # fp16 sums of squares would overflow past 65504.
+        x = x.float()
         return x.t() @ x
 
     @property
