@@ -111,10 +111,7 @@ def variant_factory(name: str):
         if base == "lowbit":
             from lowbit.nn import Linear8bitLt
 
-            layer = Linear8bitLt.from_linear(lin, threshold=threshold)
-            if block:
-                layer.act_block_size = block
-            return layer
+            return Linear8bitLt.from_linear(lin, threshold=threshold, act_block_size=block)
         return Sim(lin, weights=base in ("w8a8", "w8"), act=base in ("w8a8", "a8"), threshold=threshold, block=block)
 
     return make, (kind or None)
