@@ -110,7 +110,9 @@ def table(results: dict, configs: list[str]) -> str:
                                  ("not true-sequential", r.get("true_sequential") is False)) if on]
         name = r["method"] + (f" ({', '.join(flags)})" if flags else "")
         base = rtn.get((r["bits"], r["group_size"], sym(r)))
-        gap = "-" if p0 is None or base is None or base == p0 else f"{(r['perplexity'] - p0) / (base - p0):.2f}"
+        # no gap to close when RTN is within 1% of float (8-bit): the ratio would be noise
+        gap = ("-" if p0 is None or base is None or abs(base - p0) < 0.01 * p0
+               else f"{(r['perplexity'] - p0) / (base - p0):.2f}")
         lines.append(f"| {name} | {r['bits']} | {r['group_size']} | {'no' if sym(r) else 'yes'} | "
                      f"{r['perplexity']:.3f} | {gap} | {r['size_mib']:.1f} | {r['quantize_seconds']:.0f} |")
     return "\n".join(lines)
@@ -148,7 +150,7 @@ def main() -> None:
         cache.write_text(json.dumps(results, indent=2))
     for w, key in keys.items():
         done = results[key]
-        device = next(iter(done.values()))["device"] if done else args.device
+        device = next(iter(done.values())).get("device", args.device) if done else args.device
         print(f"WikiText-2 test, seq 2048, {'all' if not w else f'first {w}'} windows "
               f"({next(iter(done.values()))['tokens'] if done else '?'} scored tokens); calibration "
               f"{args.samples} x {args.seq_len} tokens of WikiText-2 valid, seed 0; device: {device}\n")

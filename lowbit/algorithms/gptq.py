@@ -22,6 +22,7 @@ with the inverse Hessian (OBS) keeps the layer's output close. The paper's trick
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 from dataclasses import dataclass, field
@@ -241,5 +242,6 @@ def gptq_quantize(W: torch.Tensor, stats: "HessianStats | torch.Tensor", cfg: Qu
                clip_search=cfg.clip_search)
     if out is None:
         log.warning("GPTQ: the Hessian cannot be factorized even with damping raised; rounding this layer to nearest")
-        return rtn_quantize(W, None, cfg)
+        # plain RTN: clipping on the weight error alone raised perplexity (README)
+        return rtn_quantize(W, None, dataclasses.replace(cfg, clip_search=False))
     return LayerResult(*out)
