@@ -52,3 +52,10 @@ def test_malformed_quantization_config_is_a_clear_error(bad, message):
 def test_calibration_config_refuses_empty_calibration():
     with pytest.raises(LowbitError, match="--calibration-samples 0"):
         CalibrationConfig(n_samples=0)
+
+
+def test_clip_search_defaults_per_method_and_round_trips():
+    assert QuantConfig(method="gptq").clip_search is True
+    assert QuantConfig(method="rtn").clip_search is False
+    cfg = QuantConfig(method="gptq", clip_search=False)
+    assert QuantConfig.from_dict(cfg.to_dict()).clip_search is False

@@ -28,7 +28,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="GPTQ: Hessian dampening as a fraction of its mean diagonal (default: 0.01)")
     p.add_argument("--static-groups", action="store_true", help="GPTQ: fix group parameters before act-order")
     p.add_argument("--clip-search", action=argparse.BooleanOptionalAction, default=None,
-                   help="RTN/GPTQ: search a clipping ratio per group that minimizes the weight error")
+                   help="RTN/GPTQ: search a clipping ratio per group that minimizes the weight error "
+                        "(default: on for gptq, off for rtn)")
     p.add_argument("--no-true-sequential", dest="true_sequential", action="store_false",
                    help="GPTQ: quantize a block's layers from the same inputs instead of in order")
     p.add_argument("--calibration-samples", "--nsamples", type=int, default=512,
