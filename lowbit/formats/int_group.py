@@ -106,26 +106,30 @@ def choose_qparams(
     checkpoint dequantizes to exactly what was measured.
     """
     check_bits(bits)
-    w = w.float()
-    wmin = _block_view(w, block_size, float("inf")).amin(dim=(1, 3))
-    wmax = _block_view(w, block_size, float("-inf")).amax(dim=(1, 3))
+    return _range_qparams(*_block_range(w.float(), block_size), bits, sym, scale_dtype)
+
+
+def _block_range(w: torch.Tensor, block_size: tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(min, max) float32 [N / rows, G] of each block, widened to contain 0 so that an exact
+    zero weight (padding, pruned) stays exact."""
+    wmin = _block_view(w, block_size, float("inf")).amin(dim=(1, 3)).clamp(max=0)
+    wmax = _block_view(w, block_size, float("-inf")).amax(dim=(1, 3)).clamp(min=0)
+    return wmin, wmax
+
+
+def _range_qparams(wmin: torch.Tensor, wmax: torch.Tensor, bits: int, sym: bool,
+                   scale_dtype: torch.dtype | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(scale, zero) [N / rows, G] of ranges wmin <= 0 <= wmax."""
     maxq = 2**bits - 1
     if sym:
-        absmax = torch.maximum(wmin.abs(), wmax.abs())
-        scale = absmax / (maxq / 2)
-        zero = torch.full_like(scale, 2 ** (bits - 1))
+        scale = torch.maximum(-wmin, wmax) / (maxq / 2)
     else:
-        # Widen to contain 0 so that an exact zero weight (padding, pruned) stays exact.
-        wmin = wmin.clamp(max=0)
-        wmax = wmax.clamp(min=0)
         scale = (wmax - wmin) / maxq
-        zero = None
     # An all-zero block would divide by zero; any scale represents it exactly.
-    scale = torch.where(scale > 0, scale, torch.ones_like(scale))
-    scale = round_scale_up(scale, scale_dtype)
-    if zero is None:
-        zero = torch.clamp(torch.round(-wmin / scale), 0, maxq)
-    return scale, zero
+    scale = round_scale_up(torch.where(scale > 0, scale, torch.ones_like(scale)), scale_dtype)
+    if sym:
+        return scale, torch.full_like(scale, 2 ** (bits - 1))
+    return scale, torch.clamp(torch.round(-wmin / scale), 0, maxq)
 
 
 def choose_qparams_clipped(
@@ -149,6 +153,7 @@ def choose_qparams_clipped(
     The unshrunk range (factor 1) is a candidate, so no block gets a worse error than plain
     min-max under this measure.
     """
+    check_bits(bits)
     w = w.float()
     maxq = 2**bits - 1
     view = _block_view(w, block_size, 0.0)  # [B, rows, G, cols]; padding is exact at any scale
@@ -157,19 +162,10 @@ def choose_qparams_clipped(
         cw = _block_view(col_weight.float().reshape(1, -1).expand(block_size[0], -1).contiguous(), block_size, 0.0)
         cw = cw.reshape(1, block_size[0], cw.shape[2], cw.shape[3])
     best_err = best_scale = best_zero = None
-    wmin = _block_view(w, block_size, float("inf")).amin(dim=(1, 3)).clamp(max=0)
-    wmax = _block_view(w, block_size, float("-inf")).amax(dim=(1, 3)).clamp(min=0)
+    wmin, wmax = _block_range(w, block_size)
     for i in range(grid + 1):
         p = 1 - max_shrink * i / grid
-        if sym:
-            scale = torch.maximum(wmin.abs(), wmax.abs()) * p / (maxq / 2)
-            zero = torch.full_like(scale, 2 ** (bits - 1))
-        else:
-            scale = (wmax - wmin) * p / maxq
-            zero = None
-        scale = round_scale_up(torch.where(scale > 0, scale, torch.ones_like(scale)), scale_dtype)
-        if zero is None:
-            zero = torch.clamp(torch.round(-wmin * p / scale), 0, maxq)
+        scale, zero = _range_qparams(wmin * p, wmax * p, bits, sym, scale_dtype)
         s, z = scale[:, None, :, None], zero[:, None, :, None]
         err = (view - (torch.clamp(torch.round(view / s) + z, 0, maxq) - z) * s).abs_().pow_(norm)
         if cw is not None:
