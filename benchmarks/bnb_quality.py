@@ -102,7 +102,7 @@ def load_format(model: str, label: str, workdir: Path, device: str = "cpu", dtyp
 
 def check_int8_on(device: str) -> float:
     """Linear8bitLt on ``device`` against the CPU (the tested reference) on a demo-sized layer with
-    planted outliers, per-token and blockwise (ragged blocks, M not a multiple of 8): the int32
+    planted outliers, per token and blockwise (ragged blocks; 37 rows, and 2 rows for decode): the int32
     sums are exact on both, so only float rounding may differ. Returns the largest relative
     difference; raises if it exceeds 1e-4."""
     from lowbit.nn import Linear8bitLt
@@ -113,10 +113,11 @@ def check_int8_on(device: str) -> float:
     x[:, [7, 300]] = 20.0
     worst = 0.0
     for block in (0, 64, 100):
-        layer = Linear8bitLt.from_linear(lin, threshold=6.0, act_block_size=block)
-        ref = layer(x)
-        out = layer.to(device)(x.to(device)).cpu()
-        worst = max(worst, ((out - ref).abs().max() / ref.abs().max()).item())
+        for rows in (x, x[:2]):  # prefill-sized (a matmul per block) and decode-sized (block-diagonal)
+            layer = Linear8bitLt.from_linear(lin, threshold=6.0, act_block_size=block)
+            ref = layer(rows)
+            out = layer.to(device)(rows.to(device)).cpu()
+            worst = max(worst, ((out - ref).abs().max() / ref.abs().max()).item())
     if worst > 1e-4:
         raise RuntimeError(f"LLM.int8 on {device} differs from the CPU reference by {worst:.2e} (relative)")
     return worst

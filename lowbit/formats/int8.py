@@ -43,12 +43,14 @@ def quantize_rowwise_blocks(x: torch.Tensor, block_size: int) -> tuple[torch.Ten
     """
     m, k = x.shape
     nb = -(-k // block_size)
-    xf = torch.nn.functional.pad(x.float(), (0, nb * block_size - k))  # zeros change no absmax
-    xb = xf.view(m, nb, block_size)
+    xf = x.float()
+    if nb * block_size != k:
+        xf = torch.nn.functional.pad(xf, (0, nb * block_size - k))  # zeros change no absmax
+    xb = xf.reshape(m, nb, block_size)
     absmax = xb.abs().amax(dim=2)  # [M, nb]
     inv = QMAX / absmax.clamp_min(1e-30)
-    q = torch.round(xb * inv[:, :, None]).clamp_(-QMAX, QMAX).to(torch.int8)
-    return q.view(m, nb * block_size)[:, :k].contiguous(), absmax / QMAX
+    q = torch.round(xb * inv[:, :, None]).clamp_(-QMAX, QMAX).to(torch.int8).view(m, nb * block_size)
+    return (q if nb * block_size == k else q[:, :k].contiguous()), absmax / QMAX
 
 
 def dequantize_rowwise_blocks(q: torch.Tensor, scale: torch.Tensor, block_size: int,

@@ -5,6 +5,8 @@ and slow: they move 16-bit weights, not 4-bit ones.
 """
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -126,16 +128,41 @@ def int8_linear(
     return y.to(compute_dtype).to(x.dtype).reshape(*shape[:-1], weight_int8.shape[0])
 
 
-def _int8_matmul_blockwise(xq: torch.Tensor, x_scale: torch.Tensor, w: torch.Tensor, block: int) -> torch.Tensor:
+#: Up to this many (token, block) rows, the blockwise product is one int8 matmul of a
+#: block-diagonal expansion of the activations (decode: one call instead of K / block calls).
+BLOCK_DIAGONAL_MAX_ROWS = 256
+
+
+def _int8_matmul_blockwise(xq: torch.Tensor, x_scale: torch.Tensor, w: torch.Tensor, block: int,
+                           block_diagonal: bool | None = None) -> torch.Tensor:
     """float32 [M, N] = sum over column blocks b of x_scale[:, b] * (xq[:, b] @ w[:, b].T), each
     block's product accumulated exactly in int32 (xq int8 [M, K], x_scale float32 [M, nb],
-    w int8 [N, K]). One int8 matmul per block: a loop over K / block, not over elements."""
+    w int8 [N, K]).
+
+    Few rows (M * nb <= BLOCK_DIAGONAL_MAX_ROWS, or block_diagonal=True): row (m, b) of an
+    [M * nb, K] int8 matrix holds token m's block b and zeros elsewhere, so one int8 matmul
+    gives every block's int32 sum (a matrix-vector product costs the weight read, not the
+    rows). Otherwise one int8 matmul per block (a loop over K / block, not over elements)."""
     m, k = xq.shape
+    nb = x_scale.shape[1]
+    if block_diagonal is None:
+        block_diagonal = m * nb <= BLOCK_DIAGONAL_MAX_ROWS
+    if block_diagonal:
+        a = xq[:, None, :] * _block_mask(k, block, xq.device)  # int8 [M, nb, K]: token m's block b, else 0
+        acc = _int8_matmul(a.view(m * nb, k), w).view(m, nb, -1)  # int32 [M, nb, N]
+        return torch.bmm(x_scale[:, None, :], acc.float()).squeeze(1)  # sum_b scale[m, b] * acc[m, b]
     y = torch.zeros(m, w.shape[0], dtype=torch.float32, device=xq.device)
     for b, start in enumerate(range(0, k, block)):
         acc = _int8_matmul(xq[:, start:start + block].contiguous(), w[:, start:start + block])  # int32 [M, N]
         y.addcmul_(acc, x_scale[:, b:b + 1])  # float32 result: int32 * float32 promotes
     return y
+
+
+@functools.lru_cache(maxsize=64)
+def _block_mask(k: int, block: int, device: torch.device) -> torch.Tensor:
+    """int8 [ceil(k / block), k]: row b is 1 on the columns of block b, 0 elsewhere."""
+    cols = torch.arange(k, device=device) // block
+    return (cols[None, :] == torch.arange(-(-k // block), device=device)[:, None]).to(torch.int8)
 
 
 def _int8_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -112,10 +112,28 @@ def test_int8_accumulation_is_exact_beyond_float32():
     # blockwise: each block's int32 sum times its scale (powers of two: the float32 products
     # and the float32 sum of 4 block results stay exact here)
     scale = torch.tensor([1.0, 0.5, 0.25, 2.0]).repeat(17, 1)
-    y = _int8_matmul_blockwise(a, scale, b, 2048)
     ref = sum((a[:, i * 2048:(i + 1) * 2048].long() @ b[:, i * 2048:(i + 1) * 2048].long().t()).double()
               * scale[:, i:i + 1].double() for i in range(4))
-    assert torch.equal(y.double(), ref)
+    for block_diagonal in (True, False):  # one matmul of a block-diagonal expansion; one matmul per block
+        assert torch.equal(_int8_matmul_blockwise(a, scale, b, 2048, block_diagonal).double(), ref)
+
+
+@pytest.mark.parametrize("m, k, block", [(1, 576, 64), (5, 300, 64), (40, 256, 48)])
+def test_blockwise_paths_agree(m, k, block):
+    """Decode-sized inputs take the block-diagonal path, prefill-sized ones the loop: the same
+    int32 block sums, so both equal the float64 definition up to float32 rounding of the
+    scaled sum over blocks."""
+    from lowbit.kernels.reference import _int8_matmul_blockwise
+
+    g = torch.Generator().manual_seed(m)
+    xq, s = int8.quantize_rowwise_blocks(torch.randn(m, k, generator=g), block)
+    w = torch.randint(-127, 128, (72, k), generator=g, dtype=torch.int64).to(torch.int8)
+    ref = sum((xq[:, i:i + block].double() @ w[:, i:i + block].double().t()) * s[:, j:j + 1].double()
+              for j, i in enumerate(range(0, k, block)))
+    tol = 1e-6 * ref.abs().max().item()  # float32 epsilon times a few terms
+    for block_diagonal in (True, False):
+        y = _int8_matmul_blockwise(xq, s, w, block, block_diagonal)
+        torch.testing.assert_close(y.double(), ref, rtol=0, atol=tol)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
