@@ -154,7 +154,7 @@ def _int8_matmul_blockwise(xq: torch.Tensor, x_scale: torch.Tensor, w: torch.Ten
     y = torch.zeros(m, w.shape[0], dtype=torch.float32, device=xq.device)
     for b, start in enumerate(range(0, k, block)):
         acc = _int8_matmul(xq[:, start:start + block].contiguous(), w[:, start:start + block])  # int32 [M, N]
-        y.addcmul_(acc, x_scale[:, b:b + 1])  # float32 result: int32 * float32 promotes
+        y.addcmul_(acc.float(), x_scale[:, b:b + 1])
     return y
 
 
