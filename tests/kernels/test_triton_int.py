@@ -5,42 +5,9 @@ import logging
 
 import pytest
 import torch
+from int_layers import check, make_layer, ref_out, repack
 
-from lowbit.formats import group_block, quantize_affine, unpack
-from lowbit.kernels import reference
-from lowbit.nn import QuantLinear
-
-
-def make_layer(n, k, bits, gs, sym, act_order=False, bias=False, seed=0, device="cpu"):
-    g = torch.Generator().manual_seed(seed)
-    w = torch.randn(n, k, generator=g)
-    layer = QuantLinear.from_quantized(quantize_affine(w, bits, group_block(k, gs), sym), gs,
-                                       torch.randn(n, generator=g) if bias else None)
-    if act_order:
-        # GPTQ act-order: column perm[i] belongs to group i // gs (columns reassigned, the
-        # codes stay valid: any code is a valid code for any group)
-        perm = torch.randperm(k, generator=g)
-        g_idx = torch.empty(k, dtype=torch.int32)
-        g_idx[perm] = layer.g_idx.clone()
-        layer.g_idx = g_idx
-    return layer.to(device)
-
-
-def ref_out(x, layer):
-    return reference.int_group_linear(x.float(), layer.qweight, layer.qzeros, layer.scales, layer.g_idx,
-                                      layer.bits, layer.bias)
-
-
-def check(y, ref, x):
-    assert y.dtype == x.dtype and y.shape == ref.shape
-    assert torch.isfinite(y).all()
-    err = (y.float() - ref).abs().max().item() / ref.abs().max().item()
-    assert err < 4e-3, err  # fp16 output rounding is 5e-4; fp16 weight slabs add a little
-
-
-def repack(tk, layer, block_n):
-    return tk.layout.repack_int_group(layer.qweight, layer.qzeros, layer.scales, layer.g_idx, layer.bits,
-                                      layer.group_size, block_n)
+from lowbit.formats import unpack
 
 
 @pytest.mark.parametrize("bits,gs,sym,act", [(4, 128, False, False), (4, 64, True, True), (8, -1, False, False),

@@ -3,37 +3,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+from int_layers import check, make_layer, ref_out, repack
 
-from lowbit.formats import group_block, quantize_affine
 from lowbit.kernels import reference
-from lowbit.nn import Linear4bit, QuantLinear
-
-
-def make_layer(n, k, bits, gs, sym, act_order=False, bias=False, seed=0, device="cpu"):
-    g = torch.Generator().manual_seed(seed)
-    layer = QuantLinear.from_quantized(quantize_affine(torch.randn(n, k, generator=g), bits, group_block(k, gs), sym),
-                                       gs, torch.randn(n, generator=g) if bias else None)
-    if act_order:  # GPTQ act-order: column perm[i] belongs to group i // gs
-        g_idx = torch.empty(k, dtype=torch.int32)
-        g_idx[torch.randperm(k, generator=g)] = layer.g_idx.clone()
-        layer.g_idx = g_idx
-    return layer.to(device)
-
-
-def ref_out(x, layer):
-    return reference.int_group_linear(x.float(), layer.qweight, layer.qzeros, layer.scales, layer.g_idx,
-                                      layer.bits, layer.bias)
-
-
-def check(y, ref, x):
-    assert y.dtype == x.dtype and y.shape == ref.shape and torch.isfinite(y).all()
-    err = (y.float() - ref).abs().max().item() / ref.abs().max().item()
-    assert err < 4e-3, err
-
-
-def repack(tk, layer, block_n):
-    return tk.layout.repack_int_group(layer.qweight, layer.qzeros, layer.scales, layer.g_idx, layer.bits,
-                                      layer.group_size, block_n)
+from lowbit.nn import Linear4bit
 
 
 @pytest.mark.parametrize("bits,gs,sym,act,n,k,m,bn,cfg", [
