@@ -1,4 +1,5 @@
-"""Shared pieces of the kernels: decoding a code slab, and the output store with split-K.
+"""Shared pieces of the kernels: the tile order, decoding a code slab, and the output store
+with split-K.
 
 Split-K without a second launch: each of the SPLIT programs of an output tile adds its
 float32 partial sums into a workspace with atomics, then takes a ticket from the tile's
@@ -11,6 +12,18 @@ from __future__ import annotations
 
 import triton
 import triton.language as tl
+
+
+@triton.jit
+def grouped_tile(pid, M, N, BM: tl.constexpr, BNT: tl.constexpr, GROUP_M: tl.constexpr):
+    """(pid_m, pid_n, tiles per row) of program ``pid`` over a BM x BNT tiling of [M, N], in
+    grouped order: GROUP_M row blocks sweep the same column blocks while they sit in L2."""
+    num_m = tl.cdiv(M, BM)
+    num_n = tl.cdiv(N, BNT)
+    width = GROUP_M * num_n
+    first_m = (pid // width) * GROUP_M
+    group_rows = tl.minimum(num_m - first_m, GROUP_M)
+    return first_m + (pid % width) % group_rows, (pid % width) // group_rows, num_n
 
 
 @triton.jit

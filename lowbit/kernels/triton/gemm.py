@@ -17,7 +17,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .epilogue import decode_slab, int_value, store_output, zero_term
+from .epilogue import decode_slab, grouped_tile, int_value, store_output, zero_term
 
 
 @triton.jit
@@ -30,14 +30,7 @@ def int_gemm_kernel(
 ):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
-    num_m = tl.cdiv(M, BM)
-    num_n = tl.cdiv(N, BNT)
-    # Grouped order: GROUP_M row blocks sweep the same column blocks while they sit in L2.
-    width = GROUP_M * num_n
-    first_m = (pid // width) * GROUP_M
-    group_rows = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % group_rows
-    pid_n = (pid % width) // group_rows
+    pid_m, pid_n, num_n = grouped_tile(pid, M, N, BM, BNT, GROUP_M)
     CPW: tl.constexpr = 32 // BITS
     KCH: tl.constexpr = CPW * PK
     rm = pid_m * BM + tl.arange(0, BM)

@@ -29,7 +29,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .epilogue import store_output
+from .epilogue import grouped_tile, store_output
 
 
 @triton.jit
@@ -44,13 +44,7 @@ def int_gemm_tc_kernel(
 ):
     pid = tl.program_id(0)
     pid_k = tl.program_id(1)
-    num_m = tl.cdiv(M, BM)
-    num_n = tl.cdiv(N, BNT)
-    width = GROUP_M * num_n
-    first_m = (pid // width) * GROUP_M
-    group_rows = tl.minimum(num_m - first_m, GROUP_M)
-    pid_m = first_m + (pid % width) % group_rows
-    pid_n = (pid % width) // group_rows
+    pid_m, pid_n, num_n = grouped_tile(pid, M, N, BM, BNT, GROUP_M)
     CPW: tl.constexpr = 32 // BITS
     KCH: tl.constexpr = CPW * PK
     JS: tl.constexpr = BK // PK  # codes of a word per step
@@ -61,7 +55,6 @@ def int_gemm_tc_kernel(
     rm = pid_m * BM + tl.arange(0, BM)
     rn = pid_n * BNT + tl.arange(0, BNT)
     mmask = rm < M
-    nmask = (rn < N)[None, None, :]
     kb = tl.arange(0, BK)
     if FLAT:
         # Row kr of a step's tile is code kr // PK of word row kr % PK: each word is loaded
