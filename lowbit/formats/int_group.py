@@ -237,16 +237,18 @@ def quantize_affine(
     block_size: tuple[int, int] | None = None,
     sym: bool = True,
     scale_dtype: torch.dtype | None = torch.float16,
+    clip: bool = False,
 ) -> AffineQuantized:
     """Round-to-nearest quantization of float w [N, K] (default block: per-channel).
 
-    ``scale_dtype``: the dtype scales are stored in (see ``choose_qparams``).
+    ``scale_dtype``: the dtype scales are stored in (see ``choose_qparams``); ``clip``: block
+    ranges from ``choose_qparams_clipped`` instead of min-max.
     """
     if w.dim() != 2:
         raise ValueError(f"expected a 2-D weight [out_features, in_features], got shape {tuple(w.shape)}")
     n, k = w.shape
     block_size = block_size or (1, k)
-    scale, zero = choose_qparams(w, bits, block_size, sym, scale_dtype)
+    scale, zero = (choose_qparams_clipped if clip else choose_qparams)(w, bits, block_size, sym, scale_dtype)
     g_idx = group_index(k, block_size[1], device=w.device)
     q = quantize(w, scale, zero, bits, g_idx, block_size[0])
     return AffineQuantized(q, scale, zero, g_idx, bits, tuple(block_size), sym)
