@@ -27,6 +27,21 @@ def grouped_tile(pid, M, N, BM: tl.constexpr, BNT: tl.constexpr, GROUP_M: tl.con
 
 
 @triton.jit
+def load_x_tile(x_rows, perm_ptr, kk, kmask, mmask, HAS_PERM: tl.constexpr, SWAP: tl.constexpr):
+    """The activations of rows ``x_rows`` [BM] (pointers) at kernel-order columns ``kk`` [BK]
+    (through the act-order permutation when HAS_PERM): [BM, BK], or [BK, BM] when SWAP."""
+    if HAS_PERM:
+        xi = tl.load(perm_ptr + kk, mask=kmask, other=0)
+    else:
+        xi = kk
+    if SWAP:
+        xt = tl.load(x_rows[None, :] + xi[:, None], mask=mmask[None, :] & kmask[:, None], other=0.0)
+    else:
+        xt = tl.load(x_rows[:, None] + xi[None, :], mask=mmask[:, None] & kmask[None, :], other=0.0)
+    return xt
+
+
+@triton.jit
 def decode_slab(words, hi, magic, lut_ptr, J: tl.constexpr, BITS: tl.constexpr, MODE_LUT: tl.constexpr):
     """Code J of every word -> float32.
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .epilogue import decode_slab, grouped_tile, int_value, store_output, zero_term
+from .epilogue import decode_slab, grouped_tile, int_value, load_x_tile, store_output, zero_term
 
 
 @triton.jit
@@ -70,15 +70,10 @@ def int_gemm_kernel(
                 kmask = rr < PK  # all true: K needs no mask
             else:
                 kmask = kk < K
-            if HAS_PERM:
-                xi = tl.load(perm_ptr + kk, mask=kmask, other=0)
-            else:
-                xi = kk
+            xt = load_x_tile(x_rows, perm_ptr, kk, kmask, mmask, HAS_PERM, SWAP)
             if SWAP:
-                xt = tl.load(x_rows[None, :] + xi[:, None], mask=mmask[None, :] & kmask[:, None], other=0.0)
                 acc = tl.dot(tl.trans(w), xt, acc)  # [BNT, BM]
             else:
-                xt = tl.load(x_rows[:, None] + xi[None, :], mask=mmask[:, None] & kmask[None, :], other=0.0)
                 acc = tl.dot(xt, w, acc)  # [BM, BNT]
     if SWAP:
         acc = tl.trans(acc)

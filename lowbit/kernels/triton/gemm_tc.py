@@ -29,7 +29,7 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .epilogue import grouped_tile, store_output
+from .epilogue import grouped_tile, load_x_tile, store_output
 
 
 @triton.jit
@@ -134,19 +134,14 @@ def int_gemm_tc_kernel(
             kmask = kb < BK
         else:
             kmask = kk < K
-        if HAS_PERM:
-            xi = tl.load(perm_ptr + kk, mask=kmask, other=0)
-        else:
-            xi = kk
+        xt = load_x_tile(x_rows, perm_ptr, kk, kmask, mmask, HAS_PERM, SWAP)
         if SWAP:
-            xt = tl.load(x_rows[None, :] + xi[:, None], mask=mmask[None, :] & kmask[:, None], other=0.0)
             if SCALE_AFTER:
                 s = tl.load(s_ptr + s_off, mask=rn < N, other=0.0).to(tl.float32)
                 acc += tl.dot(tl.trans(w), xt) * s[:, None]
             else:
                 acc = tl.dot(tl.trans(w), xt, acc)  # [BNT, BM]
         else:
-            xt = tl.load(x_rows[:, None] + xi[None, :], mask=mmask[:, None] & kmask[None, :], other=0.0)
             if SCALE_AFTER:
                 s = tl.load(s_ptr + s_off, mask=rn < N, other=0.0).to(tl.float32)
                 acc += tl.dot(xt, w) * s[None, :]
