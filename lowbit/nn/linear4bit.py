@@ -32,9 +32,12 @@ from torch import nn
 
 from .. import kernels
 from ..formats import nf4
+from .fixed_state import FixedStateDtype
 
 
-class Linear4bit(nn.Module):
+class Linear4bit(FixedStateDtype):
+    STATE_BUFFERS = ("absmax", "nested_absmax", "nested_offset")
+
     def __init__(
         self,
         in_features: int,
@@ -126,17 +129,6 @@ class Linear4bit(nn.Module):
         """Weight [N, K] in ``dtype`` (default: the compute dtype)."""
         return nf4.dequantize_4bit(self.weight_4bit, self.absmax_float(), self.quant_type, self.blocksize,
                                    (self.out_features, self.in_features), dtype or self.compute_dtype)
-
-    def _apply(self, fn, recurse=True):
-        # model.half() / .to(bfloat16) cast every float buffer; the quantization state must
-        # stay as stored (float32), so dtype casts leave it alone and only device moves apply.
-        saved = {n: self._buffers[n] for n in ("absmax", "nested_absmax", "nested_offset") if self._buffers.get(n) is not None}
-        super()._apply(fn, recurse)
-        for name, old in saved.items():
-            new = self._buffers[name]
-            if new.dtype != old.dtype:
-                self._buffers[name] = old.to(new.device)
-        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return kernels.dispatch("nf4", x, self)

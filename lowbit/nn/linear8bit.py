@@ -21,6 +21,7 @@ from torch import nn
 
 from .. import kernels
 from ..formats import int8
+from .fixed_state import FixedStateDtype
 
 DEFAULT_THRESHOLD = 6.0
 #: Activation columns per int8 scale (per token). Finer than the paper's per-token scale: on
@@ -28,7 +29,9 @@ DEFAULT_THRESHOLD = 6.0
 DEFAULT_ACT_BLOCK_SIZE = 64
 
 
-class Linear8bitLt(nn.Module):
+class Linear8bitLt(FixedStateDtype):
+    STATE_BUFFERS = ("weight_scale",)
+
     def __init__(
         self,
         in_features: int,
@@ -89,17 +92,6 @@ class Linear8bitLt(nn.Module):
     def dequantize(self, dtype: torch.dtype | None = None) -> torch.Tensor:
         """Weight [N, K] in ``dtype`` (default: the compute dtype)."""
         return int8.dequantize_rowwise(self.weight_int8, self.weight_scale, dtype or self.compute_dtype)
-
-    def _apply(self, fn, recurse=True):
-        # model.half() / .to(bfloat16) cast every float buffer; the quantization state must
-        # stay as stored (float32), so dtype casts leave it alone and only device moves apply.
-        saved = {n: self._buffers[n] for n in ("weight_scale",) if self._buffers.get(n) is not None}
-        super()._apply(fn, recurse)
-        for name, old in saved.items():
-            new = self._buffers[name]
-            if new.dtype != old.dtype:
-                self._buffers[name] = old.to(new.device)
-        return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return kernels.dispatch("int8", x, self)
