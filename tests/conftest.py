@@ -53,6 +53,17 @@ def wikitext_dir() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture
+def one_thread():
+    """Tiny tensors: one intra-op thread avoids thread hand-offs, which cost milliseconds per
+    op on a loaded machine (results do not depend on the thread count). Test modules of tiny
+    layers use it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(autouse=True)
 def _quiet_tokenizers():
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

@@ -13,14 +13,8 @@ from lowbit.config import QuantConfig
 from lowbit.models.registry import get_arch, get_blocks
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids thread hand-offs, which cost milliseconds per
-    op on a loaded machine (results do not depend on the thread count)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny tensors: see the one_thread fixture (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def inputs(k=64, tokens=512, seed=0):

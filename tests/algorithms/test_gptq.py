@@ -13,14 +13,8 @@ from lowbit.formats import choose_qparams, group_block, quantize_affine
 from lowbit.nn import QuantLinear
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids thread hand-offs, which cost milliseconds per
-    op on a loaded machine (results do not depend on the thread count)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny tensors: see the one_thread fixture (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def layer(n=24, k=80, tokens=600, seed=0):

@@ -11,14 +11,8 @@ TEXT = "\n\n".join(f"Section {i}. Quantization maps weights to {i % 8 + 1} bits;
                    for i in range(200))
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids thread hand-offs, which cost milliseconds per
-    op on a loaded machine (results do not depend on the thread count)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny tensors: see the one_thread fixture (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture

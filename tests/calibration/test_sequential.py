@@ -14,14 +14,8 @@ from lowbit.quantize import quantize_model
 F32 = torch.float32
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids thread hand-offs, which cost milliseconds per
-    op on a loaded machine (results do not depend on the thread count)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# tiny tensors: see the one_thread fixture (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def ids(n=6, length=48, seed=0):
