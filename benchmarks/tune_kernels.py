@@ -19,7 +19,7 @@ from kernels import SHAPES, copies_for, fp16_us, graph_us, random_quant_linear
 from lowbit.kernels.triton import launch
 from lowbit.kernels.triton.layout import repack_int_group
 
-BLOCKS = (32, 64)
+BLOCKS = (32, 64, 128)
 
 
 def fill_split(programs: int, chunks: int) -> int:
@@ -38,7 +38,15 @@ def jobs_for(k: int, n: int, quick: bool) -> list[tuple]:
     """(block_n, kind, m, config) for one shape."""
     kc = k // 256
     out = []
-    for bn in BLOCKS:
+    for bn in (32, 64, 128):
+        nb = -(-n // bn)
+        f = fill_split(nb, kc)
+        for w in (2, 4, 8):
+            for pf in (True, False):
+                for sp in sorted({s for s in (max(1, f // 2), f, 2 * f, 4 * f, 8 * f) if s <= kc}):
+                    out.append((bn, "half2", 1, launch.GemvConfig(split=sp, num_warps=w, num_stages=1, prefetch=pf,
+                                                                  half2=True)))
+    for bn in (32, 64):
         nb = -(-n // bn)
         for c, w in ((1, 4), (2, 4), (1, 8), (2, 8), (4, 8)):
             for pf in (True, False):
@@ -60,6 +68,9 @@ def jobs_for(k: int, n: int, quick: bool) -> list[tuple]:
     return out
 
 
+LAUNCH = {"gemv": launch.gemv, "half2": launch.gemv_half2, "gemm": launch.gemm}
+
+
 def _compile_worker(batch: list[tuple]) -> list[str]:
     """Run each job once (compiling it into Triton's disk cache); returns failures."""
     torch.cuda.init()
@@ -72,7 +83,7 @@ def _compile_worker(batch: list[tuple]) -> list[str]:
         pw = repack_int_group(lay.qweight, lay.qzeros, lay.scales, lay.g_idx, 4, 128, bn)
         x = torch.randn(m, k, device="cuda", dtype=torch.float16)
         try:
-            (launch.gemv if kind == "gemv" else launch.gemm)(x, pw, None, cfg)
+            LAUNCH[kind](x, pw, None, cfg)
             torch.cuda.synchronize()
         except Exception as e:  # noqa: BLE001 - a config that does not compile (e.g. shared memory) is skipped
             failures.append(f"{k}x{n} bn={bn} {kind} m={m} {cfg}: {type(e).__name__}: {str(e)[:200]}")
@@ -93,14 +104,15 @@ def precompile(jobs: list[tuple], procs: int) -> set[tuple]:
 def tune(args) -> None:
     gen = torch.Generator().manual_seed(0)
     shapes = SHAPES[:1] if args.quick else SHAPES
-    all_jobs = [(k, n) + j for k, n in shapes for j in jobs_for(k, n, args.quick)]
+    all_jobs = [(k, n) + j for k, n in shapes for j in jobs_for(k, n, args.quick)
+                if not args.only or j[1] in args.only]
     failed = precompile(all_jobs, min(14, os.cpu_count() or 4))
     best: dict = {}
     with open(args.tune, "w") as log:
         for k, n in shapes:
-            base = {m: fp16_us(k, n, m, gen) for m in (1, 16, 256)}
+            base = {m: fp16_us(k, n, m, gen) for m in sorted({j[4] for j in all_jobs})}
             layers = [random_quant_linear(k, n, 4, 128, False, gen) for _ in range(copies_for(k * n // 2))]
-            for bn in BLOCKS:
+            for bn in sorted({j[2] for j in all_jobs if j[:2] == (k, n)}):
                 pws = [repack_int_group(lay.qweight, lay.qzeros, lay.scales, lay.g_idx, 4, 128, bn) for lay in layers]
                 for kk, nn, jbn, kind, m, cfg in all_jobs:
                     if (kk, nn, jbn) != (k, n, bn):
@@ -108,7 +120,7 @@ def tune(args) -> None:
                     if f"{k}x{n} bn={bn} {kind} m={m} {cfg}" in failed:
                         continue
                     x = torch.randn(m, k, device="cuda", dtype=torch.float16)
-                    fn = launch.gemv if kind == "gemv" else launch.gemm
+                    fn = LAUNCH[kind]
                     us = graph_us([lambda pw=pw: fn(x, pw, None, cfg) for pw in pws], inner=2, replays=7)
                     rec = dict(k=k, n=n, bn=bn, kind=kind, m=m, cfg=asdict(cfg), us=us, fp16_us=base[m],
                                speedup=base[m] / us)

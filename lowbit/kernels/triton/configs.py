@@ -32,6 +32,14 @@ GEMV: dict[tuple[int, int, int], GemvConfig] = {
     (4096, 14336, 4): GemvConfig(chunks=1, split=8, num_warps=4, num_stages=1, prefetch=False),  # 19.1 us, fp16 44.5
     (14336, 4096, 4): GemvConfig(chunks=2, split=1, num_warps=4, num_stages=1, prefetch=False),  # 19.7 us, fp16 42.2
 }
+#: (N, K, bits) -> f16x2 GEMV config (gemv_half2: int4 codes, fp16 activations) at M = 1.
+#: benchmarks/results/h100_tune_half2_run5.jsonl (at the BLOCK_N above; our us, fp16 us).
+HALF2: dict[tuple[int, int, int], GemvConfig] = {
+    (1024, 4096, 4): GemvConfig(split=16, num_warps=4, num_stages=1, prefetch=False, half2=True),  # 5.6, 7.5
+    (4096, 4096, 4): GemvConfig(split=16, num_warps=4, num_stages=1, prefetch=False, half2=True),  # 8.6, 16.0
+    (14336, 4096, 4): GemvConfig(split=4, num_warps=2, num_stages=1, prefetch=False, half2=True),  # 16.4, 42.2
+    (4096, 14336, 4): GemvConfig(split=16, num_warps=4, num_stages=1, prefetch=True, half2=True),  # 16.4, 44.8
+}
 #: (N, K, bits, M bucket) -> GEMM config.
 GEMM: dict[tuple[int, int, int, int], GemmConfig | DequantConfig | TcConfig] = {
     (1024, 4096, 4, 16): GemmConfig(bm=16, bnt=64, split=16, num_warps=4, num_stages=4),  # 8.1 us, fp16 7.7
@@ -93,7 +101,9 @@ def load_table(path: str) -> None:
             key = (e["n"], e["k"], e["bits"])
             lut = e.get("mode") == "lut"
             gemm = GEMM_LUT if lut else GEMM
-            if e["kind"] == "gemv":
+            if e["kind"] == "half2":
+                HALF2[key] = GemvConfig(**e["cfg"])
+            elif e["kind"] == "gemv":
                 (GEMV_LUT if lut else GEMV)[key] = GemvConfig(**e["cfg"])
                 if "bn" in e:
                     BLOCK_N[key] = e["bn"]
@@ -141,6 +151,17 @@ def gemv_config(n: int, k: int, bits: int, nb: int, chunks: int, device: torch.d
     # lut: the code book gathered from the program's copy was ~2x faster on every H100 shape.
     return GemvConfig(chunks=1, split=_fill_split(nb, chunks, _sms(device)) * (2 if lut else 1), num_warps=4,
                       num_stages=1, prefetch=False, lut_reg=lut)
+
+
+def half2_config(n: int, k: int, nb: int, chunks: int, device: torch.device) -> GemvConfig:
+    """gemv_half2 config: measured, else a K split giving about eight programs per SM (the
+    kernel needs ~55 registers a thread, so eight programs of four warps fit on an SM)."""
+    if (n, k, 4) in HALF2:
+        return HALF2[(n, k, 4)]
+    split = 1
+    while nb * split < 8 * _sms(device) and split * 2 <= chunks:
+        split *= 2
+    return GemvConfig(split=split, num_warps=4, num_stages=1, prefetch=True, half2=True)
 
 
 def m_bucket(m: int) -> int:

@@ -6,6 +6,7 @@ stream, zero-filled, and left zeroed by the kernels themselves (see ``epilogue``
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
@@ -15,6 +16,7 @@ from .dequant import dequant_kernel
 from .gemm import int_gemm_kernel
 from .gemm_tc import int_gemm_tc_kernel
 from .gemv import int_gemv_kernel
+from .gemv_half2 import int4_gemv_half2_kernel
 from .layout import PK, PackedWeight
 
 
@@ -26,6 +28,7 @@ class GemvConfig:
     num_stages: int = 3
     prefetch: bool = True  # load the next step's words before decoding this step's
     lut_reg: bool = False  # lut mode: gather codes from a per-program copy of the code book
+    half2: bool = False  # int4 x fp16 only: the f16x2 kernel (gemv_half2)
 
 
 @dataclass(frozen=True)
@@ -58,6 +61,9 @@ class TcConfig:
 
 #: Compiled handle of the last gemm_tc launch (for benchmarks/tune_tc.py --inspect).
 LAST_TC = None
+
+#: Triton's CPU interpreter: kernels then take their pure-Triton paths instead of PTX.
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
 
 #: 2^23 as float32 bits, passed at run time (see ``epilogue.decode_slab``).
 MAGIC = 0x4B000000
@@ -145,6 +151,43 @@ def gemv(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: Gemv
         GS=pw.group_size, JR=jr, SPLIT_K=split > 1, EVEN_K=_even_k(pw), EVEN_C=even_c, PREFETCH=cfg.prefetch,
         LUT_REG=cfg.lut_reg and pw.mode == "lut",
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_common(x, pw, bias),
+    )
+    return y
+
+
+def half2_ok(x: torch.Tensor, pw: PackedWeight) -> bool:
+    """Whether ``gemv_half2`` takes this input: int4 affine codes, fp16 activations."""
+    return pw.mode == "int" and pw.bits == 4 and x.dtype == torch.float16 and (pw.zeros is None) == (
+        pw.zero_pairs is None)
+
+
+def _x_vec(x: torch.Tensor, pw: PackedWeight) -> bool:
+    """Whether gemv_half2 may read x four halves (8 bytes) at a time: rows aligned to 8
+    bytes, K a multiple of 4, no act-order gather."""
+    return pw.perm is None and pw.k % 4 == 0 and x.stride(0) % 4 == 0 and x.data_ptr() % 8 == 0
+
+
+def gemv_half2(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: GemvConfig,
+               out: torch.Tensor | None = None) -> torch.Tensor:
+    """y [M, N] = x [M, K] @ W.T (+ bias) in f16x2 arithmetic (``gemv_half2``), one program
+    row per activation row (cfg: split, num_warps, num_stages)."""
+    m = x.shape[0]
+    y = torch.empty(m, pw.n, dtype=x.dtype, device=x.device) if out is None else out
+    nb = pw.qweight.shape[0]
+    per, split = _splits(pw.chunks, cfg.split, 1)
+    bufs = splitk_buffers(x.device, m * pw.n, m * nb) if split > 1 else None
+    if split > 1 and bufs is None:
+        per, split = pw.chunks, 1
+    ws, cnt = bufs if bufs is not None else (y, y)
+    dummy = pw.qweight
+    int4_gemv_half2_kernel[(nb, split, m)](
+        x, pw.qweight, pw.scales, pw.zero_pairs if pw.zero_pairs is not None else dummy,
+        pw.perm if pw.perm is not None else dummy, bias if bias is not None else dummy, y, ws, cnt,
+        M=m, N=pw.n, K=pw.k, KC=pw.chunks, G=pw.groups, stride_xm=x.stride(0), stride_ym=y.stride(0),
+        chunks_per_split=per, splits=split, BN=pw.block_n, PK=PK, GS=pw.group_size,
+        SPLIT_K=split > 1, EVEN_K=_even_k(pw), X_VEC=_x_vec(x, pw),
+        HAS_ZERO=pw.zero_pairs is not None, HAS_PERM=pw.perm is not None, HAS_BIAS=bias is not None,
+        PREFETCH=cfg.prefetch, INTERPRET=INTERPRET, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     return y
 

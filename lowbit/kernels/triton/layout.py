@@ -20,6 +20,10 @@ when PK divides the group size.
     zeros    fp16 [G, N] or None       zero points as floats (exact small integers); None
                                        when every zero is 2^(bits-1) (symmetric)
     perm     int32 [K] or None         kernel order -> original column
+    zero_pairs int32 [KC * A, N] or None  int4 with zeros only, for ``gemv_half2``: per chunk
+                                       and group pair (A = half2_accumulators), the zero
+                                       terms -(64 + zero / 16) of the pair's two groups as
+                                       f16x2 (4 bytes a chunk and column, as the fp16 zeros)
 Padding (columns >= N, kernel-order positions >= K) holds code 0; the kernels mask the
 matching activations to 0, so it never contributes.
 """
@@ -55,6 +59,7 @@ class PackedWeight:
     group_size: int  # power of two; per-channel is stored as a power of two >= padded K
     block_n: int
     mode: str
+    zero_pairs: torch.Tensor | None = None
 
     @property
     def codes_per_word(self) -> int:
@@ -69,7 +74,8 @@ class PackedWeight:
         return self.scales.shape[0]
 
     def nbytes(self) -> int:
-        return sum(t.numel() * t.element_size() for t in (self.qweight, self.scales, self.zeros, self.perm, self.lut)
+        return sum(t.numel() * t.element_size() for t in (self.qweight, self.scales, self.zeros, self.perm, self.lut,
+                                                                   self.zero_pairs)
                    if t is not None)
 
 
@@ -102,6 +108,34 @@ def act_order_perm(g_idx: torch.Tensor, group_size: int) -> torch.Tensor | None:
     if not torch.equal(g[perm], expected):
         raise Unsupported("g_idx does not describe groups of group_size columns (not a GPTQ act-order permutation)")
     return perm
+
+
+def half2_accumulators(group_size: int) -> int:
+    """Distinct group pairs among the code pairs (j, j + 4) of a chunk: code j covers
+    kernel-order columns c*256 + 32 j + [0, 32), so pairs share groups when GS >= 128."""
+    return 4 // (group_size // PK) if group_size < 128 else 1
+
+
+def half2_group_pairs(chunks: int, groups: int, group_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(low groups, high groups), int64 [chunks * A] each: the groups of accumulator a of
+    chunk c at index c * A + a (padding chunks clamp to the last group, as the kernels do)."""
+    acc = half2_accumulators(group_size)
+    c = torch.arange(chunks).repeat_interleave(acc)
+    a = torch.arange(acc).repeat(chunks)
+    lo = torch.clamp((c * 256 + 32 * (a * 4 // acc)) // group_size, max=groups - 1)
+    hi = torch.clamp(lo + (128 // group_size if group_size <= 128 else 0), max=groups - 1)
+    return lo, hi
+
+
+def zero_pairs(zeros: torch.Tensor, chunks: int, group_size: int) -> torch.Tensor:
+    """fp16 zero points [G, N] -> the f16x2 zero terms of ``gemv_half2``, int32 [KC * A, N]."""
+    lo, hi = half2_group_pairs(chunks, zeros.shape[0], group_size)
+    lo, hi = lo.to(zeros.device), hi.to(zeros.device)
+
+    def term(g: torch.Tensor) -> torch.Tensor:  # -(64 + z / 16) is exact in fp16
+        return (-(64 + zeros[g].float() / 16)).half().view(torch.int16).to(torch.int32) & 0xFFFF
+
+    return (term(lo) | (term(hi) << 16)).contiguous()
 
 
 def pack_words(q: torch.Tensor, bits: int, block_n: int) -> torch.Tensor:
@@ -141,13 +175,15 @@ def repack_int_group(
         q = q[perm]
     z = unpack(qzeros, bits, n, dim=1)  # uint8 [G, N]
     zeros = None if bool((z == 2 ** (bits - 1)).all()) else z.to(torch.float16).contiguous()
+    qw = pack_words(q, bits, block_n)
     return PackedWeight(
-        qweight=pack_words(q, bits, block_n),
+        qweight=qw,
         scales=scales.contiguous(),
         zeros=zeros,
         perm=None if perm is None else perm.to(torch.int32).contiguous(),
         lut=None,
         n=n, k=k, bits=bits, group_size=gs, block_n=block_n, mode="int",
+        zero_pairs=zero_pairs(zeros, qw.shape[1], gs) if zeros is not None and bits == 4 else None,
     )
 
 

@@ -95,7 +95,10 @@ def run_packed(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None) -> 
     """y [..., N] = x [..., K] @ W.T + bias with the kernel and config for this M."""
     x2 = x.reshape(-1, pw.k)
     m = x2.shape[0]
-    if m <= configs.GEMV_MAX_M:
+    if m <= configs.GEMV_MAX_M and launch.half2_ok(x2, pw):
+        cfg = configs.half2_config(pw.n, pw.k, pw.qweight.shape[0], pw.chunks, x.device)
+        y = launch.gemv_half2(x2, pw, bias, cfg)
+    elif m <= configs.GEMV_MAX_M:
         cfg = configs.gemv_config(pw.n, pw.k, pw.bits, pw.qweight.shape[0], pw.chunks, x.device, pw.mode == "lut")
         y = launch.gemv(x2, pw, bias, cfg)
     else:

@@ -1,0 +1,191 @@
+"""int4 GEMV for fp16 activations in packed half pairs (f16x2): decode, M = 1.
+
+At M = 1 the kernel streams the weight once; what keeps it from memory speed is the
+instructions it issues per weight. ``gemv.py`` spends about five (fp32 math, and one
+activation load and convert per weight, since each thread holds one column); here a word
+of eight codes takes 13 (a shift, then per code pair a LOP3 and two f16x2 FMAs, see
+``half2``), the activations are loaded and paired once per row and shared by the
+columns a thread holds, and the scale is applied in fp32 once per chunk and column.
+
+Pairing: code j and code j + 4 of a word sit in the two 16-bit halves (layout: code j of
+word r is kernel-order column c*256 + 32 j + r), so the pair's activations are x at those
+two columns, and its halves lie in groups g and g + 128 / GS. The f16x2 partial sums are
+kept per distinct group pair (one accumulator for GS >= 128, two for 64, four for 32),
+summed over the four rows of a chunk a thread holds, and turned into fp32 with their scales
+at the chunk's end. A thread holds rows 4 rr + i (i = 0..3) of a chunk, so the activations
+of code j for its four rows are four consecutive halves: one 8-byte load, then PRMTs pair
+them with code j + 4's (act-order gathers them one by one instead).
+
+Grid: (column blocks, K splits, rows); split-K partial sums meet in ``store_output``.
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .epilogue import store_output
+from .half2 import dot_codes, high_term, pack, pair_quads, unpack
+
+
+@triton.jit
+def _group_pair(s_ptr, zp_ptr, c, a, n, nmask, N, G, GS: tl.constexpr, NACC: tl.constexpr,
+                HAS_ZERO: tl.constexpr, INTERPRET: tl.constexpr):
+    """Accumulator ``a`` of chunk c: (zero term of the low code position, of the high one,
+    scale of the low lanes, of the high lanes), [1, BN] each (groups as layout.half2_group_pairs)."""
+    HI: tl.constexpr = 128 // GS if GS <= 128 else 0
+    g_lo = tl.minimum((c * 256 + 32 * (a * 4 // NACC)) // GS, G - 1)
+    g_hi = tl.minimum(g_lo + HI, G - 1)
+    s_lo = tl.load(s_ptr + g_lo * N + n, mask=nmask, other=0.0).to(tl.float32)
+    s_hi = tl.load(s_ptr + g_hi * N + n, mask=nmask, other=0.0).to(tl.float32)
+    if HAS_ZERO:
+        zt = tl.load(zp_ptr + (c * NACC + a) * N + n, mask=nmask, other=0)
+    else:
+        half = tl.full(n.shape, -64.5, tl.float16)  # zero point 8: -(64 + 8 / 16)
+        zt = pack(half, half, INTERPRET)
+    return zt, high_term(zt, INTERPRET), s_lo, s_hi
+
+
+@triton.jit
+def _x_pairs(x_row, perm_ptr, kk, K, X_VEC: tl.constexpr, HAS_PERM: tl.constexpr, EVEN_K: tl.constexpr,
+             INTERPRET: tl.constexpr):
+    """f16x2 of the activations at kernel-order columns (kk + i, kk + 128 + i), i = 0..3;
+    kk [PR, 1] a multiple of 4."""
+    if X_VEC:
+        x64 = x_row.to(tl.pointer_type(tl.int64))
+        if EVEN_K:
+            xa = tl.load(x64 + kk // 4)
+            xb = tl.load(x64 + (kk + 128) // 4)
+        else:
+            xa = tl.load(x64 + kk // 4, mask=kk < K, other=0)
+            xb = tl.load(x64 + (kk + 128) // 4, mask=kk + 128 < K, other=0)
+        return pair_quads(xa, xb, INTERPRET)
+    else:
+        return (_x_pair(x_row, perm_ptr, kk, K, HAS_PERM, EVEN_K, INTERPRET),
+                _x_pair(x_row, perm_ptr, kk + 1, K, HAS_PERM, EVEN_K, INTERPRET),
+                _x_pair(x_row, perm_ptr, kk + 2, K, HAS_PERM, EVEN_K, INTERPRET),
+                _x_pair(x_row, perm_ptr, kk + 3, K, HAS_PERM, EVEN_K, INTERPRET))
+
+
+@triton.jit
+def _x_pair(x_row, perm_ptr, kk, K, HAS_PERM: tl.constexpr, EVEN_K: tl.constexpr, INTERPRET: tl.constexpr):
+    """f16x2 of the activations at kernel-order columns kk and kk + 128."""
+    kh = kk + 128
+    if HAS_PERM:
+        xi_lo = tl.load(perm_ptr + kk, mask=kk < K, other=0)
+        xi_hi = tl.load(perm_ptr + kh, mask=kh < K, other=0)
+    else:
+        xi_lo = kk
+        xi_hi = kh
+    if EVEN_K:
+        x_lo = tl.load(x_row + xi_lo)
+        x_hi = tl.load(x_row + xi_hi)
+    else:
+        x_lo = tl.load(x_row + xi_lo, mask=kk < K, other=0.0)
+        x_hi = tl.load(x_row + xi_hi, mask=kh < K, other=0.0)
+    return pack(x_lo, x_hi, INTERPRET)
+
+
+@triton.jit
+def _dot4(acc2, w0, w1, w2, w3, x2, zt, HIGH: tl.constexpr, INTERPRET: tl.constexpr):
+    """acc2 + the code pair at HIGH of the thread's four rows (words w_i, activations x2[i])."""
+    p0, p1, p2, p3 = x2
+    acc2 = dot_codes(w0, p0, zt, acc2, HIGH, INTERPRET)
+    acc2 = dot_codes(w1, p1, zt, acc2, HIGH, INTERPRET)
+    acc2 = dot_codes(w2, p2, zt, acc2, HIGH, INTERPRET)
+    return dot_codes(w3, p3, zt, acc2, HIGH, INTERPRET)
+
+
+@triton.jit
+def _flush(acc, acc2, s_lo, s_hi, INTERPRET: tl.constexpr):
+    lo, hi = unpack(acc2, INTERPRET)
+    return acc + lo * s_lo + hi * s_hi
+
+
+@triton.jit
+def _shr8(w):
+    return (w.to(tl.uint32, bitcast=True) >> 8).to(tl.int32, bitcast=True)  # logical: one SHF
+
+
+@triton.jit
+def int4_gemv_half2_kernel(
+    x_ptr, qw_ptr, s_ptr, zp_ptr, perm_ptr, bias_ptr, y_ptr, ws_ptr, cnt_ptr,
+    M, N, K, KC, G, stride_xm, stride_ym, chunks_per_split, splits,
+    BN: tl.constexpr, PK: tl.constexpr, GS: tl.constexpr, SPLIT_K: tl.constexpr, EVEN_K: tl.constexpr,
+    X_VEC: tl.constexpr, PREFETCH: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr,
+    INTERPRET: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_k = tl.program_id(1)
+    m = tl.program_id(2)
+    PR: tl.constexpr = PK // 4  # threads' row slots: slot rr holds chunk rows 4 rr .. 4 rr + 3
+    NACC: tl.constexpr = 4 // (GS // 32) if GS < 128 else 1
+    rr = tl.arange(0, PR)[:, None]
+    rn = tl.arange(0, BN)[None, :]
+    n = pid_n * BN + rn
+    nmask = n < N
+    c_begin = pid_k * chunks_per_split
+    c_end = tl.minimum(c_begin + chunks_per_split, KC)
+    w_base = qw_ptr + pid_n.to(tl.int64) * KC * (PK * BN) + rr * (4 * BN) + rn
+    x_row = x_ptr + m.to(tl.int64) * stride_xm
+    acc = tl.zeros([PR, BN], dtype=tl.float32)
+    zero2 = tl.zeros([PR, BN], dtype=tl.int32)  # f16x2 (0, 0)
+    if PREFETCH:
+        p_ptrs = w_base + c_begin * (PK * BN)
+        live = rr * 0 + c_begin < c_end  # [PR, 1]: the interpreter takes no scalar masks
+        n0 = tl.load(p_ptrs, mask=live, other=0)
+        n1 = tl.load(p_ptrs + BN, mask=live, other=0)
+        n2 = tl.load(p_ptrs + 2 * BN, mask=live, other=0)
+        n3 = tl.load(p_ptrs + 3 * BN, mask=live, other=0)
+    for c in range(c_begin, c_end):
+        if PREFETCH:
+            # The next chunk's words are issued before this chunk's arithmetic, so each
+            # program keeps two chunks in flight instead of waiting out every load.
+            w0, w1, w2, w3 = n0, n1, n2, n3
+            p_ptrs = w_base + (c + 1) * (PK * BN)
+            live = rr * 0 + c + 1 < c_end
+            n0 = tl.load(p_ptrs, mask=live, other=0)
+            n1 = tl.load(p_ptrs + BN, mask=live, other=0)
+            n2 = tl.load(p_ptrs + 2 * BN, mask=live, other=0)
+            n3 = tl.load(p_ptrs + 3 * BN, mask=live, other=0)
+        else:
+            w_ptrs = w_base + c * (PK * BN)
+            w0 = tl.load(w_ptrs)  # int32 [PR, BN]: row 4 rr + i of the chunk in w_i
+            w1 = tl.load(w_ptrs + BN)
+            w2 = tl.load(w_ptrs + 2 * BN)
+            w3 = tl.load(w_ptrs + 3 * BN)
+        zl0, zh0, sl0, sh0 = _group_pair(s_ptr, zp_ptr, c, 0, n, nmask, N, G, GS, NACC, HAS_ZERO, INTERPRET)
+        a0 = zero2
+        if NACC > 1:
+            zl1, zh1, sl1, sh1 = _group_pair(s_ptr, zp_ptr, c, 1, n, nmask, N, G, GS, NACC, HAS_ZERO, INTERPRET)
+            a1 = zero2
+        if NACC > 2:
+            zl2, zh2, sl2, sh2 = _group_pair(s_ptr, zp_ptr, c, 2, n, nmask, N, G, GS, NACC, HAS_ZERO, INTERPRET)
+            zl3, zh3, sl3, sh3 = _group_pair(s_ptr, zp_ptr, c, 3, n, nmask, N, G, GS, NACC, HAS_ZERO, INTERPRET)
+            a2 = zero2
+            a3 = zero2
+        for jp in tl.static_range(4):
+            # code jp (and jp + 4 in the high halves); codes 2, 3 sit 8 bits up
+            x2 = _x_pairs(x_row, perm_ptr, c * 256 + 32 * jp + rr * 4, K, X_VEC, HAS_PERM, EVEN_K, INTERPRET)
+            if jp >= 2:
+                v0, v1, v2, v3 = _shr8(w0), _shr8(w1), _shr8(w2), _shr8(w3)
+            else:
+                v0, v1, v2, v3 = w0, w1, w2, w3
+            if jp * NACC // 4 == 0:  # the accumulator of this code pair's groups
+                a0 = _dot4(a0, v0, v1, v2, v3, x2, zh0 if jp % 2 else zl0, jp % 2 == 1, INTERPRET)
+            elif jp * NACC // 4 == 1:
+                a1 = _dot4(a1, v0, v1, v2, v3, x2, zh1 if jp % 2 else zl1, jp % 2 == 1, INTERPRET)
+            elif jp * NACC // 4 == 2:
+                a2 = _dot4(a2, v0, v1, v2, v3, x2, zh2 if jp % 2 else zl2, jp % 2 == 1, INTERPRET)
+            else:
+                a3 = _dot4(a3, v0, v1, v2, v3, x2, zh3 if jp % 2 else zl3, jp % 2 == 1, INTERPRET)
+        acc = _flush(acc, a0, sl0, sh0, INTERPRET)
+        if NACC > 1:
+            acc = _flush(acc, a1, sl1, sh1, INTERPRET)
+        if NACC > 2:
+            acc = _flush(acc, a2, sl2, sh2, INTERPRET)
+            acc = _flush(acc, a3, sl3, sh3, INTERPRET)
+    total = tl.sum(acc, axis=0) * 16.0  # [BN]; the f16x2 values were (q - zero) / 16
+    rm = m + tl.arange(0, 1)
+    cols = pid_n * BN + tl.arange(0, BN)
+    store_output(total[None, :], rm, cols, M, N, y_ptr, stride_ym, bias_ptr, ws_ptr, cnt_ptr,
+                 m * tl.num_programs(0) + pid_n, splits, SPLIT_K, HAS_BIAS)

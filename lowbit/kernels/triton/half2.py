@@ -1,0 +1,106 @@
+"""Packed half-precision pairs (f16x2, two fp16 in one int32 register) for the int4 GEMV.
+
+One f16x2 instruction does the work of two fp32 ones, and the 4-bit codes of a word decode
+straight into f16x2: OR the codes at bits [0, 4) and [16, 20) into the exponent of 1024.0
+(0x6400) and each half reads 1024 + q, exactly. So two weights cost one LOP3, one FMA that
+subtracts the zero point and one FMA with the activations (``dot_codes``).
+
+The values carried are (q - zero) / 16, not q - zero: exact all the same (multiples of 1/16
+below 1), and the fp16 partial sums of (q - zero) * x stay sixteen times further from
+overflow (activations of a few thousand occur in LLMs; |q - zero| reaches 15).
+
+Under TRITON_INTERPRET (CPU tests) PTX cannot run: ``INTERPRET`` selects the same
+arithmetic written with integer and fp32 ops (rounded to fp16 where the PTX rounds).
+"""
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+#: fp16 1/16 and 1/256 as f16x2 immediates (the two code positions of a half-word).
+_ASM_DOT = (
+    "{ .reg .b32 h, v, c; lop3.b32 h, $1, MASK, 0x64006400, 0xea; mov.b32 c, MUL; "
+    "fma.rn.f16x2 v, h, c, $3; fma.rn.f16x2 $0, v, $2, $4; }"
+)
+ASM_DOT_LOW = tl.constexpr(_ASM_DOT.replace("MASK", "0x000f000f").replace("MUL", "0x2c002c00"))
+ASM_DOT_HIGH = tl.constexpr(_ASM_DOT.replace("MASK", "0x00f000f0").replace("MUL", "0x1c001c00"))
+
+
+@triton.jit
+def unpack(v, INTERPRET: tl.constexpr):
+    """f16x2 (int32) -> (low half, high half) as float32."""
+    if INTERPRET:
+        lo = (v & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        hi = ((v >> 16) & 0xFFFF).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
+        return lo, hi
+    else:
+        return tl.inline_asm_elementwise(
+            "{ .reg .f16 a, b; mov.b32 {a, b}, $2; cvt.f32.f16 $0, a; cvt.f32.f16 $1, b; }",
+            "=r,=r,r", [v], dtype=(tl.float32, tl.float32), is_pure=True, pack=1)
+
+
+@triton.jit
+def pack(lo, hi, INTERPRET: tl.constexpr):
+    """Two fp16 tensors -> f16x2 (int32), ``lo`` in the low half."""
+    if INTERPRET:
+        a = lo.to(tl.int16, bitcast=True).to(tl.int32) & 0xFFFF
+        b = hi.to(tl.int16, bitcast=True).to(tl.int32) << 16
+        return a | b
+    else:
+        return tl.inline_asm_elementwise("mov.b32 $0, {$1, $2};", "=r,h,h", [lo, hi], dtype=tl.int32,
+                                         is_pure=True, pack=1)
+
+
+@triton.jit
+def high_term(zt, INTERPRET: tl.constexpr):
+    """Zero term of the low code position -(64 + z/16) -> of the high one -(4 + z/16) (exact)."""
+    if INTERPRET:
+        lo, hi = unpack(zt, INTERPRET)
+        return pack((lo + 60.0).to(tl.float16), (hi + 60.0).to(tl.float16), INTERPRET)
+    else:
+        return tl.inline_asm_elementwise("{ .reg .b32 c; mov.b32 c, 0x53805380; add.rn.f16x2 $0, $1, c; }",
+                                         "=r,r", [zt], dtype=tl.int32, is_pure=True, pack=1)
+
+
+@triton.jit
+def pair_quads(a, b, INTERPRET: tl.constexpr):
+    """Two int64 tensors, four fp16 each -> four f16x2: (a's half i, b's half i), i = 0..3."""
+    if INTERPRET:
+        p0 = (a & 0xFFFF) | ((b & 0xFFFF) << 16)
+        p1 = ((a >> 16) & 0xFFFF) | (((b >> 16) & 0xFFFF) << 16)
+        p2 = ((a >> 32) & 0xFFFF) | (((b >> 32) & 0xFFFF) << 16)
+        p3 = ((a >> 48) & 0xFFFF) | (((b >> 48) & 0xFFFF) << 16)
+        return p0.to(tl.int32), p1.to(tl.int32), p2.to(tl.int32), p3.to(tl.int32)
+    else:
+        return tl.inline_asm_elementwise(
+            "{ .reg .b32 a0, a1, b0, b1; mov.b64 {a0, a1}, $4; mov.b64 {b0, b1}, $5; "
+            "prmt.b32 $0, a0, b0, 0x5410; prmt.b32 $1, a0, b0, 0x7632; "
+            "prmt.b32 $2, a1, b1, 0x5410; prmt.b32 $3, a1, b1, 0x7632; }",
+            "=r,=r,=r,=r,l,l", [a, b], dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True, pack=1)
+
+
+@triton.jit
+def dot_codes(src, x2, zt, acc, HIGH: tl.constexpr, INTERPRET: tl.constexpr):
+    """acc + (q - zero) / 16 * x, lane by lane, all f16x2 in int32 tensors (broadcast).
+
+    src: words whose codes sit at bits [0, 4) and [16, 20) (HIGH=False) or [4, 8) and
+    [20, 24) (HIGH=True); zt: -(64 + zero / 16) for the low position, -(4 + zero / 16) for
+    the high one ((1024 + q) / 16 and (1024 + 16 q) / 256 are both exact in fp16).
+    """
+    if INTERPRET:
+        mask: tl.constexpr = 0x00F000F0 if HIGH else 0x000F000F
+        mul: tl.constexpr = 1.0 / 256 if HIGH else 1.0 / 16
+        h_lo, h_hi = unpack((src & mask) | 0x64006400, INTERPRET)
+        z_lo, z_hi = unpack(zt, INTERPRET)
+        x_lo, x_hi = unpack(x2, INTERPRET)
+        a_lo, a_hi = unpack(acc, INTERPRET)
+        lo = (a_lo + (h_lo * mul + z_lo) * x_lo).to(tl.float16)
+        hi = (a_hi + (h_hi * mul + z_hi) * x_hi).to(tl.float16)
+        return pack(lo, hi, INTERPRET)
+    else:
+        if HIGH:
+            return tl.inline_asm_elementwise(ASM_DOT_HIGH, "=r,r,r,r,r", [src, x2, zt, acc], dtype=tl.int32,
+                                             is_pure=True, pack=1)
+        else:
+            return tl.inline_asm_elementwise(ASM_DOT_LOW, "=r,r,r,r,r", [src, x2, zt, acc], dtype=tl.int32,
+                                             is_pure=True, pack=1)

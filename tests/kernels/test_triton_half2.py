@@ -1,0 +1,46 @@
+"""The f16x2 int4 GEMV (gemv_half2) vs kernels/reference.py: every group size and zero
+mode it takes, act-order, ragged K and N, split-K."""
+from __future__ import annotations
+
+import pytest
+import torch
+from int_layers import check, make_layer, ref_out, repack
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.mark.parametrize("gs,sym,act,n,k,bn,prefetch,split", [
+    (128, False, False, 40, 512, 32, True, 1),
+    (128, True, False, 64, 1024, 64, False, 2),
+    (64, False, True, 24, 576, 16, True, 2),  # ragged group, K % 256 != 0, act-order
+    (64, False, False, 24, 580, 16, False, 1),  # K % 4 != 0: activations gathered one by one
+    (32, False, False, 16, 512, 16, True, 1),
+    (-1, False, False, 20, 256, 16, False, 1),  # per channel
+    (-1, True, False, 20, 768, 16, True, 3),
+])
+def test_gemv_half2(tk, gs, sym, act, n, k, bn, prefetch, split):
+    layer = make_layer(n, k, 4, gs, sym, act, bias=gs == 128, seed=gs + k, device=tk.device)
+    x = torch.randn(1, k, device=tk.device).half()
+    pw = repack(tk, layer, bn)
+    assert tk.launch.half2_ok(x, pw)
+    y = tk.launch.gemv_half2(x, pw, layer.bias, tk.launch.GemvConfig(split=split, prefetch=prefetch, half2=True))
+    check(y, ref_out(x, layer), x)
+
+
+def test_gemv_half2_large_activations_stay_finite(tk):
+    """Activations of a few thousand (LLM outlier features) must not overflow the fp16
+    partial sums: the kernel carries (q - zero) / 16."""
+    layer = make_layer(32, 512, 4, 128, False, seed=3, device=tk.device)
+    x = torch.randn(1, 512, device=tk.device)
+    x[0, ::37] = 3000.0
+    x = x.half()
+    y = tk.launch.gemv_half2(x, repack(tk, layer, 32), None, tk.launch.GemvConfig(half2=True))
+    check(y, ref_out(x, layer), x)
+
+
+def test_half2_refuses_other_inputs(tk):
+    layer = make_layer(16, 256, 4, 128, False, device=tk.device)
+    pw = repack(tk, layer, 16)
+    assert not tk.launch.half2_ok(torch.zeros(1, 256, dtype=torch.bfloat16, device=tk.device), pw)
+    assert not tk.launch.half2_ok(torch.zeros(1, 256, dtype=torch.float16, device=tk.device),
+                                  repack(tk, make_layer(16, 256, 8, 128, False, device=tk.device), 16))
