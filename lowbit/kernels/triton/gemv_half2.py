@@ -28,21 +28,21 @@ from .half2 import dot_codes, high_term, pack, pair_quads, unpack
 
 
 @triton.jit
-def _group_pair(s_ptr, zp_ptr, c, a, n, nmask, N, G, GS: tl.constexpr, NACC: tl.constexpr,
+def _group_pair(s_ptr, zp_ptr, c, a, n, mask, N, G, GS: tl.constexpr, NACC: tl.constexpr,
                 HAS_ZERO: tl.constexpr, INTERPRET: tl.constexpr):
-    """Accumulator ``a`` of chunk c: (zero term of the low code position, of the high one,
-    scale of the low lanes, of the high lanes), [1, BN] each (groups as layout.half2_group_pairs)."""
+    """Accumulator ``a`` of chunk c: (zero term of the low code position, scale of the low
+    lanes, of the high lanes), [1, BN] each (groups as layout.half2_group_pairs)."""
     HI: tl.constexpr = 128 // GS if GS <= 128 else 0
     g_lo = tl.minimum((c * 256 + 32 * (a * 4 // NACC)) // GS, G - 1)
     g_hi = tl.minimum(g_lo + HI, G - 1)
-    s_lo = tl.load(s_ptr + g_lo * N + n, mask=nmask, other=0.0).to(tl.float32)
-    s_hi = tl.load(s_ptr + g_hi * N + n, mask=nmask, other=0.0).to(tl.float32)
+    s_lo = tl.load(s_ptr + g_lo * N + n, mask=mask, other=0.0).to(tl.float32)
+    s_hi = tl.load(s_ptr + g_hi * N + n, mask=mask, other=0.0).to(tl.float32)
     if HAS_ZERO:
-        zt = tl.load(zp_ptr + (c * NACC + a) * N + n, mask=nmask, other=0)
+        zt = tl.load(zp_ptr + (c * NACC + a) * N + n, mask=mask, other=0)
     else:
         half = tl.full(n.shape, -64.5, tl.float16)  # zero point 8: -(64 + 8 / 16)
         zt = pack(half, half, INTERPRET)
-    return zt, high_term(zt, INTERPRET), s_lo, s_hi
+    return zt, s_lo, s_hi
 
 
 @triton.jit
@@ -136,31 +136,41 @@ def int4_gemv_half2_kernel(
         n1 = tl.load(p_ptrs + BN, mask=live, other=0)
         n2 = tl.load(p_ptrs + 2 * BN, mask=live, other=0)
         n3 = tl.load(p_ptrs + 3 * BN, mask=live, other=0)
+        nz0, nsl0, nsh0 = _group_pair(s_ptr, zp_ptr, c_begin, 0, n, nmask & (n * 0 + c_begin < c_end), N, G, GS, NACC,
+                                      HAS_ZERO, INTERPRET)
     for c in range(c_begin, c_end):
         if PREFETCH:
-            # The next chunk's words are issued before this chunk's arithmetic, so each
-            # program keeps two chunks in flight instead of waiting out every load.
+            # The next chunk's words, scales and zeros are issued before this chunk's
+            # arithmetic: each program keeps two chunks in flight instead of waiting out
+            # a memory round trip per chunk.
             w0, w1, w2, w3 = n0, n1, n2, n3
+            zl0, sl0, sh0 = nz0, nsl0, nsh0
             p_ptrs = w_base + (c + 1) * (PK * BN)
             live = rr * 0 + c + 1 < c_end
             n0 = tl.load(p_ptrs, mask=live, other=0)
             n1 = tl.load(p_ptrs + BN, mask=live, other=0)
             n2 = tl.load(p_ptrs + 2 * BN, mask=live, other=0)
             n3 = tl.load(p_ptrs + 3 * BN, mask=live, other=0)
+            nz0, nsl0, nsh0 = _group_pair(s_ptr, zp_ptr, c + 1, 0, n, nmask & (n * 0 + c + 1 < c_end), N, G, GS,
+                                          NACC, HAS_ZERO, INTERPRET)
         else:
             w_ptrs = w_base + c * (PK * BN)
             w0 = tl.load(w_ptrs)  # int32 [PR, BN]: row 4 rr + i of the chunk in w_i
             w1 = tl.load(w_ptrs + BN)
             w2 = tl.load(w_ptrs + 2 * BN)
             w3 = tl.load(w_ptrs + 3 * BN)
-        zl0, zh0, sl0, sh0 = _group_pair(s_ptr, zp_ptr, c, 0, n, nmask, N, G, GS, NACC, HAS_ZERO, INTERPRET)
+            zl0, sl0, sh0 = _group_pair(s_ptr, zp_ptr, c, 0, n, nmask, N, G, GS, NACC, HAS_ZERO, INTERPRET)
+        zh0 = high_term(zl0, INTERPRET)
         a0 = zero2
         if NACC > 1:
-            zl1, zh1, sl1, sh1 = _group_pair(s_ptr, zp_ptr, c, 1, n, nmask, N, G, GS, NACC, HAS_ZERO, INTERPRET)
+            zl1, sl1, sh1 = _group_pair(s_ptr, zp_ptr, c, 1, n, nmask, N, G, GS, NACC, HAS_ZERO, INTERPRET)
+            zh1 = high_term(zl1, INTERPRET)
             a1 = zero2
         if NACC > 2:
-            zl2, zh2, sl2, sh2 = _group_pair(s_ptr, zp_ptr, c, 2, n, nmask, N, G, GS, NACC, HAS_ZERO, INTERPRET)
-            zl3, zh3, sl3, sh3 = _group_pair(s_ptr, zp_ptr, c, 3, n, nmask, N, G, GS, NACC, HAS_ZERO, INTERPRET)
+            zl2, sl2, sh2 = _group_pair(s_ptr, zp_ptr, c, 2, n, nmask, N, G, GS, NACC, HAS_ZERO, INTERPRET)
+            zl3, sl3, sh3 = _group_pair(s_ptr, zp_ptr, c, 3, n, nmask, N, G, GS, NACC, HAS_ZERO, INTERPRET)
+            zh2 = high_term(zl2, INTERPRET)
+            zh3 = high_term(zl3, INTERPRET)
             a2 = zero2
             a3 = zero2
         for jp in tl.static_range(4):
