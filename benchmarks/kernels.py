@@ -200,7 +200,7 @@ def main(argv=None) -> int:
     p.add_argument("--dequant-m", type=int, nargs="*", default=[],
                    help="also time the dequantize + cuBLAS path at these M (int4 g128 asym)")
     p.add_argument("--tune", metavar="JSONL", help="sweep kernel configs instead, one JSON line per timing")
-    p.add_argument("--only", nargs="+", choices=["gemv", "half2", "mma16", "gemm"], help="--tune: only these kernels")
+    p.add_argument("--only", nargs="+", choices=["gemv", "half2", "gemm"], help="--tune: only these kernels")
     p.add_argument("--best", metavar="JSON", help="with --tune: write the best config per shape and M here")
     p.add_argument("--configs", metavar="JSON", help="use these tuned configs (a --best file) on top of configs.py")
     args = p.parse_args(argv)

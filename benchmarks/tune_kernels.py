@@ -46,11 +46,6 @@ def jobs_for(k: int, n: int, quick: bool) -> list[tuple]:
                 for sp in sorted({s for s in (max(1, f // 2), f, 2 * f, 4 * f, 8 * f) if s <= kc}):
                     out.append((bn, "half2", 1, launch.GemvConfig(split=sp, num_warps=w, num_stages=1, prefetch=pf,
                                                                   half2=True)))
-    for bn in (32, 64, 128):
-        nb = -(-n // bn)
-        f = fill_split(nb, kc)
-        for sp in sorted({s for s in (max(1, f // 2), f, 2 * f, 4 * f, 8 * f) if s <= kc}):
-            out.append((bn, "mma16", 16, launch.Mma16Config(split=sp)))
     for bn in (32, 64):
         nb = -(-n // bn)
         for c, w in ((1, 4), (2, 4), (1, 8), (2, 8), (4, 8)):
@@ -73,7 +68,7 @@ def jobs_for(k: int, n: int, quick: bool) -> list[tuple]:
     return out
 
 
-LAUNCH = {"gemv": launch.gemv, "half2": launch.gemv_half2, "mma16": launch.mma16, "gemm": launch.gemm}
+LAUNCH = {"gemv": launch.gemv, "half2": launch.gemv_half2, "gemm": launch.gemm}
 
 
 def _compile_worker(batch: list[tuple]) -> list[str]:

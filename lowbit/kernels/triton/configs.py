@@ -13,7 +13,7 @@ from dataclasses import replace
 import torch
 import triton
 
-from .launch import DequantConfig, GemmConfig, GemvConfig, Mma16Config, TcConfig
+from .launch import DequantConfig, GemmConfig, GemvConfig, TcConfig
 from .layout import PK
 
 # Measured on an H100 SXM (benchmarks/results/h100_tune_best_run2.json: int4 g128 asym,
@@ -40,8 +40,6 @@ HALF2: dict[tuple[int, int, int], GemvConfig] = {
     (14336, 4096, 4): GemvConfig(split=4, num_warps=2, num_stages=1, prefetch=False, half2=True),  # 16.4, 42.2
     (4096, 14336, 4): GemvConfig(split=16, num_warps=4, num_stages=1, prefetch=True, half2=True),  # 16.4, 44.8
 }
-#: (N, K, bits) -> mma16 config (int4 g >= 128, fp16 activations, 2 <= M <= 16).
-MMA16: dict[tuple[int, int, int], Mma16Config] = {}
 #: (N, K, bits, M bucket) -> GEMM config.
 GEMM: dict[tuple[int, int, int, int], GemmConfig | DequantConfig | TcConfig] = {
     (1024, 4096, 4, 16): GemmConfig(bm=16, bnt=64, split=16, num_warps=4, num_stages=4),  # 8.1 us, fp16 7.7
@@ -103,9 +101,7 @@ def load_table(path: str) -> None:
             key = (e["n"], e["k"], e["bits"])
             lut = e.get("mode") == "lut"
             gemm = GEMM_LUT if lut else GEMM
-            if e["kind"] == "mma16":
-                MMA16[key] = Mma16Config(**e["cfg"])
-            elif e["kind"] == "half2":
+            if e["kind"] == "half2":
                 HALF2[key] = GemvConfig(**e["cfg"])
             elif e["kind"] == "gemv":
                 (GEMV_LUT if lut else GEMV)[key] = GemvConfig(**e["cfg"])
@@ -166,16 +162,6 @@ def half2_config(n: int, k: int, nb: int, chunks: int, device: torch.device) -> 
     while nb * split < 8 * _sms(device) and split * 2 <= chunks:
         split *= 2
     return GemvConfig(split=split, num_warps=4, num_stages=1, prefetch=True, half2=True)
-
-
-def mma16_config(n: int, k: int, nb: int, chunks: int, device: torch.device) -> Mma16Config:
-    """mma16 config: measured, else a K split giving about four programs per SM."""
-    if (n, k, 4) in MMA16:
-        return MMA16[(n, k, 4)]
-    split = 1
-    while nb * split < 4 * _sms(device) and split * 2 <= chunks:
-        split *= 2
-    return Mma16Config(split=split)
 
 
 def m_bucket(m: int) -> int:

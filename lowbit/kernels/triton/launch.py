@@ -17,7 +17,6 @@ from .gemm import int_gemm_kernel
 from .gemm_tc import int_gemm_tc_kernel
 from .gemv import int_gemv_kernel
 from .gemv_half2 import int4_gemv_half2_kernel
-from .mma16 import int4_mma16_kernel
 from .layout import PK, PackedWeight
 
 
@@ -41,13 +40,6 @@ class GemmConfig:
     num_stages: int = 3
     swap: bool = False
     group_m: int = 8
-
-
-@dataclass(frozen=True)
-class Mma16Config:
-    """``mma16`` (M <= 16, int4, fp16): K splits; the warps follow from the layout block."""
-
-    split: int = 1
 
 
 @dataclass(frozen=True)
@@ -196,36 +188,6 @@ def gemv_half2(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg
         SPLIT_K=split > 1, EVEN_K=_even_k(pw), X_VEC=_x_vec(x, pw),
         HAS_ZERO=pw.zero_pairs is not None, HAS_PERM=pw.perm is not None, HAS_BIAS=bias is not None,
         PREFETCH=cfg.prefetch, INTERPRET=INTERPRET, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
-    return y
-
-
-def mma16_ok(x: torch.Tensor, pw: PackedWeight) -> bool:
-    """Whether ``mma16`` takes this input: 2..16 rows, int4 groups >= 128, no act-order,
-    fp16 rows it may read 8 bytes at a time, column blocks of 32."""
-    return (half2_ok(x, pw) and 1 <= x.shape[0] <= 16 and pw.group_size >= 128 and pw.block_n % 32 == 0
-            and _x_vec(x, pw))
-
-
-def mma16(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: Mma16Config,
-          out: torch.Tensor | None = None) -> torch.Tensor:
-    """y [M, N] = x [M, K] @ W.T (+ bias), M <= 16, on mma.sync (``mma16``)."""
-    m = x.shape[0]
-    y = torch.empty(m, pw.n, dtype=x.dtype, device=x.device) if out is None else out
-    nb = pw.qweight.shape[0]
-    per, split = _splits(pw.chunks, cfg.split, 1)
-    bufs = splitk_buffers(x.device, m * pw.n, nb) if split > 1 else None
-    if split > 1 and bufs is None:
-        per, split = pw.chunks, 1
-    ws, cnt = bufs if bufs is not None else (y, y)
-    dummy = pw.qweight
-    int4_mma16_kernel[(nb, split)](
-        x, pw.qweight, pw.scales, pw.zero_pairs if pw.zero_pairs is not None else dummy,
-        bias if bias is not None else dummy, y, ws, cnt,
-        M=m, N=pw.n, K=pw.k, KC=pw.chunks, G=pw.groups, stride_xm=x.stride(0), stride_ym=y.stride(0),
-        chunks_per_split=per, splits=split, BN=pw.block_n, PK=PK, GS=pw.group_size,
-        SPLIT_K=split > 1, EVEN_K=_even_k(pw), HAS_ZERO=pw.zero_pairs is not None, HAS_BIAS=bias is not None,
-        INTERPRET=INTERPRET, num_warps=2 * pw.block_n // 32, num_stages=1,
     )
     return y
 
