@@ -33,12 +33,12 @@ GEMV: dict[tuple[int, int, int], GemvConfig] = {
     (14336, 4096, 4): GemvConfig(chunks=2, split=1, num_warps=4, num_stages=1, prefetch=False),  # 19.7 us, fp16 42.2
 }
 #: (N, K, bits) -> f16x2 GEMV config (gemv_half2: int4 codes, fp16 activations) at M = 1.
-#: benchmarks/results/h100_tune_half2_run5.jsonl (at the BLOCK_N above; our us, fp16 us).
+#: benchmarks/results/h100_tune_half2_run6.jsonl (at the BLOCK_N above; our us, fp16 us).
 HALF2: dict[tuple[int, int, int], GemvConfig] = {
-    (1024, 4096, 4): GemvConfig(split=16, num_warps=4, num_stages=1, prefetch=False, half2=True),  # 5.6, 7.5
-    (4096, 4096, 4): GemvConfig(split=16, num_warps=4, num_stages=1, prefetch=False, half2=True),  # 8.6, 16.0
-    (14336, 4096, 4): GemvConfig(split=4, num_warps=2, num_stages=1, prefetch=False, half2=True),  # 16.4, 42.2
-    (4096, 14336, 4): GemvConfig(split=16, num_warps=4, num_stages=1, prefetch=True, half2=True),  # 16.4, 44.8
+    (1024, 4096, 4): GemvConfig(split=8, num_warps=4, num_stages=1, prefetch=True, half2=True),  # 5.5, 7.5
+    (4096, 4096, 4): GemvConfig(split=8, num_warps=4, num_stages=1, prefetch=True, half2=True),  # 8.1, 17.1
+    (14336, 4096, 4): GemvConfig(split=1, num_warps=4, num_stages=1, prefetch=True, half2=True),  # 16.1, 43.0
+    (4096, 14336, 4): GemvConfig(split=16, num_warps=4, num_stages=1, prefetch=True, half2=True),  # 16.2, 44.5
 }
 #: (N, K, bits, M bucket) -> GEMM config.
 GEMM: dict[tuple[int, int, int, int], GemmConfig | DequantConfig | TcConfig] = {
