@@ -93,9 +93,14 @@ def random_quant_linear(k: int, n: int, bits: int, group_size: int, sym: bool, g
     return layer
 
 
+#: Activation (and baseline weight) dtype of the table; --dtype bf16 sets torch.bfloat16.
+DTYPE = torch.float16
+
+
 def fp16_us(k: int, n: int, m: int, gen: torch.Generator) -> float:
-    ws = [torch.randn(n, k, generator=gen).half().cuda() for _ in range(copies_for(n * k * 2))]
-    x = torch.randn(m, k, generator=gen).half().cuda()
+    """cuBLAS F.linear in DTYPE (fp16 unless --dtype bf16), graphed like ours."""
+    ws = [torch.randn(n, k, generator=gen).to(DTYPE).cuda() for _ in range(copies_for(n * k * 2))]
+    x = torch.randn(m, k, generator=gen).to(DTYPE).cuda()
     return graph_us([lambda w=w: F.linear(x, w) for w in ws])
 
 
@@ -130,6 +135,7 @@ def table(args) -> None:
     peak = peak_gbs()
     print(f"device: {torch.cuda.get_device_name()}; copy bandwidth measured {copy_gbs():.0f} GB/s; "
           f"peak {peak:.0f} GB/s", flush=True)
+    print(f"activations: {DTYPE}; the baseline column is cuBLAS F.linear in that dtype")
     print("timing: fp16 (cuBLAS F.linear) and ours alike: each call on its own weight copy, rotating over "
           f">= {L2_ROTATION_BYTES >> 20} MB, calls captured in one CUDA graph, median replay time / calls", flush=True)
     rows, base = [], {}
@@ -144,7 +150,7 @@ def table(args) -> None:
             for m in args.m:
                 if (k, n, m) not in base:
                     base[(k, n, m)] = fp16_us(k, n, m, gen)
-                x = torch.randn(m, k, generator=gen).half().cuda()
+                x = torch.randn(m, k, generator=gen).to(DTYPE).cuda()
                 ours = graph_us([lambda lay=lay: lay(x) for lay in layers])
                 gbs = call_bytes(nbytes, k, n, m) / ours / 1e3
                 row = dict(kind=name, k=k, n=n, m=m, fp16_us=base[(k, n, m)], ours_us=ours,
@@ -197,6 +203,8 @@ def main(argv=None) -> int:
     p.add_argument("--kinds", nargs="+", choices=list(KINDS), help="weight kinds for the table (default: all)")
     p.add_argument("--quick", action="store_true", help="--tune: one shape, fewer configs")
     p.add_argument("--json", help="write the rows here")
+    p.add_argument("--dtype", choices=["fp16", "bf16"], default="fp16",
+                   help="activation dtype of the table (the cuBLAS baseline runs in it too)")
     p.add_argument("--dequant-m", type=int, nargs="*", default=[],
                    help="also time the dequantize + cuBLAS path at these M (int4 g128 asym)")
     p.add_argument("--tune", metavar="JSONL", help="sweep kernel configs instead, one JSON line per timing")
@@ -207,6 +215,8 @@ def main(argv=None) -> int:
     if not torch.cuda.is_available():
         print("benchmarks/kernels.py needs a CUDA GPU", file=sys.stderr)
         return 2
+    global DTYPE
+    DTYPE = torch.bfloat16 if args.dtype == "bf16" else torch.float16
     load_fast_kernels()
     if args.configs:
         from lowbit.kernels.triton.configs import load_table

@@ -32,7 +32,8 @@ def check(y, ref, x):
     assert y.dtype == x.dtype and y.shape == ref.shape
     assert torch.isfinite(y).all()
     err = (y.float() - ref).abs().max().item() / ref.abs().max().item()
-    assert err < 4e-3, err  # fp16 output rounding is 5e-4; fp16 weight slabs add a little
+    # fp16 output rounding is 5e-4 and fp16 weight slabs add a little; bf16 rounds 8x coarser
+    assert err < (1.6e-2 if y.dtype == torch.bfloat16 else 4e-3), err
 
 
 def repack(tk, layer, block_n):

@@ -38,9 +38,18 @@ def test_gemv_half2_large_activations_stay_finite(tk):
     check(y, ref_out(x, layer), x)
 
 
+@pytest.mark.parametrize("act", [False, True])
+def test_gemv_half2_bf16_activations(tk, act):
+    """bf16 rows are rounded to fp16 as they are paired; the output comes back in bf16."""
+    layer = make_layer(48, 512, 4, 128, False, act, seed=5, device=tk.device)
+    x = torch.randn(1, 512, device=tk.device).bfloat16()
+    y = tk.launch.gemv_half2(x, repack(tk, layer, 16), None, tk.launch.GemvConfig(split=2, half2=True))
+    check(y, ref_out(x, layer), x)
+
+
 def test_half2_refuses_other_inputs(tk):
     layer = make_layer(16, 256, 4, 128, False, device=tk.device)
     pw = repack(tk, layer, 16)
-    assert not tk.launch.half2_ok(torch.zeros(1, 256, dtype=torch.bfloat16, device=tk.device), pw)
+    assert not tk.launch.half2_ok(torch.zeros(1, 256, dtype=torch.float32, device=tk.device), pw)
     assert not tk.launch.half2_ok(torch.zeros(1, 256, dtype=torch.float16, device=tk.device),
                                   repack(tk, make_layer(16, 256, 8, 128, False, device=tk.device), 16))

@@ -1,4 +1,4 @@
-"""int4 GEMV for fp16 activations in packed half pairs (f16x2): decode, M = 1.
+"""int4 GEMV in packed half pairs (f16x2): decode, M = 1, fp16 or bf16 activations.
 
 At M = 1 the kernel streams the weight once; what keeps it from memory speed is the
 instructions it issues per weight. ``gemv.py`` spends about five (fp32 math, and one
@@ -16,6 +16,12 @@ at the chunk's end. A thread holds rows 4 rr + i (i = 0..3) of a chunk, so the a
 of code j for its four rows are four consecutive halves: one 8-byte load, then PRMTs pair
 them with code j + 4's (act-order gathers them one by one instead).
 
+bf16 activations are rounded to fp16 as they are paired (same mantissa or more; beyond
++-65504 they would become inf, far above what reaches a linear layer), the output is
+written in x's dtype. The f16x2 partial sums cover 16 products (q - zero) / 16 * x per lane
+before they go to fp32: overflow needs activations in the thousands in several of the 16
+columns a lane sums (one outlier channel of ~3000, as in the demo model, is far from it).
+
 Grid: (column blocks, K splits, rows); split-K partial sums meet in ``store_output``.
 """
 from __future__ import annotations
@@ -24,7 +30,7 @@ import triton
 import triton.language as tl
 
 from .epilogue import store_output
-from .half2 import dot_codes, high_term, pack, pair_quads, unpack
+from .half2 import dot_codes, high_term, pack, pair_quads, pair_quads_bf16, unpack
 
 
 @triton.jit
@@ -58,7 +64,10 @@ def _x_pairs(x_row, perm_ptr, kk, K, X_VEC: tl.constexpr, HAS_PERM: tl.constexpr
         else:
             xa = tl.load(x64 + kk // 4, mask=kk < K, other=0)
             xb = tl.load(x64 + (kk + 128) // 4, mask=kk + 128 < K, other=0)
-        return pair_quads(xa, xb, INTERPRET)
+        if x_row.dtype.element_ty == tl.bfloat16:
+            return pair_quads_bf16(xa, xb, INTERPRET)
+        else:
+            return pair_quads(xa, xb, INTERPRET)
     else:
         return (_x_pair(x_row, perm_ptr, kk, K, HAS_PERM, EVEN_K, INTERPRET),
                 _x_pair(x_row, perm_ptr, kk + 1, K, HAS_PERM, EVEN_K, INTERPRET),
@@ -82,7 +91,7 @@ def _x_pair(x_row, perm_ptr, kk, K, HAS_PERM: tl.constexpr, EVEN_K: tl.constexpr
     else:
         x_lo = tl.load(x_row + xi_lo, mask=kk < K, other=0.0)
         x_hi = tl.load(x_row + xi_hi, mask=kh < K, other=0.0)
-    return pack(x_lo, x_hi, INTERPRET)
+    return pack(x_lo.to(tl.float16), x_hi.to(tl.float16), INTERPRET)  # bf16: rounded to fp16
 
 
 @triton.jit

@@ -80,6 +80,33 @@ def pair_quads(a, b, INTERPRET: tl.constexpr):
 
 
 @triton.jit
+def pair_quads_bf16(a, b, INTERPRET: tl.constexpr):
+    """As ``pair_quads`` for bf16 activations: each pair rounded to f16x2 (bf16 -> f32 is a
+    shift; one cvt packs two f32 into f16x2). Values beyond the fp16 range become inf."""
+    if INTERPRET:
+        p0 = pack(_bf16(a, 0), _bf16(b, 0), INTERPRET)
+        p1 = pack(_bf16(a, 16), _bf16(b, 16), INTERPRET)
+        p2 = pack(_bf16(a, 32), _bf16(b, 32), INTERPRET)
+        p3 = pack(_bf16(a, 48), _bf16(b, 48), INTERPRET)
+        return p0, p1, p2, p3
+    else:
+        return tl.inline_asm_elementwise(
+            "{ .reg .b32 a0, a1, b0, b1, fa, fb; mov.b64 {a0, a1}, $4; mov.b64 {b0, b1}, $5; "
+            "shl.b32 fa, a0, 16; shl.b32 fb, b0, 16; cvt.rn.f16x2.f32 $0, fb, fa; "
+            "and.b32 fa, a0, 0xffff0000; and.b32 fb, b0, 0xffff0000; cvt.rn.f16x2.f32 $1, fb, fa; "
+            "shl.b32 fa, a1, 16; shl.b32 fb, b1, 16; cvt.rn.f16x2.f32 $2, fb, fa; "
+            "and.b32 fa, a1, 0xffff0000; and.b32 fb, b1, 0xffff0000; cvt.rn.f16x2.f32 $3, fb, fa; }",
+            "=r,=r,=r,=r,l,l", [a, b], dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True, pack=1)
+
+
+@triton.jit
+def _bf16(v, SHIFT: tl.constexpr):
+    """The bf16 at bits [SHIFT, SHIFT + 16) of int64 v, as fp16 (interpreter path)."""
+    bits = ((v >> SHIFT) & 0xFFFF).to(tl.int32) << 16
+    return bits.to(tl.float32, bitcast=True).to(tl.float16)
+
+
+@triton.jit
 def dot_codes(src, x2, zt, acc, HIGH: tl.constexpr, INTERPRET: tl.constexpr):
     """acc + (q - zero) / 16 * x, lane by lane, all f16x2 in int32 tensors (broadcast).
 

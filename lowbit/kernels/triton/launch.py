@@ -156,8 +156,8 @@ def gemv(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: Gemv
 
 
 def half2_ok(x: torch.Tensor, pw: PackedWeight) -> bool:
-    """Whether ``gemv_half2`` takes this input: int4 affine codes, fp16 activations."""
-    return pw.mode == "int" and pw.bits == 4 and x.dtype == torch.float16 and (pw.zeros is None) == (
+    """Whether ``gemv_half2`` takes this input: int4 affine codes, fp16/bf16 activations."""
+    return pw.mode == "int" and pw.bits == 4 and x.dtype in (torch.float16, torch.bfloat16) and (pw.zeros is None) == (
         pw.zero_pairs is None)
 
 
