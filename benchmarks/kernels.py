@@ -140,7 +140,8 @@ def table(args) -> None:
           f">= {L2_ROTATION_BYTES >> 20} MB, calls captured in one CUDA graph, median replay time / calls", flush=True)
     rows, base = [], {}
     kinds = args.kinds or list(KINDS)
-    print(f"{'kind':<18}{'K x N':>12}{'M':>5}{'fp16 us':>9}{'ours us':>9}{'speedup':>9}{'GB/s':>7}{'% peak':>8}")
+    base_col = "bf16 us" if DTYPE == torch.bfloat16 else "fp16 us"
+    print(f"{'kind':<18}{'K x N':>12}{'M':>5}{base_col:>9}{'ours us':>9}{'speedup':>9}{'GB/s':>7}{'% peak':>8}")
     for name in kinds:
         make, prepare = KINDS[name]
         for k, n in SHAPES:
