@@ -52,6 +52,22 @@ def _group_pair(s_ptr, zp_ptr, c, a, n, mask, N, G, GS: tl.constexpr, NACC: tl.c
 
 
 @triton.jit
+def _chunk(w_base, s_ptr, zp_ptr, c, c_end, rr, n, nmask, N, G, PK: tl.constexpr, BN: tl.constexpr,
+           GS: tl.constexpr, NACC: tl.constexpr, HAS_ZERO: tl.constexpr, INTERPRET: tl.constexpr):
+    """Chunk c's four word tiles (int32 [PR, BN]: row 4 rr + i in tile i) and accumulator 0's
+    group pair (``_group_pair``); zeros past c_end (the interpreter takes no scalar masks)."""
+    p = w_base + c * (PK * BN)
+    live = rr * 0 + c < c_end
+    w0 = tl.load(p, mask=live, other=0)
+    w1 = tl.load(p + BN, mask=live, other=0)
+    w2 = tl.load(p + 2 * BN, mask=live, other=0)
+    w3 = tl.load(p + 3 * BN, mask=live, other=0)
+    zt, s_lo, s_hi = _group_pair(s_ptr, zp_ptr, c, 0, n, nmask & (n * 0 + c < c_end), N, G, GS, NACC, HAS_ZERO,
+                                 INTERPRET)
+    return w0, w1, w2, w3, zt, s_lo, s_hi
+
+
+@triton.jit
 def _x_pairs(x_row, perm_ptr, kk, K, X_VEC: tl.constexpr, HAS_PERM: tl.constexpr, EVEN_K: tl.constexpr,
              INTERPRET: tl.constexpr):
     """f16x2 of the activations at kernel-order columns (kk + i, kk + 128 + i), i = 0..3;
@@ -139,36 +155,19 @@ def int4_gemv_half2_kernel(
     acc = tl.zeros([PR, BN], dtype=tl.float32)
     zero2 = tl.zeros([PR, BN], dtype=tl.int32)  # f16x2 (0, 0)
     if PREFETCH:
-        p_ptrs = w_base + c_begin * (PK * BN)
-        live = rr * 0 + c_begin < c_end  # [PR, 1]: the interpreter takes no scalar masks
-        n0 = tl.load(p_ptrs, mask=live, other=0)
-        n1 = tl.load(p_ptrs + BN, mask=live, other=0)
-        n2 = tl.load(p_ptrs + 2 * BN, mask=live, other=0)
-        n3 = tl.load(p_ptrs + 3 * BN, mask=live, other=0)
-        nz0, nsl0, nsh0 = _group_pair(s_ptr, zp_ptr, c_begin, 0, n, nmask & (n * 0 + c_begin < c_end), N, G, GS, NACC,
-                                      HAS_ZERO, INTERPRET)
+        n0, n1, n2, n3, nz0, nsl0, nsh0 = _chunk(w_base, s_ptr, zp_ptr, c_begin, c_end, rr, n, nmask, N, G, PK, BN, GS,
+                                                 NACC, HAS_ZERO, INTERPRET)
     for c in range(c_begin, c_end):
         if PREFETCH:
             # The next chunk's words, scales and zeros are issued before this chunk's
             # arithmetic: each program keeps two chunks in flight instead of waiting out
             # a memory round trip per chunk.
-            w0, w1, w2, w3 = n0, n1, n2, n3
-            zl0, sl0, sh0 = nz0, nsl0, nsh0
-            p_ptrs = w_base + (c + 1) * (PK * BN)
-            live = rr * 0 + c + 1 < c_end
-            n0 = tl.load(p_ptrs, mask=live, other=0)
-            n1 = tl.load(p_ptrs + BN, mask=live, other=0)
-            n2 = tl.load(p_ptrs + 2 * BN, mask=live, other=0)
-            n3 = tl.load(p_ptrs + 3 * BN, mask=live, other=0)
-            nz0, nsl0, nsh0 = _group_pair(s_ptr, zp_ptr, c + 1, 0, n, nmask & (n * 0 + c + 1 < c_end), N, G, GS,
-                                          NACC, HAS_ZERO, INTERPRET)
+            w0, w1, w2, w3, zl0, sl0, sh0 = n0, n1, n2, n3, nz0, nsl0, nsh0
+            n0, n1, n2, n3, nz0, nsl0, nsh0 = _chunk(w_base, s_ptr, zp_ptr, c + 1, c_end, rr, n, nmask, N, G, PK, BN,
+                                                     GS, NACC, HAS_ZERO, INTERPRET)
         else:
-            w_ptrs = w_base + c * (PK * BN)
-            w0 = tl.load(w_ptrs)  # int32 [PR, BN]: row 4 rr + i of the chunk in w_i
-            w1 = tl.load(w_ptrs + BN)
-            w2 = tl.load(w_ptrs + 2 * BN)
-            w3 = tl.load(w_ptrs + 3 * BN)
-            zl0, sl0, sh0 = _group_pair(s_ptr, zp_ptr, c, 0, n, nmask, N, G, GS, NACC, HAS_ZERO, INTERPRET)
+            w0, w1, w2, w3, zl0, sl0, sh0 = _chunk(w_base, s_ptr, zp_ptr, c, c_end, rr, n, nmask, N, G, PK, BN, GS,
+                                                   NACC, HAS_ZERO, INTERPRET)
         zh0 = high_term(zl0, INTERPRET)
         a0 = zero2
         if NACC > 1:
