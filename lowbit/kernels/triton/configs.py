@@ -32,7 +32,7 @@ GEMV: dict[tuple[int, int, int], GemvConfig] = {
     (4096, 14336, 4): GemvConfig(chunks=1, split=8, num_warps=4, num_stages=1, prefetch=False),  # 19.1 us, fp16 44.5
     (14336, 4096, 4): GemvConfig(chunks=2, split=1, num_warps=4, num_stages=1, prefetch=False),  # 19.7 us, fp16 42.2
 }
-#: (N, K, bits) -> f16x2 GEMV config (gemv_half2: int4 codes, fp16 activations) at M = 1.
+#: (N, K, bits) -> f16x2 GEMV config (gemv_half2: int4 codes, fp16/bf16 activations) at M = 1.
 #: benchmarks/results/h100_tune_half2_run6.jsonl (at the BLOCK_N above; our us, fp16 us).
 HALF2: dict[tuple[int, int, int], GemvConfig] = {
     (1024, 4096, 4): GemvConfig(split=8, num_warps=4, num_stages=1, prefetch=True, half2=True),  # 5.5, 7.5

@@ -135,15 +135,14 @@ def _shr8(w):
 def int4_gemv_half2_kernel(
     x_ptr, qw_ptr, s_ptr, zp_ptr, perm_ptr, bias_ptr, y_ptr, ws_ptr, cnt_ptr,
     M, N, K, KC, G, stride_xm, stride_ym, chunks_per_split, splits,
-    BN: tl.constexpr, PK: tl.constexpr, GS: tl.constexpr, SPLIT_K: tl.constexpr, EVEN_K: tl.constexpr,
-    X_VEC: tl.constexpr, PREFETCH: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr,
+    BN: tl.constexpr, PK: tl.constexpr, GS: tl.constexpr, NACC: tl.constexpr, SPLIT_K: tl.constexpr,
+    EVEN_K: tl.constexpr, X_VEC: tl.constexpr, PREFETCH: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr,
     INTERPRET: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     m = tl.program_id(2)
     PR: tl.constexpr = PK // 4  # threads' row slots: slot rr holds chunk rows 4 rr .. 4 rr + 3
-    NACC: tl.constexpr = 4 // (GS // 32) if GS < 128 else 1
     rr = tl.arange(0, PR)[:, None]
     rn = tl.arange(0, BN)[None, :]
     n = pid_n * BN + rn

@@ -17,7 +17,7 @@ from .gemm import int_gemm_kernel
 from .gemm_tc import int_gemm_tc_kernel
 from .gemv import int_gemv_kernel
 from .gemv_half2 import int4_gemv_half2_kernel
-from .layout import PK, PackedWeight
+from .layout import PK, PackedWeight, half2_accumulators
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ class GemvConfig:
     num_stages: int = 3
     prefetch: bool = True  # load the next step's words before decoding this step's
     lut_reg: bool = False  # lut mode: gather codes from a per-program copy of the code book
-    half2: bool = False  # int4 x fp16 only: the f16x2 kernel (gemv_half2)
+    half2: bool = False  # int4 codes, fp16/bf16 rows: the f16x2 kernel (gemv_half2)
 
 
 @dataclass(frozen=True)
@@ -185,7 +185,7 @@ def gemv_half2(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg
         pw.perm if pw.perm is not None else dummy, bias if bias is not None else dummy, y, ws, cnt,
         M=m, N=pw.n, K=pw.k, KC=pw.chunks, G=pw.groups, stride_xm=x.stride(0), stride_ym=y.stride(0),
         chunks_per_split=per, splits=split, BN=pw.block_n, PK=PK, GS=pw.group_size,
-        SPLIT_K=split > 1, EVEN_K=_even_k(pw), X_VEC=_x_vec(x, pw),
+        NACC=half2_accumulators(pw.group_size), SPLIT_K=split > 1, EVEN_K=_even_k(pw), X_VEC=_x_vec(x, pw),
         HAS_ZERO=pw.zero_pairs is not None, HAS_PERM=pw.perm is not None, HAS_BIAS=bias is not None,
         PREFETCH=cfg.prefetch, INTERPRET=INTERPRET, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
