@@ -80,27 +80,26 @@ def int_value(v, zt, J: tl.constexpr, BITS: tl.constexpr):
 
 
 @triton.jit
-def _write(out, rows, cols, M, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS: tl.constexpr):
-    mask = (rows < M) & (cols < N)
+def _write(out, rm, rn, M, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS: tl.constexpr):
+    mask = (rm[:, None] < M) & (rn[None, :] < N)
     if HAS_BIAS:
-        out += tl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(tl.float32)
-    tl.store(y_ptr + rows * stride_ym + cols, out.to(y_ptr.dtype.element_ty), mask=mask)
+        out += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+    tl.store(y_ptr + rm[:, None] * stride_ym + rn[None, :], out.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
-def store_points(acc, rows, cols, M, N, y_ptr, stride_ym, bias_ptr, ws_ptr, cnt_ptr, tile_id, splits,
+def store_output(acc, rm, rn, M, N, y_ptr, stride_ym, bias_ptr, ws_ptr, cnt_ptr, tile_id, splits,
                  SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """acc float32 (any shape) -> y[rows, cols] (dtype of y_ptr); rows and cols are int
-    tensors that broadcast to acc's shape.
+    """acc float32 [BM, BN] for rows rm [BM] and columns rn [BN] -> y (dtype of y_ptr).
 
     With SPLIT_K, ``splits`` programs contribute to this tile. The workspace is float32
     [M, N] (row stride N), the counters int32, one per tile.
     """
     if not SPLIT_K:
-        _write(acc, rows, cols, M, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS)
+        _write(acc, rm, rn, M, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS)
     else:
-        mask = (rows < M) & (cols < N)
-        ws = ws_ptr + rows * N + cols
+        mask = (rm[:, None] < M) & (rn[None, :] < N)
+        ws = ws_ptr + rm[:, None] * N + rn[None, :]
         tl.atomic_add(ws, acc, mask=mask, sem="relaxed")
         # Every thread's partial sums must be issued before the ticket releases them.
         tl.debug_barrier()
@@ -111,12 +110,4 @@ def store_points(acc, rows, cols, M, N, y_ptr, stride_ym, bias_ptr, ws_ptr, cnt_
             total = tl.where(mask, total, 0.0)  # masked-off lanes return nothing defined
             tl.store(ws, tl.zeros_like(acc), mask=mask)
             tl.atomic_xchg(cnt_ptr + tile_id, 0)
-            _write(total, rows, cols, M, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS)
-
-
-@triton.jit
-def store_output(acc, rm, rn, M, N, y_ptr, stride_ym, bias_ptr, ws_ptr, cnt_ptr, tile_id, splits,
-                 SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr):
-    """acc float32 [BM, BN] for rows rm [BM] and columns rn [BN] -> y (``store_points``)."""
-    store_points(acc, rm[:, None], rn[None, :], M, N, y_ptr, stride_ym, bias_ptr, ws_ptr, cnt_ptr, tile_id,
-                 splits, SPLIT_K, HAS_BIAS)
+            _write(total, rm, rn, M, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS)
