@@ -134,11 +134,12 @@ def block_n(n: int, k: int, bits: int) -> int:
     return 64 if n >= 1024 else 32
 
 
-def _fill_split(programs: int, chunks: int, sms: int) -> int:
-    """Power-of-two K split giving about four programs per SM (what the H100 sweep favoured
-    at M = 1: more of them hide each other's load latency), at most one per chunk."""
+def _fill_split(programs: int, chunks: int, sms: int, per_sm: int = 4) -> int:
+    """Power-of-two K split giving about ``per_sm`` programs per SM (four is what the H100
+    sweep favoured for gemv.py at M = 1: more of them hide each other's load latency), at
+    most one per chunk."""
     split = 1
-    while programs * split < 4 * sms and split * 2 <= chunks:
+    while programs * split < per_sm * sms and split * 2 <= chunks:
         split *= 2
     return split
 
@@ -158,10 +159,8 @@ def half2_config(n: int, k: int, nb: int, chunks: int, device: torch.device) -> 
     kernel needs ~55 registers a thread, so eight programs of four warps fit on an SM)."""
     if (n, k, 4) in HALF2:
         return HALF2[(n, k, 4)]
-    split = 1
-    while nb * split < 8 * _sms(device) and split * 2 <= chunks:
-        split *= 2
-    return GemvConfig(split=split, num_warps=4, num_stages=1, prefetch=True, half2=True)
+    return GemvConfig(split=_fill_split(nb, chunks, _sms(device), per_sm=8), num_warps=4, num_stages=1,
+                      prefetch=True, half2=True)
 
 
 def m_bucket(m: int) -> int:
