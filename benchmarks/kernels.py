@@ -97,7 +97,7 @@ def random_quant_linear(k: int, n: int, bits: int, group_size: int, sym: bool, g
 DTYPE = torch.float16
 
 
-def fp16_us(k: int, n: int, m: int, gen: torch.Generator) -> float:
+def baseline_us(k: int, n: int, m: int, gen: torch.Generator) -> float:
     """cuBLAS F.linear in DTYPE (fp16 unless --dtype bf16), graphed like ours."""
     ws = [torch.randn(n, k, generator=gen).to(DTYPE).cuda() for _ in range(copies_for(n * k * 2))]
     x = torch.randn(m, k, generator=gen).to(DTYPE).cuda()
@@ -136,7 +136,7 @@ def table(args) -> None:
     print(f"device: {torch.cuda.get_device_name()}; copy bandwidth measured {copy_gbs():.0f} GB/s; "
           f"peak {peak:.0f} GB/s", flush=True)
     print(f"activations: {DTYPE}; the baseline column is cuBLAS F.linear in that dtype")
-    print("timing: fp16 (cuBLAS F.linear) and ours alike: each call on its own weight copy, rotating over "
+    print("timing: the baseline and ours alike: each call on its own weight copy, rotating over "
           f">= {L2_ROTATION_BYTES >> 20} MB, calls captured in one CUDA graph, median replay time / calls", flush=True)
     rows, base = [], {}
     kinds = args.kinds or list(KINDS)
@@ -150,7 +150,7 @@ def table(args) -> None:
             layers = [probe] + [make(k, n, gen) for _ in range(copies_for(nbytes) - 1)]
             for m in args.m:
                 if (k, n, m) not in base:
-                    base[(k, n, m)] = fp16_us(k, n, m, gen)
+                    base[(k, n, m)] = baseline_us(k, n, m, gen)
                 x = torch.randn(m, k, generator=gen).to(DTYPE).cuda()
                 ours = graph_us([lambda lay=lay: lay(x) for lay in layers])
                 gbs = call_bytes(nbytes, k, n, m) / ours / 1e3
@@ -182,7 +182,7 @@ def dequant_rows(ms: list[int], base: dict, peak: float, gen: torch.Generator) -
             layers = [probe] + [random_quant_linear(k, n, 4, 128, False, gen) for _ in range(copies_for(nbytes) - 1)]
             for m in ms:
                 if (k, n, m) not in base:
-                    base[(k, n, m)] = fp16_us(k, n, m, gen)
+                    base[(k, n, m)] = baseline_us(k, n, m, gen)
                 x = torch.randn(m, k, generator=gen).half().cuda()
                 ours = graph_us([lambda lay=lay: lay(x) for lay in layers])
                 gbs = call_bytes(nbytes, k, n, m) / ours / 1e3

@@ -15,12 +15,9 @@ from dataclasses import asdict
 
 import torch
 
-from kernels import SHAPES, copies_for, fp16_us, graph_us, random_quant_linear
+from kernels import SHAPES, baseline_us, copies_for, graph_us, random_quant_linear
 from lowbit.kernels.triton import launch
 from lowbit.kernels.triton.layout import repack_int_group
-
-BLOCKS = (32, 64, 128)
-
 
 def fill_split(programs: int, chunks: int) -> int:
     split = 1
@@ -110,7 +107,7 @@ def tune(args) -> None:
     best: dict = {}
     with open(args.tune, "w") as log:
         for k, n in shapes:
-            base = {m: fp16_us(k, n, m, gen) for m in sorted({j[4] for j in all_jobs})}
+            base = {m: baseline_us(k, n, m, gen) for m in sorted({j[4] for j in all_jobs})}
             layers = [random_quant_linear(k, n, 4, 128, False, gen) for _ in range(copies_for(k * n // 2))]
             for bn in sorted({j[2] for j in all_jobs if j[:2] == (k, n)}):
                 pws = [repack_int_group(lay.qweight, lay.qzeros, lay.scales, lay.g_idx, 4, 128, bn) for lay in layers]
@@ -132,7 +129,7 @@ def tune(args) -> None:
             for m in (1, 16, 256):
                 r = best.get((k, n, m))
                 if r:
-                    print(f"best {k}x{n} M={m}: {r['us']:.1f} us vs fp16 {r['fp16_us']:.1f} ({r['speedup']:.2f}x) "
+                    print(f"best {k}x{n} M={m}: {r['us']:.1f} us vs fp16 {r['baseline_us']:.1f} ({r['speedup']:.2f}x) "
                           f"bn={r['bn']} {r['kind']} {r['cfg']}", flush=True)
             if args.best:  # after every shape, so a run cut short still leaves its results
                 with open(args.best, "w") as f:

@@ -21,7 +21,7 @@ from dataclasses import asdict
 
 import torch
 
-from kernels import SHAPES, copies_for, fp16_us, graph_us, random_linear4bit, random_quant_linear
+from kernels import SHAPES, baseline_us, copies_for, graph_us, random_linear4bit, random_quant_linear
 from lowbit.kernels import reference
 from lowbit.kernels.triton import configs, launch
 from lowbit.kernels.triton.layout import repack_int_group, repack_nf4
@@ -199,7 +199,7 @@ def main(argv=None) -> int:
         for kind in args.kinds:
             for k, n in shapes:
                 mine = [j for j in jobs if j[:3] == (kind, k, n)]
-                base = {m: fp16_us(k, n, m, gen) for m in sorted({j[3] for j in mine})}
+                base = {m: baseline_us(k, n, m, gen) for m in sorted({j[3] for j in mine})}
                 probe = make(kind, k, n, gen)
                 pws = [probe[1]] + [make(kind, k, n, gen)[1] for _ in range(copies_for(probe[1].nbytes()) - 1)]
                 for _, _, _, m, launcher, cfg in mine:
