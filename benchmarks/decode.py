@@ -2,7 +2,7 @@
 int4 g128 asymmetric (QuantLinear on the Triton kernels), through the same generation code
 (lowbit.evaluate.static_decode: static KV cache, one CUDA graph per token).
 
-    PYTHONPATH=. python benchmarks/decode.py [--layers 32] [--new 256] [--quantize-lm-head]
+    PYTHONPATH=. python benchmarks/decode.py [--layers 32] [--new 256] [--quantize-lm-head] [--profile]
 
 The int4 model is the fp16 model rounded to nearest (g128, asymmetric) layer by layer on
 the GPU; embeddings, norms and lm_head stay fp16 (lowbit's default). tok/s = decode steps /
@@ -74,6 +74,40 @@ def tok_per_s(model, prompt, new: int, repeats: int, graph: bool) -> tuple[float
     return statistics.median(rates[1:]), tokens
 
 
+def kernel_profile(model, prompt, steps: int = 16) -> dict[str, float]:
+    """Microseconds per decode step by kernel name (eager steps under torch.profiler: kernel
+    durations do not depend on how they were launched; the graph only removes the gaps)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    dec = StaticDecoder(model, max_len=prompt.shape[1] + steps + 8, cuda_graph=False)
+    dec.generate(prompt, 2)  # compiles and repacks outside the profile
+    dec.generate(prompt, 1)  # leaves the static token and position at the prompt's end
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(steps):
+            dec._step()
+        torch.cuda.synchronize()
+    per: dict[str, float] = {}
+    for e in prof.key_averages():
+        us = getattr(e, "device_time_total", None) or getattr(e, "cuda_time_total", 0)
+        if us and e.key[:1] != "[":
+            per[e.key] = us / steps
+    return per
+
+
+def print_profile(rows: list[tuple[str, dict[str, float]]], step_us: list[float], top: int = 14) -> None:
+    """Side by side: the kernels that take the most time in any of the models."""
+    names = sorted({k for _, per in rows for k in per}, key=lambda k: -max(per.get(k, 0) for _, per in rows))
+    print("\nper decode step, us (kernel time from an eager profile; 'graph step' = 1e6 / tok/s):")
+    print(f"{'kernel':<60}" + "".join(f"{name:>16}" for name, _ in rows))
+    for k in names[:top]:
+        print(f"{k[:59]:<60}" + "".join(f"{per.get(k, 0):>16.1f}" for _, per in rows))
+    rest = [sum(v for k, v in per.items() if k not in names[:top]) for _, per in rows]
+    print(f"{'(all other kernels)':<60}" + "".join(f"{r:>16.1f}" for r in rest))
+    print(f"{'sum of kernel time':<60}" + "".join(f"{sum(per.values()):>16.1f}" for _, per in rows))
+    print(f"{'graph step':<60}" + "".join(f"{s:>16.1f}" for s in step_us))
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--layers", type=int, default=32)
@@ -82,6 +116,7 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--quantize-lm-head", action="store_true")
     p.add_argument("--eager", action="store_true", help="also time without CUDA graphs")
+    p.add_argument("--profile", action="store_true", help="also print kernel time per decode step, by kernel")
     p.add_argument("--configs", metavar="JSON", help="tuned kernel configs (benchmarks/kernels.py --tune --best)")
     args = p.parse_args(argv)
     if args.configs:
@@ -97,12 +132,15 @@ def main(argv=None) -> int:
     fp16_bytes = weight_bytes(model)
     r16, _ = tok_per_s(model, prompt, args.new, args.repeats, graph=True)
     rows.append(("fp16", "graph", r16, fp16_bytes))
+    profiles = [("fp16", kernel_profile(model, prompt))] if args.profile else []
     if args.eager:
         rows.append(("fp16", "eager", tok_per_s(model, prompt, args.new, 1, graph=False)[0], fp16_bytes))
     quantize_rtn(model, 4, 128, args.quantize_lm_head)
     q_bytes = weight_bytes(model)
     r4, _ = tok_per_s(model, prompt, args.new, args.repeats, graph=True)
     rows.append(("int4 g128 asym" + (" + head" if args.quantize_lm_head else ""), "graph", r4, q_bytes))
+    if args.profile:
+        profiles.append(("int4", kernel_profile(model, prompt)))
     if args.eager:
         rows.append((rows[-1][0], "eager", tok_per_s(model, prompt, args.new, 1, graph=False)[0], q_bytes))
 
@@ -120,6 +158,8 @@ def main(argv=None) -> int:
     for name, mode, rate, nbytes in rows:
         print(f"{name:<24}{mode:<7}{rate:>8.1f}{nbytes / 1e9:>10.2f}{rate * nbytes / 1e9:>7.0f}{rate / r16:>8.2f}x")
     print(f"int4 logits, Triton vs reference kernels: relative error {rel:.2e}")
+    if profiles:
+        print_profile(profiles, [1e6 / r16, 1e6 / r4])
     return 0
 
 

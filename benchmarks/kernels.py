@@ -198,6 +198,13 @@ def dequant_rows(ms: list[int], base: dict, peak: float, gen: torch.Generator) -
     return rows
 
 
+def shape(text: str) -> tuple[int, int]:
+    k, _, n = text.partition("x")
+    if not (k.isdigit() and n.isdigit()):
+        raise argparse.ArgumentTypeError(f"shape {text!r}: expected KxN, e.g. 4096x6144")
+    return int(k), int(n)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--m", type=int, nargs="+", default=[1, 16, 256])
@@ -210,6 +217,8 @@ def main(argv=None) -> int:
                    help="also time the dequantize + cuBLAS path at these M (int4 g128 asym)")
     p.add_argument("--tune", metavar="JSONL", help="sweep kernel configs instead, one JSON line per timing")
     p.add_argument("--only", nargs="+", choices=["gemv", "half2", "gemm"], help="--tune: only these kernels")
+    p.add_argument("--shapes", nargs="+", type=shape, metavar="KxN",
+                   help="--tune: these (in x out) shapes instead of Llama-3-8B's four, e.g. 4096x6144")
     p.add_argument("--best", metavar="JSON", help="with --tune: write the best config per shape and M here")
     p.add_argument("--configs", metavar="JSON", help="use these tuned configs (a --best file) on top of configs.py")
     args = p.parse_args(argv)

@@ -100,7 +100,7 @@ def precompile(jobs: list[tuple], procs: int) -> set[tuple]:
 
 def tune(args) -> None:
     gen = torch.Generator().manual_seed(0)
-    shapes = SHAPES[:1] if args.quick else SHAPES
+    shapes = args.shapes or (SHAPES[:1] if args.quick else SHAPES)
     all_jobs = [(k, n) + j for k, n in shapes for j in jobs_for(k, n, args.quick)
                 if not args.only or j[1] in args.only]
     failed = precompile(all_jobs, min(14, os.cpu_count() or 4))
@@ -129,7 +129,7 @@ def tune(args) -> None:
             for m in (1, 16, 256):
                 r = best.get((k, n, m))
                 if r:
-                    print(f"best {k}x{n} M={m}: {r['us']:.1f} us vs fp16 {r['baseline_us']:.1f} ({r['speedup']:.2f}x) "
+                    print(f"best {k}x{n} M={m}: {r['us']:.1f} us vs fp16 {r['fp16_us']:.1f} ({r['speedup']:.2f}x) "
                           f"bn={r['bn']} {r['kind']} {r['cfg']}", flush=True)
             if args.best:  # after every shape, so a run cut short still leaves its results
                 with open(args.best, "w") as f:

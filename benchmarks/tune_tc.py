@@ -106,6 +106,24 @@ def final_jobs(kind: str, k: int, n: int, quick: bool) -> list[tuple]:
     return out
 
 
+def swap_jobs(kind: str, k: int, n: int, quick: bool) -> list[tuple]:
+    """M = 256 with the weights as the left operand (``swap``): the decoded tile then feeds
+    the tensor cores from registers (wgmma's A operand) instead of going through shared
+    memory; ``flat`` decodes it in place. Token tiles of 128 and 256 (all of M: every weight
+    decoded once), weight tiles of 64 and 128 rows, split-K to fill the SMs."""
+    out = [(256, "dequant", launch.DequantConfig())]
+    for bm, bnt, bk, w, st in ((256, 128, 64, 8, 3), (256, 128, 32, 8, 4), (256, 64, 64, 4, 3), (256, 64, 64, 8, 3),
+                               (256, 128, 64, 8, 2), (128, 128, 64, 8, 3), (128, 128, 64, 4, 3), (128, 64, 64, 4, 4),
+                               (256, 64, 128, 4, 2), (128, 256, 64, 8, 2))[:3 if quick else None]:
+        tiles = -(-256 // bm) * -(-n // bnt)
+        for sp in sorted({1, fill(tiles)}):
+            out.append((256, "tc", TC(bm=bm, bnt=bnt, bk=bk, num_warps=w, num_stages=st, split=sp, swap=True,
+                                      flat=True)))
+    for sp in sorted({1, fill(-(-n // 128))}):
+        out.append((256, "tc", TC(bm=256, bnt=128, bk=64, num_warps=8, num_stages=2, split=sp, swap=True)))
+    return out
+
+
 def make(kind: str, k: int, n: int, gen: torch.Generator):
     """(layer, packed weight) with the layout block dispatch would use."""
     bn = configs.block_n(n, k, 4)
@@ -174,6 +192,7 @@ def main(argv=None) -> int:
     p.add_argument("--kinds", nargs="+", default=["int4", "nf4"])
     p.add_argument("--quick", action="store_true")
     p.add_argument("--final", action="store_true", help="the short int4 check (final_jobs) instead of the sweep")
+    p.add_argument("--swap", action="store_true", help="int4 M = 256 with the weights as left operand (swap_jobs)")
     p.add_argument("--table-out", metavar="JSON", help="best per shape and M in the configs.load_table format")
     p.add_argument("--inspect", metavar="TXT", help="also write registers/instructions of a few variants here")
     args = p.parse_args(argv)
@@ -183,7 +202,7 @@ def main(argv=None) -> int:
         except Exception as e:  # noqa: BLE001 - the sweep matters more than the inspection
             print(f"inspect failed: {type(e).__name__}: {e}", flush=True)
     shapes = SHAPES[:1] if args.quick else SHAPES
-    pick = final_jobs if args.final else jobs_for
+    pick = final_jobs if args.final else swap_jobs if args.swap else jobs_for
     jobs = [(kind, k, n) + j for kind in args.kinds for k, n in shapes for j in pick(kind, k, n, args.quick)]
     t = time.perf_counter()
     procs = min(14, os.cpu_count() or 4)

@@ -39,6 +39,10 @@ HALF2: dict[tuple[int, int, int], GemvConfig] = {
     (4096, 4096, 4): GemvConfig(split=8, num_warps=4, num_stages=1, prefetch=True, half2=True),  # 8.1, 17.1
     (14336, 4096, 4): GemvConfig(split=1, num_warps=4, num_stages=1, prefetch=True, half2=True),  # 16.1, 43.0
     (4096, 14336, 4): GemvConfig(split=16, num_warps=4, num_stages=1, prefetch=True, half2=True),  # 16.2, 44.5
+    # The decoder's merged projections (StaticDecoder: q|k|v and gate|up), at the default
+    # block of 64: benchmarks/results/h100_tune_half2_merged_run8.jsonl.
+    (6144, 4096, 4): GemvConfig(split=4, num_warps=4, num_stages=1, prefetch=True, half2=True),  # 9.7, 20.9
+    (28672, 4096, 4): GemvConfig(split=2, num_warps=4, num_stages=1, prefetch=True, half2=True),  # 27.5, 82.7
 }
 #: (N, K, bits, M bucket) -> GEMM config.
 GEMM: dict[tuple[int, int, int, int], GemmConfig | DequantConfig | TcConfig] = {
@@ -92,6 +96,9 @@ GEMV_MAX_M = 1
 M_BUCKETS = (16, 32, 64, 128, 256)
 #: Bytes of shared memory the GEMM's pipeline stages may take (H100: 227 KB a block).
 SHARED_BUDGET = 160 * 1024
+#: The same for gemm_tc, whose stages are counted exactly (H100: 227 KB; Triton reuses the
+#: stages' memory for the epilogue).
+TC_SHARED_BUDGET = 200 * 1024
 
 
 def load_table(path: str) -> None:
@@ -103,6 +110,8 @@ def load_table(path: str) -> None:
             gemm = GEMM_LUT if lut else GEMM
             if e["kind"] == "half2":
                 HALF2[key] = GemvConfig(**e["cfg"])
+                if "bn" in e:
+                    BLOCK_N[key] = e["bn"]
             elif e["kind"] == "gemv":
                 (GEMV_LUT if lut else GEMV)[key] = GemvConfig(**e["cfg"])
                 if "bn" in e:
@@ -183,10 +192,12 @@ def _fit_shared(cfg: GemmConfig, bits: int) -> GemmConfig:
 
 def fit_shared_tc(cfg: TcConfig, lut: bool) -> TcConfig:
     """Fewer stages when x tile + word tile (+ the code-book gather, which Triton pipelines
-    through shared memory too) of a stage would overflow shared memory."""
-    stage = cfg.bm * cfg.bk * 2 + PK * cfg.bnt * 4 + (cfg.bk * cfg.bnt * 4 if lut else 0)
+    through shared memory too) of a stage would overflow shared memory. A flat word tile
+    holds BK rows of words (each word once per code it gives the step), else PK."""
+    words = (cfg.bk if cfg.flat else PK) * cfg.bnt * 4
+    stage = cfg.bm * cfg.bk * 2 + words + (cfg.bk * cfg.bnt * 4 if lut else 0)
     stages = cfg.num_stages
-    while stages > 1 and stages * stage > SHARED_BUDGET:
+    while stages > 1 and stages * stage > TC_SHARED_BUDGET:
         stages -= 1
     return replace(cfg, num_stages=stages)
 

@@ -7,7 +7,8 @@ torch elementwise op is its own launch, and a Llama layer is ~40 of them; these 
     decode_attention(q, k_cache, v_cache, pos, scale) -> o [B, T=1, heads * D]
     silu_mul(gate_up [R, 2F]) -> [R, F]
 Numerics follow transformers' Llama: residual sums rounded to the model dtype, norms and
-softmax in float32.
+softmax in float32. All of them are PDL-aware (``pdl``): they wait for the kernel ahead
+before reading anything it may have written.
 """
 from __future__ import annotations
 
@@ -15,12 +16,19 @@ import torch
 import triton
 import triton.language as tl
 
+from . import pdl
+from .pdl import release, wait
+
 
 @triton.jit
-def _add_rmsnorm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, H, eps, HAS_RES: tl.constexpr, BLOCK: tl.constexpr):
+def _add_rmsnorm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, H, eps, HAS_RES: tl.constexpr, BLOCK: tl.constexpr,
+                        PDL: tl.constexpr):
+    release(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < H
+    w = tl.load(w_ptr + cols, mask=mask, other=0.0)
+    wait(PDL)
     x = tl.load(x_ptr + row * H + cols, mask=mask, other=0.0)
     if HAS_RES:
         x = (x.to(tl.float32) + tl.load(res_ptr + row * H + cols, mask=mask, other=0.0).to(tl.float32))
@@ -29,7 +37,6 @@ def _add_rmsnorm_kernel(x_ptr, res_ptr, w_ptr, out_ptr, H, eps, HAS_RES: tl.cons
     xf = x.to(tl.float32)
     var = tl.sum(xf * xf, axis=0) / H
     y = (xf * tl.rsqrt(var + eps)).to(out_ptr.dtype.element_ty)
-    w = tl.load(w_ptr + cols, mask=mask, other=0.0)
     tl.store(out_ptr + row * H + cols, (w.to(tl.float32) * y.to(tl.float32)).to(out_ptr.dtype.element_ty), mask=mask)
 
 
@@ -39,12 +46,14 @@ def add_rmsnorm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Te
     out = torch.empty_like(x)
     _add_rmsnorm_kernel[(x.numel() // h,)](x, residual if residual is not None else x, weight, out, h, eps,
                                            HAS_RES=residual is not None, BLOCK=triton.next_power_of_2(h),
-                                           num_warps=4)
+                                           num_warps=4, **pdl.launch_args(x.device))
     return out
 
 
 @triton.jit
-def _silu_mul_kernel(gu_ptr, out_ptr, F, BLOCK: tl.constexpr):
+def _silu_mul_kernel(gu_ptr, out_ptr, F, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    release(PDL)
+    wait(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < F
@@ -58,13 +67,16 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
     f = gate_up.shape[-1] // 2
     rows = gate_up.numel() // (2 * f)
     out = torch.empty(*gate_up.shape[:-1], f, dtype=gate_up.dtype, device=gate_up.device)
-    _silu_mul_kernel[(rows, triton.cdiv(f, 1024))](gate_up, out, f, BLOCK=1024, num_warps=4)
+    _silu_mul_kernel[(rows, triton.cdiv(f, 1024))](gate_up, out, f, BLOCK=1024, num_warps=4,
+                                                   **pdl.launch_args(gate_up.device))
     return out
 
 
 @triton.jit
 def _rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr, T, S,
-                       HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr):
+                       HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr, PDL: tl.constexpr):
+    release(PDL)
+    wait(PDL)
     bt = tl.program_id(0)  # b * T + t
     head = tl.program_id(1)  # [0, HEADS): q; then KV_HEADS k heads; then KV_HEADS v heads
     b = bt // T
@@ -99,13 +111,17 @@ def rope_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: tor
     d = k_cache.shape[-1]
     q = torch.empty(b, heads, t, d, dtype=qkv.dtype, device=qkv.device)
     _rope_cache_kernel[(b * t, heads + 2 * kv_heads)](qkv, cos, sin, pos, q, k_cache, v_cache, t, k_cache.shape[2],
-                                                      HEADS=heads, KV_HEADS=kv_heads, D=d, num_warps=1)
+                                                      HEADS=heads, KV_HEADS=kv_heads, D=d, num_warps=1,
+                                                      **pdl.launch_args(qkv.device))
     return q
 
 
 @triton.jit
 def _decode_attention_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, S, scale,
-                             HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr, BLOCK_S: tl.constexpr):
+                             HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr, BLOCK_S: tl.constexpr,
+                             PDL: tl.constexpr):
+    release(PDL)
+    wait(PDL)
     b = tl.program_id(0)
     h = tl.program_id(1)
     kvh = h // (HEADS // KV_HEADS)
@@ -137,5 +153,6 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
     b, heads, _, d = q.shape
     o = torch.empty(b, 1, heads * d, dtype=q.dtype, device=q.device)
     _decode_attention_kernel[(b, heads)](q, k_cache, v_cache, pos, o, k_cache.shape[2], scale, HEADS=heads,
-                                         KV_HEADS=k_cache.shape[1], D=d, BLOCK_S=64, num_warps=4)
+                                         KV_HEADS=k_cache.shape[1], D=d, BLOCK_S=64, num_warps=4,
+                                         **pdl.launch_args(q.device))
     return o

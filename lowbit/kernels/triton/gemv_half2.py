@@ -23,6 +23,7 @@ before they go to fp32: overflow needs activations in the thousands in several o
 columns a lane sums (one outlier channel of ~3000, as in the demo model, is far from it).
 
 Grid: (column blocks, K splits, rows); split-K partial sums meet in ``store_output``.
+With PDL (``pdl``) the first chunk's weights are loaded before waiting for the kernel ahead.
 """
 from __future__ import annotations
 
@@ -31,6 +32,7 @@ import triton.language as tl
 
 from .epilogue import store_output
 from .half2 import dot_codes, high_term, pack, pair_quads, pair_quads_bf16, unpack
+from .pdl import release, wait
 
 
 @triton.jit
@@ -137,8 +139,9 @@ def int4_gemv_half2_kernel(
     M, N, K, KC, G, stride_xm, stride_ym, chunks_per_split, splits,
     BN: tl.constexpr, PK: tl.constexpr, GS: tl.constexpr, NACC: tl.constexpr, SPLIT_K: tl.constexpr,
     EVEN_K: tl.constexpr, X_VEC: tl.constexpr, PREFETCH: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr,
-    INTERPRET: tl.constexpr,
+    INTERPRET: tl.constexpr, PDL: tl.constexpr,
 ):
+    release(PDL)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     m = tl.program_id(2)
@@ -156,6 +159,7 @@ def int4_gemv_half2_kernel(
     if PREFETCH:
         n0, n1, n2, n3, nz0, nsl0, nsh0 = _chunk(w_base, s_ptr, zp_ptr, c_begin, c_end, rr, n, nmask, N, G, PK, BN, GS,
                                                  NACC, HAS_ZERO, INTERPRET)
+    wait(PDL)  # x comes from the kernel ahead; only weights were read so far
     for c in range(c_begin, c_end):
         if PREFETCH:
             # The next chunk's words, scales and zeros are issued before this chunk's

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import torch
 import triton
 
+from . import pdl
 from .dequant import dequant_kernel
 from .gemm import int_gemm_kernel
 from .gemm_tc import int_gemm_tc_kernel
@@ -188,6 +189,7 @@ def gemv_half2(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg
         NACC=half2_accumulators(pw.group_size), SPLIT_K=split > 1, EVEN_K=_even_k(pw), X_VEC=_x_vec(x, pw),
         HAS_ZERO=pw.zero_pairs is not None, HAS_PERM=pw.perm is not None, HAS_BIAS=bias is not None,
         PREFETCH=cfg.prefetch, INTERPRET=INTERPRET, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        **pdl.launch_args(x.device),
     )
     return y
 
