@@ -23,7 +23,7 @@ def text_file(tmp_path_factory):
     return str(path)
 
 
-EVAL = ["--seq-len", "64", "--max-windows", "3", "-q"]
+EVAL = ["--seq-len", "64", "--max-windows", "3", "-q", "--device", "cpu"]  # the API side runs on CPU too
 
 
 def test_eval_json_matches_api(tiny_llama_dir, text_file, capsys):
@@ -80,7 +80,7 @@ def awq_missing(monkeypatch):
 
 
 COMPARE = ["--seq-len", "64", "--max-windows", "3", "--group-size", "32",
-           "--prompt-len", "8", "--new-tokens", "3", "--repeats", "2", "-q"]
+           "--prompt-len", "8", "--new-tokens", "3", "--repeats", "2", "-q", "--device", "cpu"]
 
 
 def test_compare_writes_report(tiny_llama_dir, text_file, tmp_path, capsys, awq_missing):

@@ -9,21 +9,23 @@ from int_layers import check, make_layer, ref_out, repack
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.mark.parametrize("gs,sym,act,n,k,bn,prefetch,split", [
-    (128, False, False, 40, 512, 32, True, 1),
-    (128, True, False, 64, 1024, 64, False, 2),
-    (64, False, True, 24, 576, 16, True, 2),  # ragged group, K % 256 != 0, act-order
-    (64, False, False, 24, 580, 16, False, 1),  # K % 4 != 0: activations gathered one by one
-    (32, False, False, 16, 512, 16, True, 1),
-    (-1, False, False, 20, 256, 16, False, 1),  # per channel
-    (-1, True, False, 20, 768, 16, True, 3),
+@pytest.mark.parametrize("gs,sym,act,n,k,bn,depth,split", [  # depth: chunks prefetched
+    (128, False, False, 40, 512, 32, 1, 1),
+    (128, True, False, 64, 1024, 64, 0, 2),
+    (128, False, False, 40, 1280, 32, 2, 2),  # 2-deep prefetch over 3 and 2 chunks
+    (64, False, True, 24, 576, 16, 2, 2),  # ragged group, K % 256 != 0, act-order
+    (64, False, False, 24, 580, 16, 0, 1),  # K % 4 != 0: activations gathered one by one
+    (32, False, False, 16, 512, 16, 1, 1),
+    (-1, False, False, 20, 256, 16, 0, 1),  # per channel
+    (-1, True, False, 20, 768, 16, 1, 3),
 ])
-def test_gemv_half2(tk, gs, sym, act, n, k, bn, prefetch, split):
+def test_gemv_half2(tk, gs, sym, act, n, k, bn, depth, split):
     layer = make_layer(n, k, 4, gs, sym, act, bias=gs == 128, seed=gs + k, device=tk.device)
     x = torch.randn(1, k, device=tk.device).half()
     pw = repack(tk, layer, bn)
     assert tk.launch.half2_ok(x, pw)
-    y = tk.launch.gemv_half2(x, pw, layer.bias, tk.launch.GemvConfig(split=split, prefetch=prefetch, half2=True))
+    y = tk.launch.gemv_half2(x, pw, layer.bias, tk.launch.GemvConfig(split=split, prefetch=depth > 0,
+                                                                                depth=max(depth, 1), half2=True))
     check(y, ref_out(x, layer), x)
 
 

@@ -33,16 +33,15 @@ GEMV: dict[tuple[int, int, int], GemvConfig] = {
     (14336, 4096, 4): GemvConfig(chunks=2, split=1, num_warps=4, num_stages=1, prefetch=False),  # 19.7 us, fp16 42.2
 }
 #: (N, K, bits) -> f16x2 GEMV config (gemv_half2: int4 codes, fp16/bf16 activations) at M = 1.
-#: benchmarks/results/h100_tune_half2_run6.jsonl (at the BLOCK_N above; our us, fp16 us).
+#: benchmarks/results/h100_tune_half2_run9.jsonl (PDL on; at the BLOCK_N above, default 64
+#: for the decoder's merged q|k|v and gate|up; our us, fp16 us).
 HALF2: dict[tuple[int, int, int], GemvConfig] = {
-    (1024, 4096, 4): GemvConfig(split=8, num_warps=4, num_stages=1, prefetch=True, half2=True),  # 5.5, 7.5
-    (4096, 4096, 4): GemvConfig(split=8, num_warps=4, num_stages=1, prefetch=True, half2=True),  # 8.1, 17.1
-    (14336, 4096, 4): GemvConfig(split=1, num_warps=4, num_stages=1, prefetch=True, half2=True),  # 16.1, 43.0
-    (4096, 14336, 4): GemvConfig(split=16, num_warps=4, num_stages=1, prefetch=True, half2=True),  # 16.2, 44.5
-    # The decoder's merged projections (StaticDecoder: q|k|v and gate|up), at the default
-    # block of 64: benchmarks/results/h100_tune_half2_merged_run8.jsonl.
-    (6144, 4096, 4): GemvConfig(split=4, num_warps=4, num_stages=1, prefetch=True, half2=True),  # 9.7, 20.9
-    (28672, 4096, 4): GemvConfig(split=2, num_warps=4, num_stages=1, prefetch=True, half2=True),  # 27.5, 82.7
+    (1024, 4096, 4): GemvConfig(split=16, num_warps=4, num_stages=1, prefetch=True, depth=2, half2=True),  # 4.2, 7.6
+    (4096, 4096, 4): GemvConfig(split=8, num_warps=4, num_stages=1, prefetch=True, depth=2, half2=True),  # 7.0, 15.9
+    (14336, 4096, 4): GemvConfig(split=4, num_warps=2, num_stages=1, prefetch=True, half2=True),  # 14.3, 41.9
+    (4096, 14336, 4): GemvConfig(split=16, num_warps=4, num_stages=1, prefetch=True, half2=True),  # 14.3, 44.5
+    (6144, 4096, 4): GemvConfig(split=8, num_warps=4, num_stages=1, prefetch=True, half2=True),  # 8.0, 20.8
+    (28672, 4096, 4): GemvConfig(split=1, num_warps=4, num_stages=1, prefetch=True, depth=2, half2=True),  # 25.0, 82.0
 }
 #: (N, K, bits, M bucket) -> GEMM config.
 GEMM: dict[tuple[int, int, int, int], GemmConfig | DequantConfig | TcConfig] = {

@@ -156,15 +156,23 @@ def int4_gemv_half2_kernel(
     x_row = x_ptr + m.to(tl.int64) * stride_xm
     acc = tl.zeros([PR, BN], dtype=tl.float32)
     zero2 = tl.zeros([PR, BN], dtype=tl.int32)  # f16x2 (0, 0)
-    if PREFETCH:
+    # PREFETCH chunks ahead (0, 1 or 2): the next chunks' words, scales and zeros are
+    # issued before this chunk's arithmetic, so each program keeps several chunks in flight
+    # instead of waiting out a memory round trip per chunk.
+    if PREFETCH >= 1:
         n0, n1, n2, n3, nz0, nsl0, nsh0 = _chunk(w_base, s_ptr, zp_ptr, c_begin, c_end, rr, n, nmask, N, G, PK, BN, GS,
                                                  NACC, HAS_ZERO, INTERPRET)
+    if PREFETCH >= 2:
+        m0, m1, m2, m3, mz0, msl0, msh0 = _chunk(w_base, s_ptr, zp_ptr, c_begin + 1, c_end, rr, n, nmask, N, G, PK,
+                                                 BN, GS, NACC, HAS_ZERO, INTERPRET)
     wait(PDL)  # x comes from the kernel ahead; only weights were read so far
     for c in range(c_begin, c_end):
-        if PREFETCH:
-            # The next chunk's words, scales and zeros are issued before this chunk's
-            # arithmetic: each program keeps two chunks in flight instead of waiting out
-            # a memory round trip per chunk.
+        if PREFETCH >= 2:
+            w0, w1, w2, w3, zl0, sl0, sh0 = n0, n1, n2, n3, nz0, nsl0, nsh0
+            n0, n1, n2, n3, nz0, nsl0, nsh0 = m0, m1, m2, m3, mz0, msl0, msh0
+            m0, m1, m2, m3, mz0, msl0, msh0 = _chunk(w_base, s_ptr, zp_ptr, c + 2, c_end, rr, n, nmask, N, G, PK, BN,
+                                                     GS, NACC, HAS_ZERO, INTERPRET)
+        elif PREFETCH == 1:
             w0, w1, w2, w3, zl0, sl0, sh0 = n0, n1, n2, n3, nz0, nsl0, nsh0
             n0, n1, n2, n3, nz0, nsl0, nsh0 = _chunk(w_base, s_ptr, zp_ptr, c + 1, c_end, rr, n, nmask, N, G, PK, BN,
                                                      GS, NACC, HAS_ZERO, INTERPRET)

@@ -30,6 +30,7 @@ class GemvConfig:
     prefetch: bool = True  # load the next step's words before decoding this step's
     lut_reg: bool = False  # lut mode: gather codes from a per-program copy of the code book
     half2: bool = False  # int4 codes, fp16/bf16 rows: the f16x2 kernel (gemv_half2)
+    depth: int = 1  # gemv_half2 with prefetch: chunks loaded ahead (1 or 2)
 
 
 @dataclass(frozen=True)
@@ -188,7 +189,7 @@ def gemv_half2(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg
         chunks_per_split=per, splits=split, BN=pw.block_n, PK=PK, GS=pw.group_size,
         NACC=half2_accumulators(pw.group_size), SPLIT_K=split > 1, EVEN_K=_even_k(pw), X_VEC=_x_vec(x, pw),
         HAS_ZERO=pw.zero_pairs is not None, HAS_PERM=pw.perm is not None, HAS_BIAS=bias is not None,
-        PREFETCH=cfg.prefetch, INTERPRET=INTERPRET, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        PREFETCH=cfg.depth if cfg.prefetch else 0, INTERPRET=INTERPRET, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         **pdl.launch_args(x.device),
     )
     return y
