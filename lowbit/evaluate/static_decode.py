@@ -14,8 +14,10 @@ tests compare it with the transformers forward.
 ``fused`` (default on CUDA with triton, for models without per-head q/k norms): the q/k/v
 and gate/up projections are concatenated into one layer each (float Linear or QuantLinear
 alike; built once, the model is not modified, this costs their memory once more) and the
-elementwise glue runs as a few fused kernels (``lowbit.kernels.triton.fused``): ~9 launches
-a layer instead of ~40, for the float and the quantized model alike.
+elementwise glue runs as a few fused kernels (``lowbit.kernels.triton.fused``): 8 launches
+a layer instead of ~40 (norm, q|k|v, rope + cache write + attention, o, add + norm,
+gate|up, silu * up, down), and one after the logits (argmax, next input, position + 1),
+for the float and the quantized model alike.
 
     dec = StaticDecoder(model, max_len=1024)
     tokens, seconds = dec.generate(prompt_ids [1, T], new_tokens=128)   # LongTensor [1, T + new]
@@ -165,12 +167,13 @@ class StaticDecoder:
                 qkv = self.qkv[i](x)
             else:
                 qkv = torch.cat([attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)], dim=-1)
-            q = fused.rope_cache(qkv.view(b, t, -1), self.cos, self.sin, pos, self.k_cache[i], self.v_cache[i],
-                                 self.heads, self.kv_heads)
             scale = getattr(attn, "scaling", self.head_dim ** -0.5)
             if t == 1:
-                o = fused.decode_attention(q, self.k_cache[i], self.v_cache[i], pos, scale)
+                o = fused.rope_attention(qkv.view(b, t, -1), self.cos, self.sin, pos, self.k_cache[i],
+                                         self.v_cache[i], self.heads, self.kv_heads, scale)
             else:
+                q = fused.rope_cache(qkv.view(b, t, -1), self.cos, self.sin, pos, self.k_cache[i], self.v_cache[i],
+                                     self.heads, self.kv_heads)
                 mask = torch.arange(self.max_len, device=ids.device)[None, :] <= pos[:, None]
                 o = F.scaled_dot_product_attention(q, self.k_cache[i], self.v_cache[i], attn_mask=mask, scale=scale,
                                                    enable_gqa=True).transpose(1, 2)
@@ -190,6 +193,11 @@ class StaticDecoder:
     def _step(self) -> None:
         """One token: logits at the current position -> argmax -> next input, position + 1."""
         logits = self.forward(self.token, self.pos)
+        if self.fused:
+            from ..kernels.triton import fused
+
+            fused.greedy_advance(logits[:, -1], self.token, self.out, self.pos, self.start)
+            return
         nxt = logits[:, -1].argmax(dim=-1)  # [B]
         self.out.index_copy_(1, self.pos - self.start, nxt[:, None])
         self.token.copy_(nxt[:, None])

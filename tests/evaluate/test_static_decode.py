@@ -19,6 +19,10 @@ def test_logits_match_transformers(arch):
     with torch.no_grad():
         ref = model(ids).logits
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+    # generation: the fused step (argmax, next input, position in one kernel) picks the same tokens
+    want, _ = StaticDecoder(model, max_len=80, fused=False).generate(ids[:, :7], 12)
+    got, _ = dec.generate(ids[:, :7], 12)
+    assert torch.equal(got, want)
 
 
 def test_greedy_tokens_match_generate():
@@ -78,3 +82,7 @@ def test_fused_path_matches_transformers(arch, quantized):
     with torch.no_grad():
         ref = model(ids).logits
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
+    # generation: the fused step (argmax, next input, position in one kernel) picks the same tokens
+    want, _ = StaticDecoder(model, max_len=80, fused=False).generate(ids[:, :7], 12)
+    got, _ = dec.generate(ids[:, :7], 12)
+    assert torch.equal(got, want)

@@ -50,3 +50,45 @@ def test_rope_cache_and_decode_attention(tk):
     vals = vc[:, :, :73].float().repeat_interleave(heads // kv, 1)
     p = torch.softmax(q[:, :, -1:].float() @ keys.transpose(-1, -2) * 0.17, dim=-1)
     torch.testing.assert_close(o.float(), (p @ vals).transpose(1, 2).reshape(1, 1, -1), rtol=2e-3, atol=2e-3)
+
+
+def test_rope_attention_matches_rope_cache_then_attention(tk):
+    """The one-launch decode attention (T = 1) writes the same cache entries and returns the
+    same output as rope_cache followed by decode_attention, for every head of each group."""
+    dt = torch.float16 if tk.gpu else torch.float32
+    heads, kv, d, s, b = 8, 2, 32, 150, 2
+    qkv = torch.randn(b, 1, (heads + 2 * kv) * d, device=tk.device, dtype=dt)
+    ang = torch.rand(s, d // 2, device=tk.device) * 3
+    cos, sin = torch.cat([ang.cos()] * 2, -1).to(dt), torch.cat([ang.sin()] * 2, -1).to(dt)
+    kc, vc = (torch.randn(b, kv, s, d, device=tk.device, dtype=dt) for _ in range(2))
+    pos = torch.tensor([129], device=tk.device)  # 129 older keys: two full blocks and one more
+    kc2, vc2 = kc.clone(), vc.clone()
+    q = tk.fused.rope_cache(qkv, cos, sin, pos, kc, vc, heads, kv)
+    want = tk.fused.decode_attention(q, kc, vc, pos, 0.2)
+    got = tk.fused.rope_attention(qkv, cos, sin, pos, kc2, vc2, heads, kv, 0.2)
+    assert torch.equal(kc2, kc) and torch.equal(vc2, vc)
+    torch.testing.assert_close(got.float(), want.float(), rtol=2e-3, atol=2e-3)
+
+
+def test_rope_attention_at_position_zero_is_the_new_value(tk):
+    """With no older keys the softmax has one entry: the output is the new token's v."""
+    heads, kv, d = 4, 4, 16
+    qkv = torch.randn(1, 1, (heads + 2 * kv) * d, device=tk.device)
+    ones, zeros = torch.ones(8, d, device=tk.device), torch.zeros(8, d, device=tk.device)
+    kc, vc = (torch.zeros(1, kv, 8, d, device=tk.device) for _ in range(2))
+    o = tk.fused.rope_attention(qkv, ones, zeros, torch.tensor([0], device=tk.device), kc, vc, heads, kv, 1.0)
+    torch.testing.assert_close(o.view(heads, d), qkv.view(-1, d)[heads + kv:])
+
+
+def test_greedy_advance_is_argmax_and_moves_the_position(tk):
+    v = 9000  # three blocks of the kernel, the last one ragged
+    logits = torch.randn(2, v, device=tk.device)
+    logits[0, 7000] = logits[0, 8999] = 50.0  # a tie across blocks: the first index wins
+    logits[1, 4096] = 40.0
+    token = torch.zeros(2, 1, dtype=torch.long, device=tk.device)
+    out = torch.zeros(2, 10, dtype=torch.long, device=tk.device)
+    pos, start = torch.tensor([13], device=tk.device), torch.tensor([10], device=tk.device)
+    tk.fused.greedy_advance(logits.half() if tk.gpu else logits, token, out, pos, start)
+    assert token[:, 0].tolist() == [7000, 4096] == logits.argmax(-1).tolist()
+    assert out[:, 3].tolist() == [7000, 4096] and int(out.sum()) == 7000 + 4096
+    assert pos.item() == 14

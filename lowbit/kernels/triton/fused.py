@@ -5,7 +5,11 @@ torch elementwise op is its own launch, and a Llama layer is ~40 of them; these 
     add_rmsnorm(x, residual, weight, eps) -> normed; residual += x in place (x [R, H])
     rope_cache(qkv, cos, sin, pos, k_cache, v_cache, heads, kv_heads) -> q [B, heads, T, D]
     decode_attention(q, k_cache, v_cache, pos, scale) -> o [B, T=1, heads * D]
+    rope_attention(qkv, cos, sin, pos, k_cache, v_cache, heads, kv_heads, scale) -> o [B, 1, heads * D]
+        (T = 1: rope_cache and decode_attention in one launch)
     silu_mul(gate_up [R, 2F]) -> [R, F]
+    greedy_advance(logits [B, V], token, out, pos, start): argmax, written where the next
+        step reads it, position + 1 (what a decode step does after its logits, one launch)
 Numerics follow transformers' Llama: residual sums rounded to the model dtype, norms and
 softmax in float32. All of them are PDL-aware (``pdl``): they wait for the kernel ahead
 before reading anything it may have written.
@@ -156,3 +160,102 @@ def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tens
                                          KV_HEADS=k_cache.shape[1], D=d, BLOCK_S=64, num_warps=4,
                                          **pdl.launch_args(q.device))
     return o
+
+
+@triton.jit
+def _rotated(row, cos, sin, d, D: tl.constexpr):
+    """rotate-half RoPE of the head at ``row`` (pointer to D values), float32 [D]."""
+    x = tl.load(row + d).to(tl.float32)
+    partner = tl.load(row + (d + D // 2) % D).to(tl.float32)
+    return x * cos + tl.where(d < D // 2, -partner, partner) * sin
+
+
+@triton.jit
+def _rope_attention_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, k_ptr, v_ptr, o_ptr, S, scale,
+                           HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr, BLOCK_S: tl.constexpr,
+                           PDL: tl.constexpr):
+    release(PDL)
+    wait(PDL)
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    G: tl.constexpr = HEADS // KV_HEADS
+    kvh = h // G
+    dt = k_ptr.dtype.element_ty
+    d = tl.arange(0, D)
+    p = tl.load(pos_ptr).to(tl.int64)  # the new token's position
+    cos = tl.load(cos_ptr + p * D + d).to(tl.float32)
+    sin = tl.load(sin_ptr + p * D + d).to(tl.float32)
+    row = qkv_ptr + b.to(tl.int64) * (HEADS + 2 * KV_HEADS) * D
+    # Rounded to the model dtype where the unfused path stores them (q buffer, cache).
+    q = _rotated(row + h * D, cos, sin, d, D).to(dt).to(tl.float32) * scale
+    k_new = _rotated(row + (HEADS + kvh) * D, cos, sin, d, D).to(dt)
+    v_new = tl.load(row + (HEADS + KV_HEADS + kvh) * D + d)
+    base = (b * KV_HEADS + kvh).to(tl.int64) * S * D
+    if h % G == 0:  # one program of the group writes the cache, for the steps to come
+        tl.store(k_ptr + base + p * D + d, k_new)
+        tl.store(v_ptr + base + p * D + d, v_new.to(dt))
+    # The new key comes from registers (other programs of the group cannot see the
+    # store above), the older ones 0..p-1 from the cache.
+    m_i = tl.sum(q * k_new.to(tl.float32), axis=0)
+    l_i = m_i * 0.0 + 1.0
+    acc = v_new.to(tl.float32)
+    for s0 in range(0, p, BLOCK_S):
+        s = s0 + tl.arange(0, BLOCK_S)
+        smask = s < p
+        k = tl.load(k_ptr + base + s[:, None] * D + d[None, :], mask=smask[:, None], other=0.0).to(tl.float32)
+        scores = tl.where(smask, tl.sum(k * q[None, :], axis=1), -float("inf"))  # [BLOCK_S]
+        m_new = tl.maximum(m_i, tl.max(scores, axis=0))
+        pr = tl.exp(scores - m_new)
+        alpha = tl.exp(m_i - m_new)
+        v = tl.load(v_ptr + base + s[:, None] * D + d[None, :], mask=smask[:, None], other=0.0).to(tl.float32)
+        acc = acc * alpha + tl.sum(pr[:, None] * v, axis=0)
+        l_i = l_i * alpha + tl.sum(pr, axis=0)
+        m_i = m_new
+    tl.store(o_ptr + (b * HEADS + h).to(tl.int64) * D + d, (acc / l_i).to(o_ptr.dtype.element_ty))
+
+
+def rope_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor, k_cache: torch.Tensor,
+                   v_cache: torch.Tensor, heads: int, kv_heads: int, scale: float) -> torch.Tensor:
+    """One new token a sequence: qkv [B, 1, (heads + 2 kv_heads) * D] -> attention output
+    [B, 1, heads * D] over cache positions 0..pos[0]; the rotated k and v of the new token
+    go into the caches [B, kv_heads, S, D] at pos[0]. cos/sin: [S, D]."""
+    b = qkv.shape[0]
+    d = k_cache.shape[-1]
+    o = torch.empty(b, 1, heads * d, dtype=qkv.dtype, device=qkv.device)
+    _rope_attention_kernel[(b, heads)](qkv, cos, sin, pos, k_cache, v_cache, o, k_cache.shape[2], scale,
+                                       HEADS=heads, KV_HEADS=kv_heads, D=d, BLOCK_S=64, num_warps=4,
+                                       **pdl.launch_args(qkv.device))
+    return o
+
+
+@triton.jit
+def _greedy_advance_kernel(logits_ptr, token_ptr, out_ptr, pos_ptr, start_ptr, B, V, stride_l, stride_o,
+                           BLOCK: tl.constexpr, PDL: tl.constexpr):
+    release(PDL)
+    wait(PDL)
+    p = tl.load(pos_ptr)
+    col = p - tl.load(start_ptr)
+    offs = tl.arange(0, BLOCK)
+    for b in range(B):
+        row = logits_ptr + b * stride_l
+        best = tl.full([], -float("inf"), tl.float32)
+        best_i = tl.full([], 0, tl.int32)
+        for v0 in range(0, V, BLOCK):
+            vals = tl.load(row + v0 + offs, mask=v0 + offs < V, other=-float("inf")).to(tl.float32)
+            m, i = tl.max(vals, axis=0, return_indices=True)
+            # Strictly greater: the first maximum wins, as torch.argmax.
+            take = m > best
+            best_i = tl.where(take, v0 + i, best_i)
+            best = tl.where(take, m, best)
+        tl.store(out_ptr + b * stride_o + col, best_i.to(tl.int64))
+        tl.store(token_ptr + b, best_i.to(tl.int64))
+    tl.store(pos_ptr, p + 1)
+
+
+def greedy_advance(logits: torch.Tensor, token: torch.Tensor, out: torch.Tensor, pos: torch.Tensor,
+                   start: torch.Tensor) -> None:
+    """token[b, 0] = out[b, pos - start] = argmax(logits[b]); pos += 1. logits [B, V] (rows
+    contiguous), token [B, 1] and out [B, L] int64, pos and start [1] int64."""
+    b, v = logits.shape
+    _greedy_advance_kernel[(1,)](logits, token, out, pos, start, b, v, logits.stride(0), out.stride(0), BLOCK=4096,
+                                 num_warps=8, **pdl.launch_args(logits.device))
