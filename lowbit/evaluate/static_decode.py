@@ -196,7 +196,7 @@ class StaticDecoder:
         if self.fused:
             from ..kernels.triton import fused
 
-            fused.greedy_advance(logits[:, -1], self.token, self.out, self.pos, self.start)
+            fused.greedy_advance(logits[:, -1], self.token, self.out, self.pos, self.start, self.scratch)
             return
         nxt = logits[:, -1].argmax(dim=-1)  # [B]
         self.out.index_copy_(1, self.pos - self.start, nxt[:, None])
@@ -239,6 +239,7 @@ class StaticDecoder:
             self.pos = torch.empty(1, dtype=torch.long, device=self.device)
             self.start = torch.empty(1, dtype=torch.long, device=self.device)
             self.out = torch.zeros(self.batch, self.max_len, dtype=torch.long, device=self.device)
+            self.scratch = torch.zeros(self.batch + 1, dtype=torch.long, device=self.device)  # greedy_advance's
         self.token.copy_(first)
         self.pos.fill_(t)
         self.start.fill_(t)

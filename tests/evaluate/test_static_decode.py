@@ -19,10 +19,13 @@ def test_logits_match_transformers(arch):
     with torch.no_grad():
         ref = model(ids).logits
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
-    # generation: the fused step (argmax, next input, position in one kernel) picks the same tokens
-    want, _ = StaticDecoder(model, max_len=80, fused=False).generate(ids[:, :7], 12)
+    # generation: the fused step (argmax, next input, position in one kernel) picks each
+    # token as the argmax of the transformers logits of the sequence so far (up to near ties)
     got, _ = dec.generate(ids[:, :7], 12)
-    assert torch.equal(got, want)
+    with torch.no_grad():
+        ref = model(got).logits[0, 6:-1]  # the logits that chose tokens 7..18
+    chosen = ref.gather(1, got[0, 7:, None])[:, 0]
+    assert got.shape == (1, 19) and torch.all(chosen >= ref.max(dim=1).values - 1e-4)
 
 
 def test_greedy_tokens_match_generate():
@@ -82,7 +85,10 @@ def test_fused_path_matches_transformers(arch, quantized):
     with torch.no_grad():
         ref = model(ids).logits
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
-    # generation: the fused step (argmax, next input, position in one kernel) picks the same tokens
-    want, _ = StaticDecoder(model, max_len=80, fused=False).generate(ids[:, :7], 12)
+    # generation: the fused step (argmax, next input, position in one kernel) picks each
+    # token as the argmax of the transformers logits of the sequence so far (up to near ties)
     got, _ = dec.generate(ids[:, :7], 12)
-    assert torch.equal(got, want)
+    with torch.no_grad():
+        ref = model(got).logits[0, 6:-1]  # the logits that chose tokens 7..18
+    chosen = ref.gather(1, got[0, 7:, None])[:, 0]
+    assert got.shape == (1, 19) and torch.all(chosen >= ref.max(dim=1).values - 1e-4)

@@ -88,7 +88,12 @@ def test_greedy_advance_is_argmax_and_moves_the_position(tk):
     token = torch.zeros(2, 1, dtype=torch.long, device=tk.device)
     out = torch.zeros(2, 10, dtype=torch.long, device=tk.device)
     pos, start = torch.tensor([13], device=tk.device), torch.tensor([10], device=tk.device)
-    tk.fused.greedy_advance(logits.half() if tk.gpu else logits, token, out, pos, start)
+    scratch = torch.zeros(3, dtype=torch.long, device=tk.device)
+    tk.fused.greedy_advance(logits.half() if tk.gpu else logits, token, out, pos, start, scratch)
     assert token[:, 0].tolist() == [7000, 4096] == logits.argmax(-1).tolist()
     assert out[:, 3].tolist() == [7000, 4096] and int(out.sum()) == 7000 + 4096
-    assert pos.item() == 14
+    assert pos.item() == 14 and not scratch.any()  # left zero for the next step
+    logits = -torch.rand(2, v, device=tk.device) - 1.0  # all negative: the key order of negative floats
+    tk.fused.greedy_advance(logits, token, out, pos, start, scratch)
+    assert token[:, 0].tolist() == logits.argmax(-1).tolist() and out[:, 4].tolist() == token[:, 0].tolist()
+    assert pos.item() == 15

@@ -229,33 +229,40 @@ def rope_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos:
 
 
 @triton.jit
-def _greedy_advance_kernel(logits_ptr, token_ptr, out_ptr, pos_ptr, start_ptr, B, V, stride_l, stride_o,
+def _greedy_advance_kernel(logits_ptr, token_ptr, out_ptr, pos_ptr, start_ptr, scratch_ptr, B, V, stride_l, stride_o,
                            BLOCK: tl.constexpr, PDL: tl.constexpr):
     release(PDL)
     wait(PDL)
-    p = tl.load(pos_ptr)
-    col = p - tl.load(start_ptr)
-    offs = tl.arange(0, BLOCK)
-    for b in range(B):
-        row = logits_ptr + b * stride_l
-        best = tl.full([], -float("inf"), tl.float32)
-        best_i = tl.full([], 0, tl.int32)
-        for v0 in range(0, V, BLOCK):
-            vals = tl.load(row + v0 + offs, mask=v0 + offs < V, other=-float("inf")).to(tl.float32)
-            m, i = tl.max(vals, axis=0, return_indices=True)
-            # Strictly greater: the first maximum wins, as torch.argmax.
-            take = m > best
-            best_i = tl.where(take, v0 + i, best_i)
-            best = tl.where(take, m, best)
-        tl.store(out_ptr + b * stride_o + col, best_i.to(tl.int64))
-        tl.store(token_ptr + b, best_i.to(tl.int64))
-    tl.store(pos_ptr, p + 1)
+    b = tl.program_id(0)
+    offs = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
+    vals = tl.load(logits_ptr + b * stride_l + offs, mask=offs < V, other=-float("inf")).to(tl.float32)
+    m, i = tl.max(vals, axis=0, return_indices=True)
+    # (value, -index) as one int64 that orders like the pair: the float's bits made
+    # monotonic in [0, 2^32), times 2^31, plus 2^31 - 1 - index (the first maximum wins,
+    # as in torch.argmax). Zero is below every key.
+    bits = m.to(tl.int32, bitcast=True).to(tl.int64)
+    key = tl.where(bits < 0, -1 - bits, bits + 2147483648)
+    tl.atomic_max(scratch_ptr + b, key * 2147483648 + (2147483647 - (tl.program_id(1) * BLOCK + i)))
+    ticket = tl.atomic_add(scratch_ptr + B, 1, sem="acq_rel")
+    if ticket == B * tl.num_programs(1) - 1:  # the last program: every row's maximum is in
+        p = tl.load(pos_ptr)
+        col = p - tl.load(start_ptr)
+        for r in range(B):
+            best = tl.atomic_xchg(scratch_ptr + r, 0)  # read, and leave zero for the next step
+            idx = 2147483647 - best % 2147483648
+            tl.store(out_ptr + r * stride_o + col, idx)
+            tl.store(token_ptr + r, idx)
+        tl.store(pos_ptr, p + 1)
+        tl.atomic_xchg(scratch_ptr + B, 0)
 
 
 def greedy_advance(logits: torch.Tensor, token: torch.Tensor, out: torch.Tensor, pos: torch.Tensor,
-                   start: torch.Tensor) -> None:
+                   start: torch.Tensor, scratch: torch.Tensor) -> None:
     """token[b, 0] = out[b, pos - start] = argmax(logits[b]); pos += 1. logits [B, V] (rows
-    contiguous), token [B, 1] and out [B, L] int64, pos and start [1] int64."""
+    contiguous), token [B, 1] and out [B, L] int64, pos and start [1] int64; scratch: int64
+    [B + 1], zero, and left zero (per-row maxima and a ticket counter)."""
     b, v = logits.shape
-    _greedy_advance_kernel[(1,)](logits, token, out, pos, start, b, v, logits.stride(0), out.stride(0), BLOCK=4096,
-                                 num_warps=8, **pdl.launch_args(logits.device))
+    block = 2048
+    _greedy_advance_kernel[(b, triton.cdiv(v, block))](logits, token, out, pos, start, scratch, b, v,
+                                                       logits.stride(0), out.stride(0), BLOCK=block, num_warps=4,
+                                                       **pdl.launch_args(logits.device))
