@@ -61,7 +61,7 @@ def test_rope_attention_matches_rope_cache_then_attention(tk):
     ang = torch.rand(s, d // 2, device=tk.device) * 3
     cos, sin = torch.cat([ang.cos()] * 2, -1).to(dt), torch.cat([ang.sin()] * 2, -1).to(dt)
     kc, vc = (torch.randn(b, kv, s, d, device=tk.device, dtype=dt) for _ in range(2))
-    pos = torch.tensor([129], device=tk.device)  # 129 older keys: two full blocks and one more
+    pos = torch.tensor([129], device=tk.device)  # 129 older keys: a full block of 128 and one more
     kc2, vc2 = kc.clone(), vc.clone()
     q = tk.fused.rope_cache(qkv, cos, sin, pos, kc, vc, heads, kv)
     want = tk.fused.decode_attention(q, kc, vc, pos, 0.2)

@@ -202,12 +202,13 @@ def _rope_attention_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, k_ptr, v_ptr, o_p
     for s0 in range(0, p, BLOCK_S):
         s = s0 + tl.arange(0, BLOCK_S)
         smask = s < p
+        # Both loads issued before the math: one memory round trip a block, not two.
         k = tl.load(k_ptr + base + s[:, None] * D + d[None, :], mask=smask[:, None], other=0.0).to(tl.float32)
+        v = tl.load(v_ptr + base + s[:, None] * D + d[None, :], mask=smask[:, None], other=0.0).to(tl.float32)
         scores = tl.where(smask, tl.sum(k * q[None, :], axis=1), -float("inf"))  # [BLOCK_S]
         m_new = tl.maximum(m_i, tl.max(scores, axis=0))
         pr = tl.exp(scores - m_new)
         alpha = tl.exp(m_i - m_new)
-        v = tl.load(v_ptr + base + s[:, None] * D + d[None, :], mask=smask[:, None], other=0.0).to(tl.float32)
         acc = acc * alpha + tl.sum(pr[:, None] * v, axis=0)
         l_i = l_i * alpha + tl.sum(pr, axis=0)
         m_i = m_new
@@ -223,7 +224,7 @@ def rope_attention(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos:
     d = k_cache.shape[-1]
     o = torch.empty(b, 1, heads * d, dtype=qkv.dtype, device=qkv.device)
     _rope_attention_kernel[(b, heads)](qkv, cos, sin, pos, k_cache, v_cache, o, k_cache.shape[2], scale,
-                                       HEADS=heads, KV_HEADS=kv_heads, D=d, BLOCK_S=64, num_warps=4,
+                                       HEADS=heads, KV_HEADS=kv_heads, D=d, BLOCK_S=min(128, 16384 // d), num_warps=8,
                                        **pdl.launch_args(qkv.device))
     return o
 
