@@ -17,7 +17,8 @@ alike; built once, the model is not modified, this costs their memory once more)
 elementwise glue runs as a few fused kernels (``lowbit.kernels.triton.fused``): 8 launches
 a layer instead of ~40 (norm, q|k|v, rope + cache write + attention, o, add + norm,
 gate|up, silu * up, down), and one after the logits (argmax, next input, position + 1),
-for the float and the quantized model alike.
+for the float and the quantized model alike. A quantized gate|up interleaves its outputs
+and forms silu(gate) * up in the GEMV's epilogue (``SiluGateUp``): 7 launches a layer.
 
     dec = StaticDecoder(model, max_len=1024)
     tokens, seconds = dec.generate(prompt_ids [1, T], new_tokens=128)   # LongTensor [1, T + new]
@@ -77,6 +78,41 @@ def merge_linears(layers: list[nn.Module]) -> nn.Module | None:
     return None
 
 
+def interleave_outputs(layer: nn.Module) -> nn.Module:
+    """A QuantLinear with outputs [a | b] (N = 2F) reordered to a_0, b_0, a_1, b_1, ...: the
+    same weights, buffers permuted along N (zero points unpacked and packed again)."""
+    from ..formats import pack, unpack
+    from ..nn import QuantLinear
+
+    n, f = layer.out_features, layer.out_features // 2
+    order = torch.stack([torch.arange(f), torch.arange(f, n)], dim=1).flatten().to(layer.qweight.device)
+    out = QuantLinear.empty(layer.in_features, n, layer.bits, layer.group_size, layer.bias is not None,
+                            layer.scales.dtype)
+    out.qweight = layer.qweight.index_select(1, order)
+    zeros = unpack(layer.qzeros, layer.bits, n, dim=1).to(torch.int64).index_select(1, order)
+    out.qzeros = pack(zeros, layer.bits, dim=1)
+    out.scales = layer.scales.index_select(1, order)
+    out.g_idx = layer.g_idx
+    if layer.bias is not None:
+        out.bias = layer.bias.index_select(0, order)
+    return out
+
+
+class SiluGateUp(nn.Module):
+    """silu(gate(x)) * up(x) from one QuantLinear whose outputs interleave gate and up
+    (``interleave_outputs``): at one token the int4 GEMV forms the product in its epilogue
+    (op "int_group_silu"), so the step has no separate silu * up kernel."""
+
+    def __init__(self, layer: nn.Module) -> None:
+        super().__init__()
+        self.layer = layer
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from .. import kernels
+
+        return kernels.dispatch("int_group_silu", x, self.layer)
+
+
 def _fused_kernels_available(device: torch.device) -> bool:
     import importlib.util
     import os
@@ -119,8 +155,17 @@ class StaticDecoder:
             and _fused_kernels_available(self.device)
         if self.fused:
             self.qkv = [merge_linears([l.self_attn.q_proj, l.self_attn.k_proj, l.self_attn.v_proj]) for l in self.layers]
-            self.gate_up = [merge_linears([l.mlp.gate_proj, l.mlp.up_proj]) for l in self.layers]
             self.act_is_silu = all(type(l.mlp.act_fn).__name__ in ("SiLU", "SiLUActivation") for l in self.layers)
+            self.gate_up = [self._merge_gate_up(l.mlp) for l in self.layers]
+
+    def _merge_gate_up(self, mlp: nn.Module) -> nn.Module | None:
+        """gate|up as one layer; quantized and SiLU: interleaved, with the product fused."""
+        from ..nn import QuantLinear
+
+        merged = merge_linears([mlp.gate_proj, mlp.up_proj])
+        if isinstance(merged, QuantLinear) and self.act_is_silu:
+            return SiluGateUp(interleave_outputs(merged))
+        return merged
 
     @torch.no_grad()
     def forward(self, ids: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
@@ -181,7 +226,9 @@ class StaticDecoder:
             post = layer.post_attention_layernorm
             x = fused.add_rmsnorm(a, res, post.weight, post.variance_epsilon)
             mlp = layer.mlp
-            if self.gate_up[i] is not None and self.act_is_silu:
+            if isinstance(self.gate_up[i], SiluGateUp):
+                m = self.gate_up[i](x)
+            elif self.gate_up[i] is not None and self.act_is_silu:
                 m = fused.silu_mul(self.gate_up[i](x))
             else:
                 m = mlp.act_fn(mlp.gate_proj(x)) * mlp.up_proj(x)

@@ -15,13 +15,19 @@ import torch
 from . import reference
 
 KernelFn = Callable[[torch.Tensor, torch.nn.Module], "torch.Tensor | None"]
-KERNELS: dict[str, list[KernelFn]] = {"int_group": [], "nf4": [], "int8": []}
+KERNELS: dict[str, list[KernelFn]] = {"int_group": [], "int_group_silu": [], "nf4": [], "int8": []}
 
 
 def _reference_int_group(x: torch.Tensor, layer: torch.nn.Module) -> torch.Tensor:
     return reference.int_group_linear(
         x, layer.qweight, layer.qzeros, layer.scales, layer.g_idx, layer.bits, layer.bias
     )
+
+
+def _reference_int_group_silu(x: torch.Tensor, layer: torch.nn.Module) -> torch.Tensor:
+    """silu(gate) * up of a QuantLinear whose output columns interleave gate (2i) and up (2i + 1)."""
+    y = _reference_int_group(x, layer)
+    return (torch.nn.functional.silu(y[..., 0::2].float()) * y[..., 1::2].float()).to(y.dtype)
 
 
 def _reference_nf4(x: torch.Tensor, layer: torch.nn.Module) -> torch.Tensor:
@@ -37,7 +43,8 @@ def _reference_int8(x: torch.Tensor, layer: torch.nn.Module) -> torch.Tensor:
     )
 
 
-REFERENCE: dict[str, KernelFn] = {"int_group": _reference_int_group, "nf4": _reference_nf4, "int8": _reference_int8}
+REFERENCE: dict[str, KernelFn] = {"int_group": _reference_int_group, "int_group_silu": _reference_int_group_silu,
+                                  "nf4": _reference_nf4, "int8": _reference_int8}
 
 
 def forced_reference() -> bool:

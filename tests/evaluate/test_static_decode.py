@@ -92,3 +92,19 @@ def test_fused_path_matches_transformers(arch, quantized):
         ref = model(got).logits[0, 6:-1]  # the logits that chose tokens 7..18
     chosen = ref.gather(1, got[0, 7:, None])[:, 0]
     assert got.shape == (1, 19) and torch.all(chosen >= ref.max(dim=1).values - 1e-4)
+
+
+def test_interleaved_gate_up_gives_silu_of_gate_times_up():
+    """interleave_outputs + SiluGateUp (reference kernels here) = silu(gate(x)) * up(x)."""
+    from lowbit.evaluate.static_decode import SiluGateUp, interleave_outputs, merge_linears
+    from lowbit.formats import group_block, quantize_affine
+    from lowbit.nn import QuantLinear
+
+    gen = torch.Generator().manual_seed(0)
+    gate, up = (QuantLinear.from_quantized(quantize_affine(torch.randn(24, 64, generator=gen), 4, group_block(64, 32),
+                                                           sym=False), 32) for _ in range(2))
+    inter = interleave_outputs(merge_linears([gate, up]))
+    assert torch.equal(inter.dequantize()[0::2], gate.dequantize()) and torch.equal(inter.dequantize()[1::2],
+                                                                                    up.dequantize())
+    x = torch.randn(3, 64, generator=gen)
+    torch.testing.assert_close(SiluGateUp(inter)(x), torch.nn.functional.silu(gate(x)) * up(x))

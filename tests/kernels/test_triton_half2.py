@@ -55,3 +55,14 @@ def test_half2_refuses_other_inputs(tk):
     assert not tk.launch.half2_ok(torch.zeros(1, 256, dtype=torch.float32, device=tk.device), pw)
     assert not tk.launch.half2_ok(torch.zeros(1, 256, dtype=torch.float16, device=tk.device),
                                   repack(tk, make_layer(16, 256, 8, 128, False, device=tk.device), 16))
+
+
+@pytest.mark.parametrize("n,bn,split", [(64, 32, 1), (40, 16, 2)])  # 40: a ragged last block of 4 pairs
+def test_gemv_half2_silu_epilogue(tk, n, bn, split):
+    """silu=True: outputs 2i, 2i + 1 are gate and up of feature i; y holds silu(gate) * up,
+    with and without split-K (the product then comes from the last program of a tile)."""
+    layer = make_layer(n, 512, 4, 128, False, seed=n, device=tk.device)
+    x = torch.randn(1, 512, device=tk.device).half()
+    y = tk.launch.gemv_half2(x, repack(tk, layer, bn), None, tk.launch.GemvConfig(split=split, half2=True), silu=True)
+    full = ref_out(x, layer)
+    check(y, torch.nn.functional.silu(full[:, 0::2]) * full[:, 1::2], x)

@@ -11,8 +11,8 @@ from __future__ import annotations
 
 def register(kernels: dict) -> None:
     """Append the fast kernels to ``kernels[op]`` (the dispatch table of lowbit.kernels)."""
-    from .linear import int_group, nf4
+    from .linear import int_group, int_group_silu, nf4
 
-    for op, fn in (("int_group", int_group), ("nf4", nf4)):
+    for op, fn in (("int_group", int_group), ("int_group_silu", int_group_silu), ("nf4", nf4)):
         if fn not in kernels.setdefault(op, []):
             kernels[op].append(fn)

@@ -80,23 +80,33 @@ def int_value(v, zt, J: tl.constexpr, BITS: tl.constexpr):
 
 
 @triton.jit
-def _write(out, rm, rn, M, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS: tl.constexpr):
-    mask = (rm[:, None] < M) & (rn[None, :] < N)
+def _write(out, rm, rn, M, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr):
     if HAS_BIAS:
         out += tl.load(bias_ptr + rn, mask=rn < N, other=0.0).to(tl.float32)[None, :]
+    if SILU:
+        # Columns 2i, 2i + 1 are gate and up of feature i (an even tile start): y has N / 2
+        # columns, silu(gate) * up, in float32 before the one rounding.
+        BM: tl.constexpr = out.shape[0]
+        BN: tl.constexpr = out.shape[1]
+        g, u = tl.split(tl.reshape(out, [BM, BN // 2, 2]))
+        out = g / (1.0 + tl.exp(-g)) * u
+        rn = tl.split(tl.reshape(rn, [BN // 2, 2]))[0] // 2
+        N = N // 2
+    mask = (rm[:, None] < M) & (rn[None, :] < N)
     tl.store(y_ptr + rm[:, None] * stride_ym + rn[None, :], out.to(y_ptr.dtype.element_ty), mask=mask)
 
 
 @triton.jit
 def store_output(acc, rm, rn, M, N, y_ptr, stride_ym, bias_ptr, ws_ptr, cnt_ptr, tile_id, splits,
-                 SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr):
+                 SPLIT_K: tl.constexpr, HAS_BIAS: tl.constexpr, SILU: tl.constexpr = False):
     """acc float32 [BM, BN] for rows rm [BM] and columns rn [BN] -> y (dtype of y_ptr).
 
     With SPLIT_K, ``splits`` programs contribute to this tile. The workspace is float32
-    [M, N] (row stride N), the counters int32, one per tile.
+    [M, N] (row stride N), the counters int32, one per tile. SILU: y [M, N / 2] gets
+    silu(column 2i) * column 2i + 1 (a gate|up layer with interleaved outputs).
     """
     if not SPLIT_K:
-        _write(acc, rm, rn, M, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS)
+        _write(acc, rm, rn, M, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS, SILU)
     else:
         mask = (rm[:, None] < M) & (rn[None, :] < N)
         ws = ws_ptr + rm[:, None] * N + rn[None, :]
@@ -110,4 +120,4 @@ def store_output(acc, rm, rn, M, N, y_ptr, stride_ym, bias_ptr, ws_ptr, cnt_ptr,
             total = tl.where(mask, total, 0.0)  # masked-off lanes return nothing defined
             tl.store(ws, tl.zeros_like(acc), mask=mask)
             tl.atomic_xchg(cnt_ptr + tile_id, 0)
-            _write(total, rm, rn, M, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS)
+            _write(total, rm, rn, M, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS, SILU)

@@ -139,7 +139,7 @@ def int4_gemv_half2_kernel(
     M, N, K, KC, G, stride_xm, stride_ym, chunks_per_split, splits,
     BN: tl.constexpr, PK: tl.constexpr, GS: tl.constexpr, NACC: tl.constexpr, SPLIT_K: tl.constexpr,
     EVEN_K: tl.constexpr, X_VEC: tl.constexpr, PREFETCH: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr,
-    INTERPRET: tl.constexpr, PDL: tl.constexpr,
+    INTERPRET: tl.constexpr, PDL: tl.constexpr, SILU: tl.constexpr,
 ):
     release(PDL)
     pid_n = tl.program_id(0)
@@ -217,4 +217,4 @@ def int4_gemv_half2_kernel(
     rm = m + tl.arange(0, 1)
     cols = pid_n * BN + tl.arange(0, BN)
     store_output(total[None, :], rm, cols, M, N, y_ptr, stride_ym, bias_ptr, ws_ptr, cnt_ptr,
-                 m * tl.num_programs(0) + pid_n, splits, SPLIT_K, HAS_BIAS)
+                 m * tl.num_programs(0) + pid_n, splits, SPLIT_K, HAS_BIAS, SILU)

@@ -170,11 +170,12 @@ def _x_vec(x: torch.Tensor, pw: PackedWeight) -> bool:
 
 
 def gemv_half2(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: GemvConfig,
-               out: torch.Tensor | None = None) -> torch.Tensor:
+               out: torch.Tensor | None = None, silu: bool = False) -> torch.Tensor:
     """y [M, N] = x [M, K] @ W.T (+ bias) in f16x2 arithmetic (``gemv_half2``), one program
-    row per activation row (cfg: split, num_warps, num_stages)."""
+    row per activation row (cfg: split, num_warps, num_stages). ``silu``: W's rows interleave
+    gate and up (N even, block_n even), y [M, N / 2] = silu(gate) * up."""
     m = x.shape[0]
-    y = torch.empty(m, pw.n, dtype=x.dtype, device=x.device) if out is None else out
+    y = torch.empty(m, pw.n // 2 if silu else pw.n, dtype=x.dtype, device=x.device) if out is None else out
     nb = pw.qweight.shape[0]
     per, split = _splits(pw.chunks, cfg.split, 1)
     bufs = splitk_buffers(x.device, m * pw.n, m * nb) if split > 1 else None
@@ -189,8 +190,8 @@ def gemv_half2(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg
         chunks_per_split=per, splits=split, BN=pw.block_n, PK=PK, GS=pw.group_size,
         NACC=half2_accumulators(pw.group_size), SPLIT_K=split > 1, EVEN_K=_even_k(pw), X_VEC=_x_vec(x, pw),
         HAS_ZERO=pw.zero_pairs is not None, HAS_PERM=pw.perm is not None, HAS_BIAS=bias is not None,
-        PREFETCH=cfg.depth if cfg.prefetch else 0, INTERPRET=INTERPRET, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-        **pdl.launch_args(x.device),
+        PREFETCH=cfg.depth if cfg.prefetch else 0, INTERPRET=INTERPRET, SILU=silu, num_warps=cfg.num_warps,
+        num_stages=cfg.num_stages, **pdl.launch_args(x.device),
     )
     return y
 

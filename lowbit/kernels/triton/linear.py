@@ -129,6 +129,27 @@ def int_group(x: torch.Tensor, layer: torch.nn.Module) -> torch.Tensor | None:
     return run_packed(x, layer.__dict__[_CACHE_ATTR].packed, layer.bias)
 
 
+def int_group_silu(x: torch.Tensor, layer: torch.nn.Module) -> torch.Tensor | None:
+    """Fast path for op "int_group_silu": silu(gate) * up from a QuantLinear whose output
+    columns interleave gate and up. One activation row: the f16x2 GEMV does the product in
+    its epilogue; more rows: the layer's kernel, then the product in torch."""
+    why = input_problem(x, layer.in_features, layer.qweight)
+    if why is None and layer.qweight.device.type == "meta":
+        why = "weights are still on the meta device"
+    if why is None:
+        prepare_int_group(layer)
+        why = layer.__dict__[_CACHE_ATTR].why
+    if why is not None:
+        return _refuse("QuantLinear", layer, why)
+    pw = layer.__dict__[_CACHE_ATTR].packed
+    x2 = x.reshape(-1, pw.k)
+    if x2.shape[0] <= configs.GEMV_MAX_M and launch.half2_ok(x2, pw) and layer.bias is None and pw.block_n % 2 == 0:
+        cfg = configs.half2_config(pw.n, pw.k, pw.qweight.shape[0], pw.chunks, x.device)
+        return launch.gemv_half2(x2, pw, None, cfg, silu=True).view(*x.shape[:-1], pw.n // 2)
+    y = run_packed(x, pw, layer.bias)
+    return (torch.nn.functional.silu(y[..., 0::2].float()) * y[..., 1::2].float()).to(y.dtype)
+
+
 def nf4(x: torch.Tensor, layer: torch.nn.Module) -> torch.Tensor | None:
     """Fast path for Linear4bit (op "nf4", NF4 and FP4 code books)."""
     why = input_problem(x, layer.in_features, layer.weight_4bit)
