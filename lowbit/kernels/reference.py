@@ -34,7 +34,10 @@ def dequantize_int_group(
     z = unpack(qzeros, bits, n, dim=1)  # [G, N]
     groups = scales.shape[0]
     # (q - z) * s exactly as formats.dequantize computes it, so both agree bit for bit.
-    if k % groups == 0 and torch.equal(g_idx, _contiguous_g_idx(k, groups, g_idx.device)):
+    # (The check reads a flag back from the device, which CUDA-graph capture forbids; the
+    # gather below gives the same numbers, so a capture takes it.)
+    capturing = g_idx.is_cuda and torch.cuda.is_current_stream_capturing()
+    if k % groups == 0 and not capturing and torch.equal(g_idx, _contiguous_g_idx(k, groups, g_idx.device)):
         # Plain consecutive groups: broadcast instead of gathering [K, N] scales and zeros.
         w = (q.to(dtype).view(groups, k // groups, n) - z.to(dtype)[:, None]) * scales.to(dtype)[:, None]
         return w.view(k, n).t()
