@@ -60,7 +60,7 @@ def kernels(bn: int, warps: int):
     ints = ["M", "N", "K", "KC", "G", "stride_xm", "stride_ym", "chunks_per_split", "splits"]
     flags = dict(SPLIT_K=True, EVEN_K=True, HAS_ZERO=True, HAS_PERM=False, HAS_BIAS=False)
     yield ("gemv (fp32)", int_gemv_kernel, {**PTRS_COMMON, "z_ptr": "*fp16", "lut_ptr": "*fp32"}, ints + ["magic"],
-           dict(BITS=4, BN=bn, PK=32, C=1, GS=128, JR=4, EVEN_C=True, PREFETCH=False, LUT_REG=False, MODE_LUT=False,
+           dict(BITS=4, BN=bn, PK=32, C=1, GS=128, JR=4, EVEN_C=True, PREFETCH=False, LUT_REG=False, MODE_LUT=False, PDL=False,
                 **flags))
     ptrs = {k: v for k, v in PTRS_COMMON.items()}
     ptrs["zp_ptr"] = "*i32"

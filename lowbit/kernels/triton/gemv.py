@@ -18,6 +18,7 @@ import triton
 import triton.language as tl
 
 from .epilogue import decode_slab, int_value, store_output, zero_term
+from .pdl import release, wait
 
 
 @triton.jit
@@ -28,7 +29,9 @@ def int_gemv_kernel(
     GS: tl.constexpr, JR: tl.constexpr, SPLIT_K: tl.constexpr, EVEN_K: tl.constexpr, EVEN_C: tl.constexpr,
     PREFETCH: tl.constexpr, LUT_REG: tl.constexpr,
     MODE_LUT: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr,
+    PDL: tl.constexpr,
 ):
+    release(PDL)
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     m = tl.program_id(2)
@@ -48,6 +51,7 @@ def int_gemv_kernel(
         lut = tl.load(lut_ptr + tl.arange(0, 1 << BITS))  # the code book, held by the program
     if PREFETCH:
         nxt = tl.load(w_ptrs, mask=(c_begin + rc) < c_end, other=0)
+    wait(PDL)  # x comes from the kernel ahead (``pdl``); only weights were read so far
     for c0 in range(c_begin, c_end, C):
         cidx = c0 + rc  # [C, 1, 1]
         cmask = cidx < c_end

@@ -152,7 +152,7 @@ def gemv(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: Gemv
         chunks_per_split=per, splits=split, magic=MAGIC, BITS=pw.bits, BN=pw.block_n, PK=PK, C=cfg.chunks,
         GS=pw.group_size, JR=jr, SPLIT_K=split > 1, EVEN_K=_even_k(pw), EVEN_C=even_c, PREFETCH=cfg.prefetch,
         LUT_REG=cfg.lut_reg and pw.mode == "lut",
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_common(x, pw, bias),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_common(x, pw, bias), **pdl.launch_args(x.device),
     )
     return y
 
