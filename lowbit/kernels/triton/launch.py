@@ -152,7 +152,10 @@ def gemv(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: Gemv
         chunks_per_split=per, splits=split, magic=MAGIC, BITS=pw.bits, BN=pw.block_n, PK=PK, C=cfg.chunks,
         GS=pw.group_size, JR=jr, SPLIT_K=split > 1, EVEN_K=_even_k(pw), EVEN_C=even_c, PREFETCH=cfg.prefetch,
         LUT_REG=cfg.lut_reg and pw.mode == "lut",
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_common(x, pw, bias), **pdl.launch_args(x.device),
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_common(x, pw, bias),
+        # Code-book layers measured slower with PDL (H100 run 10, NF4 b64 M = 1: 12.0 / 29.8 /
+        # 29.3 / 8.0 us against 11.0 / 24.5 / 25.6 / 6.6 us without, run 4); int codes faster.
+        **(pdl.launch_args(x.device) if pw.mode != "lut" else dict(PDL=False)),
     )
     return y
 
