@@ -36,7 +36,8 @@ GEMV: dict[tuple[int, int, int], GemvConfig] = {
 #: benchmarks/results/h100_tune_half2_run9.jsonl (PDL on; at the BLOCK_N above, default 64
 #: for the decoder's merged q|k|v and gate|up; our us, fp16 us).
 HALF2: dict[tuple[int, int, int], GemvConfig] = {
-    (1024, 4096, 4): GemvConfig(split=16, num_warps=4, num_stages=1, prefetch=True, depth=2, half2=True),  # 4.2, 7.6
+    (1024, 4096, 4): GemvConfig(split=16, num_warps=4, num_stages=1, prefetch=True, depth=2,
+                                 half2=True),  # 4.2, 7.6
     (4096, 4096, 4): GemvConfig(split=8, num_warps=4, num_stages=1, prefetch=True, depth=2, half2=True),  # 7.0, 15.9
     (14336, 4096, 4): GemvConfig(split=4, num_warps=2, num_stages=1, prefetch=True, half2=True),  # 14.3, 41.9
     (4096, 14336, 4): GemvConfig(split=16, num_warps=4, num_stages=1, prefetch=True, half2=True),  # 14.3, 44.5

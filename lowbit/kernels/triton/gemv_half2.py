@@ -138,7 +138,8 @@ def int4_gemv_half2_kernel(
     x_ptr, qw_ptr, s_ptr, zp_ptr, perm_ptr, bias_ptr, y_ptr, ws_ptr, cnt_ptr,
     M, N, K, KC, G, stride_xm, stride_ym, chunks_per_split, splits,
     BN: tl.constexpr, PK: tl.constexpr, GS: tl.constexpr, NACC: tl.constexpr, SPLIT_K: tl.constexpr,
-    EVEN_K: tl.constexpr, X_VEC: tl.constexpr, PREFETCH: tl.constexpr, HAS_ZERO: tl.constexpr, HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr,
+    EVEN_K: tl.constexpr, X_VEC: tl.constexpr, PREFETCH: tl.constexpr, HAS_ZERO: tl.constexpr,
+    HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr,
     INTERPRET: tl.constexpr, PDL: tl.constexpr, SILU: tl.constexpr,
 ):
     release(PDL)
@@ -156,22 +157,22 @@ def int4_gemv_half2_kernel(
     x_row = x_ptr + m.to(tl.int64) * stride_xm
     acc = tl.zeros([PR, BN], dtype=tl.float32)
     zero2 = tl.zeros([PR, BN], dtype=tl.int32)  # f16x2 (0, 0)
-    # PREFETCH chunks ahead (0, 1 or 2): the next chunks' words, scales and zeros are
-    # issued before this chunk's arithmetic, so each program keeps several chunks in flight
-    # instead of waiting out a memory round trip per chunk.
+    # PREFETCH chunks ahead (0, 1 or 2; n* the next chunk, nn* the one after): their words,
+    # scales and zeros are issued before this chunk's arithmetic, so each program keeps
+    # several chunks in flight instead of waiting out a memory round trip per chunk.
     if PREFETCH >= 1:
         n0, n1, n2, n3, nz0, nsl0, nsh0 = _chunk(w_base, s_ptr, zp_ptr, c_begin, c_end, rr, n, nmask, N, G, PK, BN, GS,
                                                  NACC, HAS_ZERO, INTERPRET)
     if PREFETCH >= 2:
-        m0, m1, m2, m3, mz0, msl0, msh0 = _chunk(w_base, s_ptr, zp_ptr, c_begin + 1, c_end, rr, n, nmask, N, G, PK,
-                                                 BN, GS, NACC, HAS_ZERO, INTERPRET)
+        nn0, nn1, nn2, nn3, nnz0, nnsl0, nnsh0 = _chunk(w_base, s_ptr, zp_ptr, c_begin + 1, c_end, rr, n, nmask, N,
+                                                        G, PK, BN, GS, NACC, HAS_ZERO, INTERPRET)
     wait(PDL)  # x comes from the kernel ahead; only weights were read so far
     for c in range(c_begin, c_end):
         if PREFETCH >= 2:
             w0, w1, w2, w3, zl0, sl0, sh0 = n0, n1, n2, n3, nz0, nsl0, nsh0
-            n0, n1, n2, n3, nz0, nsl0, nsh0 = m0, m1, m2, m3, mz0, msl0, msh0
-            m0, m1, m2, m3, mz0, msl0, msh0 = _chunk(w_base, s_ptr, zp_ptr, c + 2, c_end, rr, n, nmask, N, G, PK, BN,
-                                                     GS, NACC, HAS_ZERO, INTERPRET)
+            n0, n1, n2, n3, nz0, nsl0, nsh0 = nn0, nn1, nn2, nn3, nnz0, nnsl0, nnsh0
+            nn0, nn1, nn2, nn3, nnz0, nnsl0, nnsh0 = _chunk(w_base, s_ptr, zp_ptr, c + 2, c_end, rr, n, nmask, N, G,
+                                                            PK, BN, GS, NACC, HAS_ZERO, INTERPRET)
         elif PREFETCH == 1:
             w0, w1, w2, w3, zl0, sl0, sh0 = n0, n1, n2, n3, nz0, nsl0, nsh0
             n0, n1, n2, n3, nz0, nsl0, nsh0 = _chunk(w_base, s_ptr, zp_ptr, c + 1, c_end, rr, n, nmask, N, G, PK, BN,
