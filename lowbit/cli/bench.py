@@ -28,6 +28,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--new-tokens", type=int, default=128, help="generated tokens (default: 128)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per batch size (default: 5)")
     p.add_argument("--warmup", type=int, default=1, help="untimed runs first (default: 1)")
+    p.add_argument("--static-decode", action="store_true",
+                   help="generate through lowbit's static decoder: static KV cache, one CUDA graph per decode step, "
+                        "merged q|k|v and gate|up (held a second time) and fused kernels; llama, mistral, qwen2, "
+                        "qwen3 models")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
@@ -39,7 +43,7 @@ def run(args: argparse.Namespace) -> int:
     model = load(args.model, device=args.device, dtype=args.dtype)
     check_bench_args(model, sizes, args.prompt_len, args.new_tokens, args.repeats)
     results = bench(model, sizes, prompt_len=args.prompt_len, new_tokens=args.new_tokens, repeats=args.repeats,
-                    warmup=args.warmup, progress=not args.quiet)
+                    warmup=args.warmup, progress=not args.quiet, static=args.static_decode)
     if args.json:
         print(json.dumps({"model": args.model, "results": [r.to_dict() for r in results]}))
     else:

@@ -11,6 +11,11 @@ passes with the cache (decode). Greedy, no stopping at EOS, so every run does th
 - prefill tok/s = B * prompt_len / TTFT
 - decode tok/s  = B * (new_tokens - 1) / decode time
 
+``static=True`` runs the same greedy generation through ``StaticDecoder`` instead (static
+KV cache, one CUDA graph replay per decode step on CUDA, merged projections and fused
+kernels; llama, mistral, qwen2, qwen3). It holds the merged q|k|v and gate|up weights a
+second time, which the peak memory shows.
+
 Each figure is the median over ``repeats`` runs after ``warmup`` untimed runs, with min and
 max (``Stat``); CUDA work is synchronized before every clock read. ``weight_bytes`` is the
 model's parameters + buffers; ``peak_bytes`` is CUDA max_memory_allocated over the timed
@@ -18,6 +23,7 @@ runs, or the process's peak RSS on CPU (see ``memory.PeakMemory``).
 """
 from __future__ import annotations
 
+import functools
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
@@ -72,6 +78,7 @@ class BenchResult:
     peak_kind: str
     device: str
     dtype: str
+    decoder: str = "transformers"  # or "static" (StaticDecoder)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -107,6 +114,13 @@ def _one_run(model: nn.Module, prompt: torch.Tensor, new_tokens: int) -> tuple[f
     return t1 - t0, time.perf_counter() - t1
 
 
+def _one_run_static(dec, prompt: torch.Tensor, new_tokens: int) -> tuple[float, float]:
+    """``_one_run`` through a StaticDecoder (the first call also captures the CUDA graph,
+    outside both timings)."""
+    _, decode = dec.generate(prompt, new_tokens)
+    return dec.prefill_seconds, decode
+
+
 def check_bench_args_static(batch_sizes, prompt_len: int, new_tokens: int, repeats: int) -> None:
     """Checks that need no model."""
     sizes = list(batch_sizes) if isinstance(batch_sizes, (list, tuple)) else [batch_sizes]
@@ -130,7 +144,7 @@ def check_bench_args(model: nn.Module, batch_sizes, prompt_len: int, new_tokens:
 
 @torch.inference_mode()
 def bench(model: nn.Module, batch_sizes=(1,), prompt_len: int = 512, new_tokens: int = 128, repeats: int = 5,
-          warmup: int = 1, progress: bool = True, seed: int = 0) -> list[BenchResult]:
+          warmup: int = 1, progress: bool = True, seed: int = 0, static: bool = False) -> list[BenchResult]:
     """Speed and memory of greedy generation, one ``BenchResult`` per batch size."""
     batch_sizes = list(batch_sizes)
     check_bench_args(model, batch_sizes, prompt_len, new_tokens, repeats)
@@ -145,12 +159,22 @@ def bench(model: nn.Module, batch_sizes=(1,), prompt_len: int = 512, new_tokens:
             # Random ids away from the low (special) ids: the same work whatever the text.
             prompt = torch.randint(min(100, vocab - 1), vocab, (b, prompt_len), generator=gen).to(device)
             with PeakMemory(device) as peak:
+                if static:
+                    from .static_decode import StaticDecoder
+
+                    try:
+                        dec = StaticDecoder(model, max_len=prompt_len + new_tokens, batch=b)
+                    except LowbitError as e:
+                        raise LowbitError(f"{e}: bench it without static decoding") from None
+                    one_run = functools.partial(_one_run_static, dec)
+                else:
+                    one_run = functools.partial(_one_run, model)
                 for _ in range(warmup):
-                    _one_run(model, prompt, new_tokens)
+                    one_run(prompt, new_tokens)
                     bar.update(1)
                 ttft, decode = [], []
                 for _ in range(repeats):
-                    t, d = _one_run(model, prompt, new_tokens)
+                    t, d = one_run(prompt, new_tokens)
                     ttft.append(t)
                     decode.append(d)
                     bar.update(1)
@@ -161,7 +185,10 @@ def bench(model: nn.Module, batch_sizes=(1,), prompt_len: int = 512, new_tokens:
                 decode_tok_s=Stat.of([b * (new_tokens - 1) / d for d in decode]),
                 weight_bytes=memory_footprint(model), peak_bytes=peak.bytes, peak_kind=peak.kind,
                 device=str(device), dtype=str(_float_dtype(model)).replace("torch.", ""),
+                decoder="static" if static else "transformers",
             ))
+            if static:
+                del dec, one_run  # the merged weights and the graph go before the next batch size
     finally:
         bar.close()
     return results
@@ -179,6 +206,7 @@ def format_bench(results: list[BenchResult]) -> str:
     lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in rows]
     if results:
         r = results[0]
+        how = "; decode: static KV cache, CUDA graph, fused kernels" if r.decoder == "static" else ""
         lines.append(f"(device {r.device}, {r.dtype}; prompt {r.prompt_len} tokens, {r.new_tokens} new tokens; "
-                     f"median [min-max] of {len(r.ttft_s.runs)} runs; peak = {r.peak_kind})")
+                     f"median [min-max] of {len(r.ttft_s.runs)} runs; peak = {r.peak_kind}{how})")
     return "\n".join(lines)

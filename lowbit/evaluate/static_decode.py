@@ -254,16 +254,21 @@ class StaticDecoder:
     def generate(self, prompt: torch.Tensor, new_tokens: int) -> tuple[torch.Tensor, float]:
         """Greedy continuation: (ids [B, T + new_tokens], seconds spent on the decode steps).
 
-        The first new token comes from the prompt's forward pass (prefill); the other
-        ``new_tokens - 1`` are decode steps, replayed from the CUDA graph when enabled.
+        The first new token comes from the prompt's forward pass (prefill, timed into
+        ``self.prefill_seconds``); the other ``new_tokens - 1`` are decode steps, replayed
+        from the CUDA graph when enabled.
         """
         b, t = prompt.shape
         if b != self.batch or t + new_tokens > self.max_len:
             raise LowbitError(f"prompt [{b}, {t}] + {new_tokens} tokens does not fit batch {self.batch}, "
                               f"max_len {self.max_len}")
         prompt = prompt.to(self.device)
+        self._sync()
+        t0 = time.perf_counter()
         logits = self.forward(prompt, torch.arange(t, device=self.device))
         first = logits[:, -1].argmax(dim=-1, keepdim=True)  # [B, 1]
+        self._sync()
+        self.prefill_seconds = time.perf_counter() - t0  # time to the first token
         self._static(first, t, new_tokens)
         steps = new_tokens - 1
         if self.use_graph and steps > 0:

@@ -64,6 +64,9 @@ def test_bench_json(tiny_llama_dir, capsys):
     assert [r["batch_size"] for r in results] == [1, 2]
     assert all(r["decode_tok_s"]["min"] <= r["decode_tok_s"]["median"] <= r["decode_tok_s"]["max"] for r in results)
     assert main(["bench", str(tiny_llama_dir), "--batch-sizes", "x", "-q"]) == 2
+    assert main(["bench", str(tiny_llama_dir), "--batch-sizes", "1", "--prompt-len", "8", "--new-tokens", "3",
+                 "--repeats", "1", "--json", "-q", "--static-decode"]) == 0
+    assert json.loads(capsys.readouterr().out)["results"][0]["decoder"] == "static"
 
 
 @pytest.fixture

@@ -29,6 +29,23 @@ def test_bench_tiny():
     assert "decode tok/s" in table and "median [min-max] of 3 runs" in table
 
 
+def test_bench_static_decoder_runs_the_same_generation():
+    """static=True times StaticDecoder: a result per batch size, marked as such, and its
+    prefill is the timed forward of the prompt (TTFT)."""
+    from lowbit.evaluate.static_decode import StaticDecoder
+
+    model, _ = tiny.build("llama")
+    results = bench(model, [1, 2], prompt_len=16, new_tokens=4, repeats=2, warmup=1, progress=False, static=True)
+    assert [(r.batch_size, r.decoder) for r in results] == [(1, "static"), (2, "static")]
+    assert all(r.decode_tok_s.median > 0 and len(r.ttft_s.runs) == 2 for r in results)
+    assert "static KV cache" in format_bench(results)
+    dec = StaticDecoder(model, max_len=20)
+    tokens, _ = dec.generate(torch.randint(3, 300, (1, 16)), 4)
+    assert tokens.shape == (1, 20) and dec.prefill_seconds > 0
+    with pytest.raises(LowbitError, match="bench it without static decoding"):
+        bench(tiny.build("opt")[0], [1], prompt_len=8, new_tokens=4, progress=False, static=True)
+
+
 def test_bench_errors():
     model, _ = tiny.build("llama")
     with pytest.raises(LowbitError, match="above the model's maximum of 256"):
