@@ -26,8 +26,7 @@ def _reference_int_group(x: torch.Tensor, layer: torch.nn.Module) -> torch.Tenso
 
 def _reference_int_group_silu(x: torch.Tensor, layer: torch.nn.Module) -> torch.Tensor:
     """silu(gate) * up of a QuantLinear whose output columns interleave gate (2i) and up (2i + 1)."""
-    y = _reference_int_group(x, layer)
-    return (torch.nn.functional.silu(y[..., 0::2].float()) * y[..., 1::2].float()).to(y.dtype)
+    return reference.silu_pairs(_reference_int_group(x, layer))
 
 
 def _reference_nf4(x: torch.Tensor, layer: torch.nn.Module) -> torch.Tensor:

@@ -64,6 +64,12 @@ def int_group_linear(
     return F.linear(x, w, None if bias is None else bias.to(x.dtype))
 
 
+def silu_pairs(y: torch.Tensor) -> torch.Tensor:
+    """[..., 2F] with gate and up of feature i at columns 2i, 2i + 1 -> silu(gate) * up
+    [..., F], in float32, rounded once to y's dtype."""
+    return (F.silu(y[..., 0::2].float()) * y[..., 1::2].float()).to(y.dtype)
+
+
 def nf4_linear(
     x: torch.Tensor,
     weight_4bit: torch.Tensor,

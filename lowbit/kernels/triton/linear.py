@@ -11,6 +11,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
+from .. import reference
 from . import configs, launch
 from .layout import PackedWeight, Unsupported, repack_int_group, repack_nf4
 
@@ -116,8 +117,8 @@ def run_packed(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None) -> 
     return y.view(*x.shape[:-1], pw.n)
 
 
-def int_group(x: torch.Tensor, layer: torch.nn.Module) -> torch.Tensor | None:
-    """Fast path for QuantLinear (op "int_group")."""
+def _int_group_packed(x: torch.Tensor, layer: torch.nn.Module) -> PackedWeight | None:
+    """The QuantLinear's repacked weight if the kernels take x for it, else None (logged)."""
     why = input_problem(x, layer.in_features, layer.qweight)
     if why is None and layer.qweight.device.type == "meta":
         why = "weights are still on the meta device"
@@ -126,28 +127,27 @@ def int_group(x: torch.Tensor, layer: torch.nn.Module) -> torch.Tensor | None:
         why = layer.__dict__[_CACHE_ATTR].why
     if why is not None:
         return _refuse("QuantLinear", layer, why)
-    return run_packed(x, layer.__dict__[_CACHE_ATTR].packed, layer.bias)
+    return layer.__dict__[_CACHE_ATTR].packed
+
+
+def int_group(x: torch.Tensor, layer: torch.nn.Module) -> torch.Tensor | None:
+    """Fast path for QuantLinear (op "int_group")."""
+    pw = _int_group_packed(x, layer)
+    return None if pw is None else run_packed(x, pw, layer.bias)
 
 
 def int_group_silu(x: torch.Tensor, layer: torch.nn.Module) -> torch.Tensor | None:
     """Fast path for op "int_group_silu": silu(gate) * up from a QuantLinear whose output
     columns interleave gate and up. One activation row: the f16x2 GEMV does the product in
     its epilogue; more rows: the layer's kernel, then the product in torch."""
-    why = input_problem(x, layer.in_features, layer.qweight)
-    if why is None and layer.qweight.device.type == "meta":
-        why = "weights are still on the meta device"
-    if why is None:
-        prepare_int_group(layer)
-        why = layer.__dict__[_CACHE_ATTR].why
-    if why is not None:
-        return _refuse("QuantLinear", layer, why)
-    pw = layer.__dict__[_CACHE_ATTR].packed
+    pw = _int_group_packed(x, layer)
+    if pw is None:
+        return None
     x2 = x.reshape(-1, pw.k)
     if x2.shape[0] <= configs.GEMV_MAX_M and launch.half2_ok(x2, pw) and layer.bias is None and pw.block_n % 2 == 0:
         cfg = configs.half2_config(pw.n, pw.k, pw.qweight.shape[0], pw.chunks, x.device)
         return launch.gemv_half2(x2, pw, None, cfg, silu=True).view(*x.shape[:-1], pw.n // 2)
-    y = run_packed(x, pw, layer.bias)
-    return (torch.nn.functional.silu(y[..., 0::2].float()) * y[..., 1::2].float()).to(y.dtype)
+    return reference.silu_pairs(run_packed(x, pw, layer.bias))
 
 
 def nf4(x: torch.Tensor, layer: torch.nn.Module) -> torch.Tensor | None:
