@@ -27,7 +27,15 @@ def test_add_rmsnorm_and_silu_mul(tk):
     torch.testing.assert_close(tk.fused.silu_mul(gu).float(), torch.nn.functional.silu(g) * u, rtol=2e-3, atol=2e-3)
 
 
-def test_rope_cache_and_decode_attention(tk):
+def _attention(q, kc, vc, n, scale):
+    """Plain torch: q [B, heads, 1, D] over cache positions 0..n-1 (grouped KV heads) -> [B, 1, heads * D]."""
+    g = q.shape[1] // kc.shape[1]
+    keys, vals = (c[:, :, :n].float().repeat_interleave(g, 1) for c in (kc, vc))
+    p = torch.softmax(q.float() @ keys.transpose(-1, -2) * scale, dim=-1)
+    return (p @ vals).transpose(1, 2).reshape(q.shape[0], 1, -1)
+
+
+def test_rope_cache_and_rope_attention(tk):
     dt = torch.float16 if tk.gpu else torch.float32
     heads, kv, d, s, t = 4, 2, 32, 100, 3
     qkv = torch.randn(1, t, (heads + 2 * kv) * d, device=tk.device, dtype=dt)
@@ -44,17 +52,15 @@ def test_rope_cache_and_decode_attention(tk):
                                rtol=2e-3, atol=2e-3)
     torch.testing.assert_close(vc[:, :, pos], qh[:, heads + kv:].to(dt))
     assert torch.equal(kc[:, :, :70], kc0[:, :, :70])  # nothing else written
-    last = pos[-1:]
-    o = tk.fused.decode_attention(q[:, :, -1:].contiguous(), kc, vc, last, 0.17)
-    keys = kc[:, :, :73].float().repeat_interleave(heads // kv, 1)
-    vals = vc[:, :, :73].float().repeat_interleave(heads // kv, 1)
-    p = torch.softmax(q[:, :, -1:].float() @ keys.transpose(-1, -2) * 0.17, dim=-1)
-    torch.testing.assert_close(o.float(), (p @ vals).transpose(1, 2).reshape(1, 1, -1), rtol=2e-3, atol=2e-3)
+    # the last token again through the one-launch path: it rewrites its own cache entries
+    # (same values) and attends over positions 0..72
+    o = tk.fused.rope_attention(qkv[:, -1:], cos, sin, pos[-1:], kc, vc, heads, kv, 0.17)
+    torch.testing.assert_close(o.float(), _attention(q[:, :, -1:], kc, vc, 73, 0.17), rtol=2e-3, atol=2e-3)
 
 
 def test_rope_attention_matches_rope_cache_then_attention(tk):
-    """The one-launch decode attention (T = 1) writes the same cache entries and returns the
-    same output as rope_cache followed by decode_attention, for every head of each group."""
+    """The one-launch decode attention (T = 1) writes the same cache entries as rope_cache,
+    and returns attention over them, for every head of each group."""
     dt = torch.float16 if tk.gpu else torch.float32
     heads, kv, d, s, b = 8, 2, 32, 150, 2
     qkv = torch.randn(b, 1, (heads + 2 * kv) * d, device=tk.device, dtype=dt)
@@ -64,7 +70,7 @@ def test_rope_attention_matches_rope_cache_then_attention(tk):
     pos = torch.tensor([129], device=tk.device)  # 129 older keys: a full block of 128 and one more
     kc2, vc2 = kc.clone(), vc.clone()
     q = tk.fused.rope_cache(qkv, cos, sin, pos, kc, vc, heads, kv)
-    want = tk.fused.decode_attention(q, kc, vc, pos, 0.2)
+    want = _attention(q, kc, vc, 130, 0.2)
     got = tk.fused.rope_attention(qkv, cos, sin, pos, kc2, vc2, heads, kv, 0.2)
     assert torch.equal(kc2, kc) and torch.equal(vc2, vc)
     torch.testing.assert_close(got.float(), want.float(), rtol=2e-3, atol=2e-3)

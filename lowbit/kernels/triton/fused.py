@@ -1,12 +1,12 @@
 """Small fused kernels for a decode step (lowbit.evaluate.static_decode): at batch 1 each
-torch elementwise op is its own launch, and a Llama layer is ~40 of them; these make it
-~9 (norm, qkv, rope + cache write, attention, o, add + norm, gate-up, silu * mul, down).
+torch elementwise op is its own launch, and a Llama layer is ~40 of them; these make it 8
+(norm, q|k|v, rope + cache write + attention, o, add + norm, gate|up, silu * up, down; 7
+when the int4 GEMV forms silu * up in its epilogue).
 
     add_rmsnorm(x, residual, weight, eps) -> normed; residual += x in place (x [R, H])
     rope_cache(qkv, cos, sin, pos, k_cache, v_cache, heads, kv_heads) -> q [B, heads, T, D]
-    decode_attention(q, k_cache, v_cache, pos, scale) -> o [B, T=1, heads * D]
     rope_attention(qkv, cos, sin, pos, k_cache, v_cache, heads, kv_heads, scale) -> o [B, 1, heads * D]
-        (T = 1: rope_cache and decode_attention in one launch)
+        (T = 1: the rotation, the cache write and the attention in one launch)
     silu_mul(gate_up [R, 2F]) -> [R, F]
     greedy_advance(logits [B, V], token, out, pos, start): argmax, written where the next
         step reads it, position + 1 (what a decode step does after its logits, one launch)
@@ -77,6 +77,14 @@ def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
 
 
 @triton.jit
+def _rotated(row, cos, sin, d, D: tl.constexpr):
+    """rotate-half RoPE of the head at ``row`` (pointer to D values), float32 [D]."""
+    x = tl.load(row + d).to(tl.float32)
+    partner = tl.load(row + (d + D // 2) % D).to(tl.float32)
+    return x * cos + tl.where(d < D // 2, -partner, partner) * sin
+
+
+@triton.jit
 def _rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr, T, S,
                        HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr, PDL: tl.constexpr):
     release(PDL)
@@ -88,14 +96,10 @@ def _rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr, 
     p = tl.load(pos_ptr + t).to(tl.int64)
     d = tl.arange(0, D)
     row = qkv_ptr + bt.to(tl.int64) * (HEADS + 2 * KV_HEADS) * D + head * D
-    x = tl.load(row + d).to(tl.float32)
     if head < HEADS + KV_HEADS:
-        # rotate_half: [-x2, x1]
-        partner = tl.load(row + (d + D // 2) % D).to(tl.float32)
-        rot = tl.where(d < D // 2, -partner, partner)
         cos = tl.load(cos_ptr + p * D + d).to(tl.float32)
         sin = tl.load(sin_ptr + p * D + d).to(tl.float32)
-        y = x * cos + rot * sin
+        y = _rotated(row, cos, sin, d, D)
         if head < HEADS:
             dst = q_ptr + ((b * HEADS + head) * T + t).to(tl.int64) * D + d
             tl.store(dst, y.to(q_ptr.dtype.element_ty))
@@ -104,7 +108,7 @@ def _rope_cache_kernel(qkv_ptr, cos_ptr, sin_ptr, pos_ptr, q_ptr, k_ptr, v_ptr, 
             tl.store(dst, y.to(k_ptr.dtype.element_ty))
     else:
         dst = v_ptr + ((b * KV_HEADS + head - HEADS - KV_HEADS).to(tl.int64) * S + p) * D + d
-        tl.store(dst, x.to(v_ptr.dtype.element_ty))
+        tl.store(dst, tl.load(row + d).to(v_ptr.dtype.element_ty))
 
 
 def rope_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: torch.Tensor, k_cache: torch.Tensor,
@@ -118,56 +122,6 @@ def rope_cache(qkv: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, pos: tor
                                                       HEADS=heads, KV_HEADS=kv_heads, D=d, num_warps=1,
                                                       **pdl.launch_args(qkv.device))
     return q
-
-
-@triton.jit
-def _decode_attention_kernel(q_ptr, k_ptr, v_ptr, pos_ptr, o_ptr, S, scale,
-                             HEADS: tl.constexpr, KV_HEADS: tl.constexpr, D: tl.constexpr, BLOCK_S: tl.constexpr,
-                             PDL: tl.constexpr):
-    release(PDL)
-    wait(PDL)
-    b = tl.program_id(0)
-    h = tl.program_id(1)
-    kvh = h // (HEADS // KV_HEADS)
-    d = tl.arange(0, D)
-    q = tl.load(q_ptr + (b * HEADS + h).to(tl.int64) * D + d).to(tl.float32) * scale
-    last = tl.load(pos_ptr)  # keys 0..last are visible
-    base = (b * KV_HEADS + kvh).to(tl.int64) * S * D
-    m_i = -float("inf")
-    l_i = 0.0
-    acc = tl.zeros([D], dtype=tl.float32)
-    for s0 in range(0, last + 1, BLOCK_S):
-        s = s0 + tl.arange(0, BLOCK_S)
-        smask = s <= last
-        k = tl.load(k_ptr + base + s[:, None] * D + d[None, :], mask=smask[:, None], other=0.0).to(tl.float32)
-        scores = tl.where(smask, tl.sum(k * q[None, :], axis=1), -float("inf"))  # [BLOCK_S]
-        m_new = tl.maximum(m_i, tl.max(scores, axis=0))
-        p = tl.exp(scores - m_new)
-        alpha = tl.exp(m_i - m_new)
-        v = tl.load(v_ptr + base + s[:, None] * D + d[None, :], mask=smask[:, None], other=0.0).to(tl.float32)
-        acc = acc * alpha + tl.sum(p[:, None] * v, axis=0)
-        l_i = l_i * alpha + tl.sum(p, axis=0)
-        m_i = m_new
-    tl.store(o_ptr + (b * HEADS + h).to(tl.int64) * D + d, (acc / l_i).to(o_ptr.dtype.element_ty))
-
-
-def decode_attention(q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, pos: torch.Tensor,
-                     scale: float) -> torch.Tensor:
-    """One query per sequence: q [B, heads, 1, D] over cache positions 0..pos[0] -> [B, 1, heads * D]."""
-    b, heads, _, d = q.shape
-    o = torch.empty(b, 1, heads * d, dtype=q.dtype, device=q.device)
-    _decode_attention_kernel[(b, heads)](q, k_cache, v_cache, pos, o, k_cache.shape[2], scale, HEADS=heads,
-                                         KV_HEADS=k_cache.shape[1], D=d, BLOCK_S=64, num_warps=4,
-                                         **pdl.launch_args(q.device))
-    return o
-
-
-@triton.jit
-def _rotated(row, cos, sin, d, D: tl.constexpr):
-    """rotate-half RoPE of the head at ``row`` (pointer to D values), float32 [D]."""
-    x = tl.load(row + d).to(tl.float32)
-    partner = tl.load(row + (d + D // 2) % D).to(tl.float32)
-    return x * cos + tl.where(d < D // 2, -partner, partner) * sin
 
 
 @triton.jit
