@@ -45,6 +45,13 @@ def jobs_for(k: int, n: int, quick: bool) -> list[tuple]:
                                                                   depth=depth, half2=True)))
     for bn in (32, 64):
         nb = -(-n // bn)
+        f = fill_split(nb, kc)
+        for wr, wh in ((1, 1), (2, 1), (1, 2), (2, 2)):
+            if bn % (32 * wh) == 0:
+                for sp in sorted({s for s in (max(1, f // 2), f, 2 * f, 4 * f) if s <= kc}):
+                    out.append((bn, "mma16", 16, launch.Mma16Config(split=sp, wr=wr, wh=wh)))
+    for bn in (32, 64):
+        nb = -(-n // bn)
         for c, w in ((1, 4), (2, 4), (1, 8), (2, 8), (4, 8)):
             for pf in (True, False):
                 for sp in splits_around(nb, kc):
@@ -65,7 +72,7 @@ def jobs_for(k: int, n: int, quick: bool) -> list[tuple]:
     return out
 
 
-LAUNCH = {"gemv": launch.gemv, "half2": launch.gemv_half2, "gemm": launch.gemm}
+LAUNCH = {"gemv": launch.gemv, "half2": launch.gemv_half2, "mma16": launch.mma16, "gemm": launch.gemm}
 
 
 def _compile_worker(batch: list[tuple]) -> list[str]:

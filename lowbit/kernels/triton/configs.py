@@ -13,7 +13,7 @@ from dataclasses import replace
 import torch
 import triton
 
-from .launch import DequantConfig, GemmConfig, GemvConfig, TcConfig
+from .launch import DequantConfig, GemmConfig, GemvConfig, Mma16Config, TcConfig
 from .layout import PK
 
 # Measured on an H100 SXM (benchmarks/results/h100_tune_best_run2.json: int4 g128 asym,
@@ -44,6 +44,8 @@ HALF2: dict[tuple[int, int, int], GemvConfig] = {
     (6144, 4096, 4): GemvConfig(split=8, num_warps=4, num_stages=1, prefetch=True, half2=True),  # 8.0, 20.8
     (28672, 4096, 4): GemvConfig(split=1, num_warps=4, num_stages=1, prefetch=True, depth=2, half2=True),  # 25.0, 82.0
 }
+#: (N, K, bits) -> mma16 config (int4 groups >= 128, fp16 activations, 2 <= M <= 16).
+MMA16: dict[tuple[int, int, int], Mma16Config] = {}
 #: (N, K, bits, M bucket) -> GEMM config.
 GEMM: dict[tuple[int, int, int, int], GemmConfig | DequantConfig | TcConfig] = {
     (1024, 4096, 4, 16): GemmConfig(bm=16, bnt=64, split=16, num_warps=4, num_stages=4),  # 8.1 us, fp16 7.7
@@ -108,7 +110,11 @@ def load_table(path: str) -> None:
             key = (e["n"], e["k"], e["bits"])
             lut = e.get("mode") == "lut"
             gemm = GEMM_LUT if lut else GEMM
-            if e["kind"] == "half2":
+            if e["kind"] == "mma16":
+                MMA16[key] = Mma16Config(**e["cfg"])
+                if "bn" in e:
+                    BLOCK_N[key] = e["bn"]
+            elif e["kind"] == "half2":
                 HALF2[key] = GemvConfig(**e["cfg"])
                 if "bn" in e:
                     BLOCK_N[key] = e["bn"]
@@ -170,6 +176,13 @@ def half2_config(n: int, k: int, nb: int, chunks: int, device: torch.device) -> 
         return HALF2[(n, k, 4)]
     return GemvConfig(split=_fill_split(nb, chunks, _sms(device), per_sm=8), num_warps=4, num_stages=1,
                       prefetch=True, half2=True)
+
+
+def mma16_config(n: int, k: int, nb: int, chunks: int, device: torch.device) -> Mma16Config:
+    """mma16 config: measured, else a K split giving about eight programs per SM."""
+    if (n, k, 4) in MMA16:
+        return MMA16[(n, k, 4)]
+    return Mma16Config(split=_fill_split(nb, chunks, _sms(device), per_sm=8))
 
 
 def m_bucket(m: int) -> int:

@@ -1,0 +1,280 @@
+"""int4 matmul for 2..16 activation rows on ``mma.sync``, weights decoded in f16x2 (Gluon).
+
+At M <= 16 the weight stream still sets the time, so the decode must stay as cheap as in
+``gemv_half2``, and the tensor cores do the multiply: two codes of a word decode into one
+f16x2 register (codes j and j + 4: kernel-order columns k and k + 128 of its chunk), which
+the m16n8k16 MMA takes directly as a B-fragment register. The MMA sums its 16 k slots in
+any order, so each lane's slots are simply "its" columns: lane (g, q) = (lane / 4, lane % 4)
+holds the words of chunk rows 16 rh + 4 q + i (i = 0..3) for block columns 32 h + 4 g + v
+(v = 0..3: one 16-byte load), and MMA v takes B = (code pair jp, jp + 1) of its word; the A
+fragment is x at the same k for rows g and g + 8 (four consecutive halves of x: one 8-byte
+load, then PRMTs). Column c8 of MMA v is block column 32 h + 4 c8 + v. The weight layout
+is the one ``gemv_half2`` reads (``layout``): no second copy of the weight.
+
+Per word (8 weights): a shift, 4 LOP3, 4 FMA (q - zero, exact), 4 MUL (times the scale, as
+fp16 like the dequantized reference weight) and 2 MMAs. Both groups of a code pair are
+scaled before the MMA, so the kernel takes group sizes >= 128 (one group pair a chunk).
+
+Why Gluon: mma.sync is a warp-wide instruction whose operands must sit on specific lanes.
+Plain Triton picks tensor layouts itself (and picked different ones in different releases),
+so the word tensor [RH, H, 8, 4, 4] (rh, h, g, q, v) is given an explicit layout here:
+v in registers (16-byte loads), q on lanes 0-1, g on lanes 2-4, rh and h over warps and
+registers. Gluon kernels do not run under TRITON_INTERPRET; the GPU tests check this one.
+
+Grid: (column blocks, K splits); split-K partial sums meet as in ``epilogue``.
+"""
+from __future__ import annotations
+
+try:  # Gluon: Triton >= 3.5, with the API of 3.6
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+
+    AVAILABLE = True
+except ImportError:  # pragma: no cover - older Triton: M <= 16 runs the other kernels
+    AVAILABLE = False
+
+if AVAILABLE:
+    _ASM_MMA = gl.constexpr(
+        "{ .reg .b32 h0, h1, v0, v1, c16, c256; "
+        "lop3.b32 h0, $4, 0x000f000f, 0x64006400, 0xea; lop3.b32 h1, $4, 0x00f000f0, 0x64006400, 0xea; "
+        "mov.b32 c16, 0x2c002c00; mov.b32 c256, 0x1c001c00; "
+        "fma.rn.f16x2 v0, h0, c16, $5; fma.rn.f16x2 v1, h1, c256, $6; "
+        "mul.rn.f16x2 v0, v0, $7; mul.rn.f16x2 v1, v1, $7; "
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {$0, $1, $2, $3}, {$8, $9, $10, $11}, {v0, v1}, "
+        "{$12, $13, $14, $15}; }"
+    )
+
+    @gluon.jit
+    def _iota(n: gl.constexpr, DIM: gl.constexpr, L: gl.constexpr):
+        """arange(n) along axis DIM of a rank-5 layout L, size 1 on the other axes."""
+        if DIM == 0:
+            S3: gl.constexpr = gl.SliceLayout(4, L)
+            S2: gl.constexpr = gl.SliceLayout(3, S3)
+            S1: gl.constexpr = gl.SliceLayout(2, S2)
+            S0: gl.constexpr = gl.SliceLayout(1, S1)
+            r = gl.arange(0, n, layout=S0)
+            r = gl.expand_dims(gl.expand_dims(gl.expand_dims(gl.expand_dims(r, 1), 2), 3), 4)
+        elif DIM == 1:
+            S3: gl.constexpr = gl.SliceLayout(4, L)
+            S2: gl.constexpr = gl.SliceLayout(3, S3)
+            S1: gl.constexpr = gl.SliceLayout(2, S2)
+            S0: gl.constexpr = gl.SliceLayout(0, S1)
+            r = gl.arange(0, n, layout=S0)
+            r = gl.expand_dims(gl.expand_dims(gl.expand_dims(gl.expand_dims(r, 0), 2), 3), 4)
+        elif DIM == 2:
+            S3: gl.constexpr = gl.SliceLayout(4, L)
+            S2: gl.constexpr = gl.SliceLayout(3, S3)
+            S1: gl.constexpr = gl.SliceLayout(1, S2)
+            S0: gl.constexpr = gl.SliceLayout(0, S1)
+            r = gl.arange(0, n, layout=S0)
+            r = gl.expand_dims(gl.expand_dims(gl.expand_dims(gl.expand_dims(r, 0), 1), 3), 4)
+        elif DIM == 3:
+            S3: gl.constexpr = gl.SliceLayout(4, L)
+            S2: gl.constexpr = gl.SliceLayout(2, S3)
+            S1: gl.constexpr = gl.SliceLayout(1, S2)
+            S0: gl.constexpr = gl.SliceLayout(0, S1)
+            r = gl.arange(0, n, layout=S0)
+            r = gl.expand_dims(gl.expand_dims(gl.expand_dims(gl.expand_dims(r, 0), 1), 2), 4)
+        else:
+            S3: gl.constexpr = gl.SliceLayout(3, L)
+            S2: gl.constexpr = gl.SliceLayout(2, S3)
+            S1: gl.constexpr = gl.SliceLayout(1, S2)
+            S0: gl.constexpr = gl.SliceLayout(0, S1)
+            r = gl.arange(0, n, layout=S0)
+            r = gl.expand_dims(gl.expand_dims(gl.expand_dims(gl.expand_dims(r, 0), 1), 2), 3)
+        return r
+
+    @gluon.jit
+    def _iota4(n: gl.constexpr, DIM: gl.constexpr, L: gl.constexpr):
+        """arange(n) along axis DIM of a rank-4 layout L, size 1 on the other axes."""
+        if DIM == 0:
+            S1: gl.constexpr = gl.SliceLayout(3, L)
+            S0: gl.constexpr = gl.SliceLayout(1, gl.SliceLayout(2, S1))
+            r = gl.expand_dims(gl.expand_dims(gl.expand_dims(gl.arange(0, n, layout=S0), 1), 2), 3)
+        elif DIM == 1:
+            S1: gl.constexpr = gl.SliceLayout(3, L)
+            S0: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(2, S1))
+            r = gl.expand_dims(gl.expand_dims(gl.expand_dims(gl.arange(0, n, layout=S0), 0), 2), 3)
+        elif DIM == 2:
+            S1: gl.constexpr = gl.SliceLayout(3, L)
+            S0: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(1, S1))
+            r = gl.expand_dims(gl.expand_dims(gl.expand_dims(gl.arange(0, n, layout=S0), 0), 1), 3)
+        else:
+            S1: gl.constexpr = gl.SliceLayout(2, L)
+            S0: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(1, S1))
+            r = gl.expand_dims(gl.expand_dims(gl.expand_dims(gl.arange(0, n, layout=S0), 0), 1), 2)
+        return r
+
+    @gluon.jit
+    def _pack(lo, hi):
+        """Two fp16 tensors -> f16x2 (int32), ``lo`` in the low half."""
+        return gl.inline_asm_elementwise("mov.b32 $0, {$1, $2};", "=r,h,h", [lo, hi], dtype=gl.int32,
+                                         is_pure=True, pack=1)
+
+    @gluon.jit
+    def _pair_quads(a, b):
+        """Two int64 tensors, four fp16 each -> four f16x2: (a's half i, b's half i)."""
+        return gl.inline_asm_elementwise(
+            "{ .reg .b32 a0, a1, b0, b1; mov.b64 {a0, a1}, $4; mov.b64 {b0, b1}, $5; "
+            "prmt.b32 $0, a0, b0, 0x5410; prmt.b32 $1, a0, b0, 0x7632; "
+            "prmt.b32 $2, a1, b1, 0x5410; prmt.b32 $3, a1, b1, 0x7632; }",
+            "=r,=r,=r,=r,l,l", [a, b], dtype=(gl.int32, gl.int32, gl.int32, gl.int32), is_pure=True, pack=1)
+
+    @gluon.jit
+    def _x_quads(x_rows, kk, rmask, K, EVEN_K: gl.constexpr):
+        """f16x2 of x at kernel-order columns (kk + i, kk + 128 + i), i = 0..3, for the rows
+        ``x_rows`` (int64 pointers, four halves each); kk a multiple of 4."""
+        if EVEN_K:
+            a = gl.load(x_rows + kk // 4, mask=rmask, other=0)
+            b = gl.load(x_rows + (kk + 128) // 4, mask=rmask, other=0)
+        else:
+            a = gl.load(x_rows + kk // 4, mask=rmask & (kk < K), other=0)
+            b = gl.load(x_rows + (kk + 128) // 4, mask=rmask & (kk + 128 < K), other=0)
+        return _pair_quads(a, b)
+
+    @gluon.jit
+    def _mma(src, zl, zh, s16, a0, a1, a2, a3, c0, c1, c2, c3):
+        """One m16n8k16 MMA per element of src (the word tensor): C += A x B, B decoded from
+        the low (pair jp) and high (pair jp + 1) code positions of src."""
+        return gl.inline_asm_elementwise(
+            _ASM_MMA, "=f,=f,=f,=f,r,r,r,r,r,r,r,r,f,f,f,f", [src, zl, zh, s16, a0, a1, a2, a3, c0, c1, c2, c3],
+            dtype=(gl.float32, gl.float32, gl.float32, gl.float32), is_pure=True, pack=1)
+
+    @gluon.jit
+    def _write(out, rows, cols, M, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS: gl.constexpr):
+        if HAS_BIAS:
+            out += gl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(gl.float32)
+        mask = (rows < M) & (cols < N)
+        gl.store(y_ptr + rows * stride_ym + cols, out.to(y_ptr.dtype.element_ty), mask=mask)
+
+    @gluon.jit
+    def _store4(c0, c1, c2, c3, r_top, col_e0, col_e1, M, N, y_ptr, stride_ym, bias_ptr, ws_ptr, cnt_ptr, tile,
+                splits, SPLIT_K: gl.constexpr, HAS_BIAS: gl.constexpr):
+        """The four C registers (rows r_top / r_top + 8, columns col_e0 / col_e1) -> y, through
+        the split-K workspace protocol of ``epilogue.store_output``."""
+        r_bot = r_top + 8
+        if not SPLIT_K:
+            _write(c0, r_top, col_e0, M, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS)
+            _write(c1, r_top, col_e1, M, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS)
+            _write(c2, r_bot, col_e0, M, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS)
+            _write(c3, r_bot, col_e1, M, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS)
+        else:
+            m00 = (r_top < M) & (col_e0 < N)
+            m01 = (r_top < M) & (col_e1 < N)
+            m10 = (r_bot < M) & (col_e0 < N)
+            m11 = (r_bot < M) & (col_e1 < N)
+            w00 = ws_ptr + r_top * N + col_e0
+            w01 = ws_ptr + r_top * N + col_e1
+            w10 = ws_ptr + r_bot * N + col_e0
+            w11 = ws_ptr + r_bot * N + col_e1
+            gl.atomic_add(w00, c0, mask=m00, sem="relaxed")
+            gl.atomic_add(w01, c1, mask=m01, sem="relaxed")
+            gl.atomic_add(w10, c2, mask=m10, sem="relaxed")
+            gl.atomic_add(w11, c3, mask=m11, sem="relaxed")
+            gl.thread_barrier()  # every thread's sums issued before the ticket releases them
+            ticket = gl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel")
+            if ticket == splits - 1:
+                zero = gl.zeros_like(c0)
+                t00 = gl.where(m00, gl.atomic_add(w00, zero, mask=m00, sem="acq_rel"), 0.0)
+                t01 = gl.where(m01, gl.atomic_add(w01, zero, mask=m01, sem="acq_rel"), 0.0)
+                t10 = gl.where(m10, gl.atomic_add(w10, zero, mask=m10, sem="acq_rel"), 0.0)
+                t11 = gl.where(m11, gl.atomic_add(w11, zero, mask=m11, sem="acq_rel"), 0.0)
+                gl.store(w00, zero, mask=m00)
+                gl.store(w01, zero, mask=m01)
+                gl.store(w10, zero, mask=m10)
+                gl.store(w11, zero, mask=m11)
+                gl.atomic_xchg(cnt_ptr + tile, 0)
+                _write(t00, r_top, col_e0, M, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS)
+                _write(t01, r_top, col_e1, M, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS)
+                _write(t10, r_bot, col_e0, M, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS)
+                _write(t11, r_bot, col_e1, M, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS)
+
+    @gluon.jit
+    def int4_mma16_kernel(
+        x_ptr, qw_ptr, s_ptr, zp_ptr, bias_ptr, y_ptr, ws_ptr, cnt_ptr,
+        M, N, K, KC, G, stride_xm, stride_ym, chunks_per_split, splits,
+        BN: gl.constexpr, PK: gl.constexpr, GS: gl.constexpr, SPLIT_K: gl.constexpr, EVEN_K: gl.constexpr,
+        HAS_ZERO: gl.constexpr, HAS_BIAS: gl.constexpr, PDL: gl.constexpr, WR: gl.constexpr, WH: gl.constexpr,
+    ):
+        # Lanes: q (bits 0-1), g (bits 2-4), as mma.sync wants; v in registers (16-byte loads);
+        # the two 16-row halves rh of a chunk over WR warps, column quads h over WH warps.
+        H: gl.constexpr = BN // 32
+        L: gl.constexpr = gl.BlockedLayout(size_per_thread=[2 // WR, H // WH, 1, 1, 4],
+                                           threads_per_warp=[1, 1, 8, 4, 1],
+                                           warps_per_cta=[WR, WH, 1, 1, 1], order=[4, 3, 2, 1, 0])
+        if PDL:
+            gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], dtype=gl.int32,
+                                      is_pure=False, pack=1)
+        pid_n = gl.program_id(0)
+        pid_k = gl.program_id(1)
+        rh = _iota(2, 0, L)
+        h = _iota(H, 1, L)
+        g = _iota(8, 2, L)
+        q = _iota(4, 3, L)
+        v = _iota(4, 4, L)
+        col = 32 * h + 4 * g + v  # [1, H, 8, 1, 4]: this lane's columns in the block
+        n = pid_n * BN + col
+        nmask = n < N
+        w_base = qw_ptr + pid_n.to(gl.int64) * KC * (PK * BN) + (16 * rh + 4 * q) * BN + col  # [2, H, 8, 4, 4]
+        x64 = x_ptr.to(gl.pointer_type(gl.int64))
+        xrow = stride_xm // 4  # int64 words per x row
+        x_top = x64 + g * xrow  # rows g ([1, 1, 8, 1, 1]; the column comes with kk)
+        x_bot = x_top + 8 * xrow  # rows g + 8
+        m_top = g < M
+        m_bot = g + 8 < M
+        HI: gl.constexpr = 1 if GS == 128 else 0
+        c_begin = pid_k * chunks_per_split
+        c_end = gl.minimum(c_begin + chunks_per_split, KC)
+        c0 = gl.zeros([2, H, 8, 4, 4], gl.float32, layout=L)
+        c1 = c0
+        c2 = c0
+        c3 = c0
+        if PDL:
+            gl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=gl.int32, is_pure=False,
+                                      pack=1)
+        for c in range(c_begin, c_end):
+            w_ptrs = w_base + c * (PK * BN)
+            w0 = gl.load(w_ptrs)
+            w1 = gl.load(w_ptrs + BN)
+            w2 = gl.load(w_ptrs + 2 * BN)
+            w3 = gl.load(w_ptrs + 3 * BN)
+            g_lo = gl.minimum((c * 256) // GS, G - 1)
+            g_hi = gl.minimum(g_lo + HI, G - 1)
+            s_lo = gl.load(s_ptr + g_lo * N + n, mask=nmask, other=0.0).to(gl.float32) * 16.0
+            s_hi = gl.load(s_ptr + g_hi * N + n, mask=nmask, other=0.0).to(gl.float32) * 16.0
+            s16 = _pack(s_lo.to(gl.float16), s_hi.to(gl.float16))  # the pairs carry (q - zero) / 16
+            if HAS_ZERO:
+                zl = gl.load(zp_ptr + c * N + n, mask=nmask, other=0)
+            else:
+                half = gl.full([1, H, 8, 1, 4], -64.5, gl.float16, layout=L)  # zero point 8: -(64 + 8 / 16)
+                zl = _pack(half, half)
+            zh = gl.inline_asm_elementwise("{ .reg .b32 c; mov.b32 c, 0x53805380; add.rn.f16x2 $0, $1, c; }",
+                                           "=r,r", [zl], dtype=gl.int32, is_pure=True, pack=1)  # + 60: -(4 + z/16)
+            for jj in gl.static_range(2):  # code pairs (0, 1) then (2, 3): 8 bits up
+                kk = c * 256 + 64 * jj + 16 * rh + 4 * q  # [2, 1, 1, 4, 1]
+                ta = _x_quads(x_top, kk, m_top, K, EVEN_K)
+                tb = _x_quads(x_top, kk + 32, m_top, K, EVEN_K)
+                ba = _x_quads(x_bot, kk, m_bot, K, EVEN_K)
+                bb = _x_quads(x_bot, kk + 32, m_bot, K, EVEN_K)
+                for i in gl.static_range(4):
+                    if i == 0:
+                        w = w0
+                    elif i == 1:
+                        w = w1
+                    elif i == 2:
+                        w = w2
+                    else:
+                        w = w3
+                    if jj == 1:
+                        w = (w.to(gl.uint32, bitcast=True) >> 8).to(gl.int32, bitcast=True)
+                    c0, c1, c2, c3 = _mma(w, zl, zh, s16, ta[i], ba[i], tb[i], bb[i], c0, c1, c2, c3)
+        # C of MMA v at lane (g, q): rows g (c0, c1) and g + 8 (c2, c3), columns c8 = 2q
+        # (c0, c2) and 2q + 1 (c1, c3), i.e. block columns 32 h + 4 c8 + v.
+        # The index tensors go through the same reduction so that their layout is the sums'.
+        S: gl.constexpr = gl.SliceLayout(0, L)
+        rows = _iota4(8, 1, S)  # [1, 8, 1, 1]
+        col_e0 = pid_n * BN + 32 * _iota4(H, 0, S) + 8 * _iota4(4, 2, S) + _iota4(4, 3, S)  # [H, 1, 4, 4]
+        col_e1 = col_e0 + 4
+        _store4(gl.sum(c0, axis=0), gl.sum(c1, axis=0), gl.sum(c2, axis=0), gl.sum(c3, axis=0), rows, col_e0,
+                col_e1, M, N, y_ptr, stride_ym,
+                bias_ptr, ws_ptr, cnt_ptr, pid_n, splits, SPLIT_K, HAS_BIAS)

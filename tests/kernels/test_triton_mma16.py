@@ -1,0 +1,51 @@
+"""The mma.sync int4 kernel for 2..16 rows (mma16, Gluon) vs kernels/reference.py.
+
+Gluon kernels do not run under TRITON_INTERPRET, so the numbers are checked on a CUDA GPU
+(the device tool); on CPU only the dispatch rules are.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from int_layers import check, make_layer, ref_out, repack
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="Gluon kernel: CUDA only (no interpreter)")
+
+
+@needs_gpu
+@pytest.mark.parametrize("m,gs,sym,n,k,bn,split,wr,wh", [
+    (16, 128, False, 64, 512, 32, 1, 2, 1),
+    (3, 128, True, 40, 1024, 32, 2, 2, 1),  # ragged N, split-K, bias
+    (9, -1, False, 64, 768, 64, 1, 1, 2),  # per channel, two column quads over two warps
+    (2, 256, False, 96, 1280, 32, 3, 1, 1),  # K % 256 != 0
+    (16, 128, False, 256, 2048, 64, 4, 2, 2),
+])
+def test_mma16_matches_reference(tk, m, gs, sym, n, k, bn, split, wr, wh):
+    layer = make_layer(n, k, 4, gs, sym, bias=m == 3, seed=m + k, device=tk.device)
+    x = torch.randn(m, k, device=tk.device).half()
+    pw = repack(tk, layer, bn)
+    assert tk.launch.mma16_ok(x, pw)
+    y = tk.launch.mma16(x, pw, layer.bias, tk.launch.Mma16Config(split=split, wr=wr, wh=wh))
+    check(y, ref_out(x, layer), x)
+
+
+@needs_gpu
+def test_mma16_dispatch_takes_m_2_to_16(tk):
+    layer = make_layer(64, 512, 4, 128, False, device=tk.device)
+    for m in (2, 5, 16):
+        x = torch.randn(m, 512, device=tk.device).half()
+        check(tk.linear.int_group(x, layer), ref_out(x, layer), x)
+
+
+def test_mma16_refuses_what_it_cannot_take(tk):
+    dev = tk.device
+    x = torch.randn(4, 512, device=dev).half()
+    assert not tk.launch.mma16_ok(x, repack(tk, make_layer(32, 512, 4, 64, False, device=dev), 32))  # g64
+    assert not tk.launch.mma16_ok(x, repack(tk, make_layer(32, 512, 4, 128, False, act_order=True, device=dev), 32))
+    g128 = repack(tk, make_layer(32, 512, 4, 128, False, device=dev), 32)
+    assert not tk.launch.mma16_ok(torch.randn(17, 512, device=dev).half(), g128)  # more than 16 rows
+    assert not tk.launch.mma16_ok(torch.randn(1, 512, device=dev).half(), g128)  # one row: the GEMV's
+    assert not tk.launch.mma16_ok(x.bfloat16(), g128)  # the MMA takes fp16 activations
+    if not tk.gpu:
+        assert not tk.launch.mma16_ok(x, g128)  # CPU / interpreter: no Gluon
