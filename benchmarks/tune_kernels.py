@@ -49,7 +49,8 @@ def jobs_for(k: int, n: int, quick: bool) -> list[tuple]:
         for wr, wh in ((1, 1), (2, 1), (1, 2), (2, 2)):
             if bn % (32 * wh) == 0:
                 for sp in sorted({s for s in (max(1, f // 2), f, 2 * f, 4 * f) if s <= kc}):
-                    out.append((bn, "mma16", 16, launch.Mma16Config(split=sp, wr=wr, wh=wh)))
+                    for depth in (1, 2):
+                        out.append((bn, "mma16", 16, launch.Mma16Config(split=sp, wr=wr, wh=wh, depth=depth)))
     for bn in (32, 64):
         nb = -(-n // bn)
         for c, w in ((1, 4), (2, 4), (1, 8), (2, 8), (4, 8)):

@@ -54,6 +54,7 @@ class Mma16Config:
     split: int = 1
     wr: int = 2
     wh: int = 1
+    depth: int = 1  # chunks loaded ahead (1 or 2)
 
 
 @dataclass(frozen=True)
@@ -238,7 +239,7 @@ def mma16(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: Mma
         bias if bias is not None else dummy, y, ws, cnt,
         m, pw.n, pw.k, pw.chunks, pw.groups, x.stride(0), y.stride(0), per, split,
         BN=pw.block_n, PK=PK, GS=pw.group_size, SPLIT_K=split > 1, EVEN_K=_even_k(pw),
-        HAS_ZERO=pw.zero_pairs is not None, HAS_BIAS=bias is not None, PDL=pdl_on, WR=cfg.wr, WH=wh,
+        HAS_ZERO=pw.zero_pairs is not None, HAS_BIAS=bias is not None, PDL=pdl_on, WR=cfg.wr, WH=wh, DEPTH=cfg.depth,
         num_warps=cfg.wr * wh, **({"launch_pdl": True} if pdl_on else {}),
     )
     return y

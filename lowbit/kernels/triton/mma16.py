@@ -141,6 +141,31 @@ if AVAILABLE:
             dtype=(gl.float32, gl.float32, gl.float32, gl.float32), is_pure=True, pack=1)
 
     @gluon.jit
+    def _chunk(w_base, s_ptr, zp_ptr, c, c_end, rh, n, nmask, N, G, PK: gl.constexpr, BN: gl.constexpr,
+               GS: gl.constexpr, HAS_ZERO: gl.constexpr, L: gl.constexpr):
+        """Chunk c's four word tensors (rows 16 rh + 4 q + i in tensor i), its f16x2 scales
+        (16 s of the low and the high group) and zero terms; zeros past c_end."""
+        p = w_base + c * (PK * BN)
+        live = rh * 0 + c < c_end
+        w0 = gl.load(p, mask=live, other=0)
+        w1 = gl.load(p + BN, mask=live, other=0)
+        w2 = gl.load(p + 2 * BN, mask=live, other=0)
+        w3 = gl.load(p + 3 * BN, mask=live, other=0)
+        cmask = nmask & (n * 0 + c < c_end)
+        HI: gl.constexpr = 1 if GS == 128 else 0
+        g_lo = gl.minimum((c * 256) // GS, G - 1)
+        g_hi = gl.minimum(g_lo + HI, G - 1)
+        s_lo = gl.load(s_ptr + g_lo * N + n, mask=cmask, other=0.0).to(gl.float32) * 16.0
+        s_hi = gl.load(s_ptr + g_hi * N + n, mask=cmask, other=0.0).to(gl.float32) * 16.0
+        s16 = _pack(s_lo.to(gl.float16), s_hi.to(gl.float16))  # the pairs carry (q - zero) / 16
+        if HAS_ZERO:
+            zl = gl.load(zp_ptr + c * N + n, mask=cmask, other=0)
+        else:
+            half = gl.full(n.shape, -64.5, gl.float16, layout=L)  # zero point 8: -(64 + 8 / 16)
+            zl = _pack(half, half)
+        return w0, w1, w2, w3, s16, zl
+
+    @gluon.jit
     def _write(out, rows, cols, M, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS: gl.constexpr):
         if HAS_BIAS:
             out += gl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(gl.float32)
@@ -195,6 +220,7 @@ if AVAILABLE:
         M, N, K, KC, G, stride_xm, stride_ym, chunks_per_split, splits,
         BN: gl.constexpr, PK: gl.constexpr, GS: gl.constexpr, SPLIT_K: gl.constexpr, EVEN_K: gl.constexpr,
         HAS_ZERO: gl.constexpr, HAS_BIAS: gl.constexpr, PDL: gl.constexpr, WR: gl.constexpr, WH: gl.constexpr,
+        DEPTH: gl.constexpr,
     ):
         # Lanes: q (bits 0-1), g (bits 2-4), as mma.sync wants; v in registers (16-byte loads);
         # the two 16-row halves rh of a chunk over WR warps, column quads h over WH warps.
@@ -222,32 +248,32 @@ if AVAILABLE:
         x_bot = x_top + 8 * xrow  # rows g + 8
         m_top = g < M
         m_bot = g + 8 < M
-        HI: gl.constexpr = 1 if GS == 128 else 0
         c_begin = pid_k * chunks_per_split
         c_end = gl.minimum(c_begin + chunks_per_split, KC)
         c0 = gl.zeros([2, H, 8, 4, 4], gl.float32, layout=L)
         c1 = c0
         c2 = c0
         c3 = c0
+        # DEPTH chunks ahead (1 or 2; n* the next chunk, nn* the one after): their words, scales
+        # and zeros are in flight while this chunk's MMAs run (one program holds few warps,
+        # so without it every chunk would wait out a memory round trip).
+        n0, n1, n2, n3, ns, nz = _chunk(w_base, s_ptr, zp_ptr, c_begin, c_end, rh, n, nmask, N, G, PK, BN, GS,
+                                        HAS_ZERO, L)
+        if DEPTH >= 2:
+            nn0, nn1, nn2, nn3, nns, nnz = _chunk(w_base, s_ptr, zp_ptr, c_begin + 1, c_end, rh, n, nmask, N, G, PK,
+                                                  BN, GS, HAS_ZERO, L)
         if PDL:
             gl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=gl.int32, is_pure=False,
                                       pack=1)
         for c in range(c_begin, c_end):
-            w_ptrs = w_base + c * (PK * BN)
-            w0 = gl.load(w_ptrs)
-            w1 = gl.load(w_ptrs + BN)
-            w2 = gl.load(w_ptrs + 2 * BN)
-            w3 = gl.load(w_ptrs + 3 * BN)
-            g_lo = gl.minimum((c * 256) // GS, G - 1)
-            g_hi = gl.minimum(g_lo + HI, G - 1)
-            s_lo = gl.load(s_ptr + g_lo * N + n, mask=nmask, other=0.0).to(gl.float32) * 16.0
-            s_hi = gl.load(s_ptr + g_hi * N + n, mask=nmask, other=0.0).to(gl.float32) * 16.0
-            s16 = _pack(s_lo.to(gl.float16), s_hi.to(gl.float16))  # the pairs carry (q - zero) / 16
-            if HAS_ZERO:
-                zl = gl.load(zp_ptr + c * N + n, mask=nmask, other=0)
+            w0, w1, w2, w3, s16, zl = n0, n1, n2, n3, ns, nz
+            if DEPTH >= 2:
+                n0, n1, n2, n3, ns, nz = nn0, nn1, nn2, nn3, nns, nnz
+                nn0, nn1, nn2, nn3, nns, nnz = _chunk(w_base, s_ptr, zp_ptr, c + 2, c_end, rh, n, nmask, N, G, PK,
+                                                      BN, GS, HAS_ZERO, L)
             else:
-                half = gl.full([1, H, 8, 1, 4], -64.5, gl.float16, layout=L)  # zero point 8: -(64 + 8 / 16)
-                zl = _pack(half, half)
+                n0, n1, n2, n3, ns, nz = _chunk(w_base, s_ptr, zp_ptr, c + 1, c_end, rh, n, nmask, N, G, PK, BN, GS,
+                                                HAS_ZERO, L)
             zh = gl.inline_asm_elementwise("{ .reg .b32 c; mov.b32 c, 0x53805380; add.rn.f16x2 $0, $1, c; }",
                                            "=r,r", [zl], dtype=gl.int32, is_pure=True, pack=1)  # + 60: -(4 + z/16)
             for jj in gl.static_range(2):  # code pairs (0, 1) then (2, 3): 8 bits up
