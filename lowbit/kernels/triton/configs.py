@@ -44,8 +44,15 @@ HALF2: dict[tuple[int, int, int], GemvConfig] = {
     (6144, 4096, 4): GemvConfig(split=8, num_warps=4, num_stages=1, prefetch=True, half2=True),  # 8.0, 20.8
     (28672, 4096, 4): GemvConfig(split=1, num_warps=4, num_stages=1, prefetch=True, depth=2, half2=True),  # 25.0, 82.0
 }
-#: (N, K, bits) -> mma16 config (int4 groups >= 128, fp16 activations, 2 <= M <= 16).
-MMA16: dict[tuple[int, int, int], Mma16Config] = {}
+#: (N, K, bits) -> mma16 config (int4 groups >= 128, fp16 activations, 2 <= M <= 16), at the
+#: BLOCK_N above (the layout is shared with the M = 1 GEMV). benchmarks/results/
+#: h100_tune_mma16_run11.jsonl, M = 16 (our us, fp16 us; the slab GEMM it replaces, run 10).
+MMA16: dict[tuple[int, int, int], Mma16Config] = {
+    (1024, 4096, 4): Mma16Config(split=16, wr=1, wh=2, depth=2),  # 8.1, 7.7 (gemm.py 8.1)
+    (4096, 4096, 4): Mma16Config(split=8, wr=1, wh=2, depth=2),  # 12.1, 16.1 (13.5)
+    (14336, 4096, 4): Mma16Config(split=2, wr=1, wh=1, depth=2),  # 27.2, 42.9 (30.1)
+    (4096, 14336, 4): Mma16Config(split=8, wr=1, wh=2, depth=2),  # 25.5, 45.2 (27.6)
+}
 #: (N, K, bits, M bucket) -> GEMM config.
 GEMM: dict[tuple[int, int, int, int], GemmConfig | DequantConfig | TcConfig] = {
     (1024, 4096, 4, 16): GemmConfig(bm=16, bnt=64, split=16, num_warps=4, num_stages=4),  # 8.1 us, fp16 7.7
@@ -179,10 +186,11 @@ def half2_config(n: int, k: int, nb: int, chunks: int, device: torch.device) -> 
 
 
 def mma16_config(n: int, k: int, nb: int, chunks: int, device: torch.device) -> Mma16Config:
-    """mma16 config: measured, else a K split giving about eight programs per SM."""
+    """mma16 config: measured, else what won on the measured shapes: two warps over the
+    column quads, two chunks in flight, a K split giving about four programs per SM."""
     if (n, k, 4) in MMA16:
         return MMA16[(n, k, 4)]
-    return Mma16Config(split=_fill_split(nb, chunks, _sms(device), per_sm=8))
+    return Mma16Config(split=_fill_split(nb, chunks, _sms(device), per_sm=4), wr=1, wh=2, depth=2)
 
 
 def m_bucket(m: int) -> int:

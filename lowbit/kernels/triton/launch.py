@@ -52,9 +52,9 @@ class Mma16Config:
     32-column quads (a divisor of block_n / 32)."""
 
     split: int = 1
-    wr: int = 2
+    wr: int = 1
     wh: int = 1
-    depth: int = 1  # chunks loaded ahead (1 or 2)
+    depth: int = 2  # chunks loaded ahead (1 or 2)
 
 
 @dataclass(frozen=True)
