@@ -121,16 +121,31 @@ if AVAILABLE:
             "=r,=r,=r,=r,l,l", [a, b], dtype=(gl.int32, gl.int32, gl.int32, gl.int32), is_pure=True, pack=1)
 
     @gluon.jit
-    def _x_quads(x_rows, kk, rmask, K, EVEN_K: gl.constexpr):
-        """f16x2 of x at kernel-order columns (kk + i, kk + 128 + i), i = 0..3, for the rows
-        ``x_rows`` (int64 pointers, four halves each); kk a multiple of 4."""
+    def _x_raw(x_top, x_bot, c, jj: gl.constexpr, rh, q, m_top, m_bot, K, EVEN_K: gl.constexpr):
+        """The activations step (c, jj) needs, as int64 (four halves each) at kernel-order
+        columns kk, kk + 128 (pair a) and kk + 32, kk + 160 (pair b), kk = c*256 + 64 jj +
+        16 rh + 4 q, for rows g (top) and g + 8 (bottom)."""
+        kk = c * 256 + 64 * jj + 16 * rh + 4 * q  # [2, 1, 1, 4, 1]
+        w = kk // 4
         if EVEN_K:
-            a = gl.load(x_rows + kk // 4, mask=rmask, other=0)
-            b = gl.load(x_rows + (kk + 128) // 4, mask=rmask, other=0)
+            ta0 = gl.load(x_top + w, mask=m_top, other=0)
+            ta1 = gl.load(x_top + w + 32, mask=m_top, other=0)
+            tb0 = gl.load(x_top + w + 8, mask=m_top, other=0)
+            tb1 = gl.load(x_top + w + 40, mask=m_top, other=0)
+            ba0 = gl.load(x_bot + w, mask=m_bot, other=0)
+            ba1 = gl.load(x_bot + w + 32, mask=m_bot, other=0)
+            bb0 = gl.load(x_bot + w + 8, mask=m_bot, other=0)
+            bb1 = gl.load(x_bot + w + 40, mask=m_bot, other=0)
         else:
-            a = gl.load(x_rows + kk // 4, mask=rmask & (kk < K), other=0)
-            b = gl.load(x_rows + (kk + 128) // 4, mask=rmask & (kk + 128 < K), other=0)
-        return _pair_quads(a, b)
+            ta0 = gl.load(x_top + w, mask=m_top & (kk < K), other=0)
+            ta1 = gl.load(x_top + w + 32, mask=m_top & (kk + 128 < K), other=0)
+            tb0 = gl.load(x_top + w + 8, mask=m_top & (kk + 32 < K), other=0)
+            tb1 = gl.load(x_top + w + 40, mask=m_top & (kk + 160 < K), other=0)
+            ba0 = gl.load(x_bot + w, mask=m_bot & (kk < K), other=0)
+            ba1 = gl.load(x_bot + w + 32, mask=m_bot & (kk + 128 < K), other=0)
+            bb0 = gl.load(x_bot + w + 8, mask=m_bot & (kk + 32 < K), other=0)
+            bb1 = gl.load(x_bot + w + 40, mask=m_bot & (kk + 160 < K), other=0)
+        return ta0, ta1, tb0, tb1, ba0, ba1, bb0, bb1
 
     @gluon.jit
     def _mma(src, zl, zh, s16, a0, a1, a2, a3, c0, c1, c2, c3):
@@ -265,6 +280,7 @@ if AVAILABLE:
         if PDL:
             gl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=gl.int32, is_pure=False,
                                       pack=1)
+        xa0, xa1, xb0, xb1, xc0, xc1, xd0, xd1 = _x_raw(x_top, x_bot, c_begin, 0, rh, q, m_top, m_bot, K, EVEN_K)
         for c in range(c_begin, c_end):
             w0, w1, w2, w3, s16, zl = n0, n1, n2, n3, ns, nz
             if DEPTH >= 2:
@@ -277,11 +293,18 @@ if AVAILABLE:
             zh = gl.inline_asm_elementwise("{ .reg .b32 c; mov.b32 c, 0x53805380; add.rn.f16x2 $0, $1, c; }",
                                            "=r,r", [zl], dtype=gl.int32, is_pure=True, pack=1)  # + 60: -(4 + z/16)
             for jj in gl.static_range(2):  # code pairs (0, 1) then (2, 3): 8 bits up
-                kk = c * 256 + 64 * jj + 16 * rh + 4 * q  # [2, 1, 1, 4, 1]
-                ta = _x_quads(x_top, kk, m_top, K, EVEN_K)
-                tb = _x_quads(x_top, kk + 32, m_top, K, EVEN_K)
-                ba = _x_quads(x_bot, kk, m_bot, K, EVEN_K)
-                bb = _x_quads(x_bot, kk + 32, m_bot, K, EVEN_K)
+                # This step's activations were loaded a step ahead (from L2, mostly: each
+                # program reads its own K range once); load the next step's now.
+                ta = _pair_quads(xa0, xa1)
+                tb = _pair_quads(xb0, xb1)
+                ba = _pair_quads(xc0, xc1)
+                bb = _pair_quads(xd0, xd1)
+                if jj == 0:
+                    xa0, xa1, xb0, xb1, xc0, xc1, xd0, xd1 = _x_raw(x_top, x_bot, c, 1, rh, q, m_top, m_bot, K, EVEN_K)
+                else:
+                    cn = gl.minimum(c + 1, c_end - 1)  # past the last chunk: a harmless reload
+                    xa0, xa1, xb0, xb1, xc0, xc1, xd0, xd1 = _x_raw(x_top, x_bot, cn, 0, rh, q, m_top, m_bot, K,
+                                                                    EVEN_K)
                 for i in gl.static_range(4):
                     if i == 0:
                         w = w0
