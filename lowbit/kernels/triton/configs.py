@@ -46,12 +46,12 @@ HALF2: dict[tuple[int, int, int], GemvConfig] = {
 }
 #: (N, K, bits) -> mma16 config (int4 groups >= 128, fp16 activations, 2 <= M <= 16), at the
 #: BLOCK_N above (the layout is shared with the M = 1 GEMV). benchmarks/results/
-#: h100_tune_mma16_run11.jsonl, M = 16 (our us, fp16 us; the slab GEMM it replaces, run 10).
+#: h100_tune_mma16_run12.jsonl, M = 16 (our us, fp16 us; the slab GEMM it replaces, run 10).
 MMA16: dict[tuple[int, int, int], Mma16Config] = {
-    (1024, 4096, 4): Mma16Config(split=16, wr=1, wh=2, depth=2),  # 8.1, 7.7 (gemm.py 8.1)
-    (4096, 4096, 4): Mma16Config(split=8, wr=1, wh=2, depth=2),  # 12.1, 16.1 (13.5)
-    (14336, 4096, 4): Mma16Config(split=2, wr=1, wh=1, depth=2),  # 27.2, 42.9 (30.1)
-    (4096, 14336, 4): Mma16Config(split=8, wr=1, wh=2, depth=2),  # 25.5, 45.2 (27.6)
+    (1024, 4096, 4): Mma16Config(split=16, wr=1, wh=2, depth=2),  # 8.1, 7.6 (gemm.py 8.1)
+    (4096, 4096, 4): Mma16Config(split=8, wr=1, wh=2, depth=2),  # 11.8, 16.0 (13.5)
+    (14336, 4096, 4): Mma16Config(split=2, wr=1, wh=1, depth=2),  # 24.2, 42.8 (30.1)
+    (4096, 14336, 4): Mma16Config(split=8, wr=1, wh=2, depth=2),  # 22.9, 45.1 (27.6)
 }
 #: (N, K, bits, M bucket) -> GEMM config.
 GEMM: dict[tuple[int, int, int, int], GemmConfig | DequantConfig | TcConfig] = {
