@@ -1,12 +1,13 @@
-"""End-to-end decode speed at batch 1: a Llama-3-8B-shaped model (random weights), fp16 vs
-int4 g128 asymmetric (QuantLinear on the Triton kernels), through the same generation code
-(lowbit.evaluate.static_decode: static KV cache, one CUDA graph per token).
+"""End-to-end decode speed (batch 1 by default): a Llama-3-8B-shaped model (random weights),
+fp16 vs int4 g128 asymmetric (QuantLinear on the Triton kernels), through the same generation
+code (lowbit.evaluate.static_decode: static KV cache, one CUDA graph per token).
 
-    PYTHONPATH=. python benchmarks/decode.py [--layers 32] [--new 256] [--quantize-lm-head] [--profile]
+    PYTHONPATH=. python benchmarks/decode.py [--layers 32] [--new 256] [--batch 1] [--quantize-lm-head] [--profile]
 
 The int4 model is the fp16 model rounded to nearest (g128, asymmetric) layer by layer on
 the GPU; embeddings, norms and lm_head stay fp16 (lowbit's default). tok/s = decode steps /
-seconds over the graph replays (the first token, from the prefill, is not counted); median
+seconds over the graph replays (the first token, from the prefill, is not counted), times
+the batch (--batch B sequences decode together: the matmuls then have M = B rows); median
 of --repeats runs. A logits check compares the Triton path with the reference kernels.
 """
 from __future__ import annotations
@@ -66,11 +67,11 @@ def weight_bytes(model) -> int:
 
 
 def tok_per_s(model, prompt, new: int, repeats: int, graph: bool) -> tuple[float, torch.Tensor]:
-    dec = StaticDecoder(model, max_len=prompt.shape[1] + new + 8, cuda_graph=graph)
+    dec = StaticDecoder(model, max_len=prompt.shape[1] + new + 8, batch=prompt.shape[0], cuda_graph=graph)
     rates, tokens = [], None
     for _ in range(repeats + 1):  # the first run compiles, repacks and captures
         tokens, seconds = dec.generate(prompt, new)
-        rates.append((new - 1) / seconds)
+        rates.append(prompt.shape[0] * (new - 1) / seconds)
     return statistics.median(rates[1:]), tokens
 
 
@@ -79,7 +80,7 @@ def kernel_profile(model, prompt, steps: int = 16) -> dict[str, float]:
     durations do not depend on how they were launched; the graph only removes the gaps)."""
     from torch.profiler import ProfilerActivity, profile
 
-    dec = StaticDecoder(model, max_len=prompt.shape[1] + steps + 8, cuda_graph=False)
+    dec = StaticDecoder(model, max_len=prompt.shape[1] + steps + 8, batch=prompt.shape[0], cuda_graph=False)
     dec.generate(prompt, 2)  # compiles and repacks outside the profile
     dec.generate(prompt, 1)  # leaves the static token and position at the prompt's end
     torch.cuda.synchronize()
@@ -114,6 +115,7 @@ def main(argv=None) -> int:
     p.add_argument("--prompt", type=int, default=16)
     p.add_argument("--new", type=int, default=256)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batch", type=int, default=1, help="sequences decoded together (tok/s counts all of them)")
     p.add_argument("--quantize-lm-head", action="store_true")
     p.add_argument("--eager", action="store_true", help="also time without CUDA graphs")
     p.add_argument("--profile", action="store_true", help="also print kernel time per decode step, by kernel")
@@ -127,7 +129,7 @@ def main(argv=None) -> int:
         print("benchmarks/decode.py needs a CUDA GPU", file=sys.stderr)
         return 2
     model = llama3_8b(args.layers)
-    prompt = torch.randint(0, model.config.vocab_size, (1, args.prompt), generator=torch.Generator().manual_seed(0))
+    prompt = torch.randint(0, model.config.vocab_size, (args.batch, args.prompt), generator=torch.Generator().manual_seed(0))
     rows = []
     fp16_bytes = weight_bytes(model)
     r16, _ = tok_per_s(model, prompt, args.new, args.repeats, graph=True)
@@ -145,21 +147,22 @@ def main(argv=None) -> int:
         rows.append((rows[-1][0], "eager", tok_per_s(model, prompt, args.new, 1, graph=False)[0], q_bytes))
 
     # The same int4 model through the reference kernels: logits of one prefill must agree.
-    dec = StaticDecoder(model, max_len=args.prompt + 8, cuda_graph=False)
+    dec = StaticDecoder(model, max_len=args.prompt + 8, batch=args.batch, cuda_graph=False)
     fast = dec.forward(prompt.cuda(), torch.arange(args.prompt, device="cuda")).float()
     os.environ["LOWBIT_KERNEL"] = "reference"
     ref = dec.forward(prompt.cuda(), torch.arange(args.prompt, device="cuda")).float()
     del os.environ["LOWBIT_KERNEL"]
     rel = ((fast - ref).norm() / ref.norm()).item()
 
-    print(f"Llama-3-8B-shaped ({args.layers} layers), batch 1, prompt {args.prompt}, {args.new} new tokens, "
+    print(f"Llama-3-8B-shaped ({args.layers} layers), batch {args.batch}, prompt {args.prompt}, {args.new} new tokens, "
           f"{torch.cuda.get_device_name()}")
-    print(f"{'model':<24}{'mode':<7}{'tok/s':>8}{'GB/token':>10}{'GB/s':>7}{'vs fp16':>9}")
+    print(f"{'model':<24}{'mode':<7}{'tok/s':>8}{'GB/step':>10}{'GB/s':>7}{'vs fp16':>9}")
     for name, mode, rate, nbytes in rows:
-        print(f"{name:<24}{mode:<7}{rate:>8.1f}{nbytes / 1e9:>10.2f}{rate * nbytes / 1e9:>7.0f}{rate / r16:>8.2f}x")
+        gbs = rate / args.batch * nbytes / 1e9  # decode steps a second x weight bytes a step
+        print(f"{name:<24}{mode:<7}{rate:>8.1f}{nbytes / 1e9:>10.2f}{gbs:>7.0f}{rate / r16:>8.2f}x")
     print(f"int4 logits, Triton vs reference kernels: relative error {rel:.2e}")
     if profiles:
-        print_profile(profiles, [1e6 / r16, 1e6 / r4])
+        print_profile(profiles, [1e6 * args.batch / r16, 1e6 * args.batch / r4])
     return 0
 
 
