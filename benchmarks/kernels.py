@@ -221,6 +221,8 @@ def main(argv=None) -> int:
                    help="--tune: these (in x out) shapes instead of Llama-3-8B's four, e.g. 4096x6144")
     p.add_argument("--best", metavar="JSON", help="with --tune: write the best config per shape and M here")
     p.add_argument("--configs", metavar="JSON", help="use these tuned configs (a --best file) on top of configs.py")
+    p.add_argument("--mma16-max-m", type=int, metavar="M",
+                   help="run the mma16 kernel up to this M (default: configs.MMA16_MAX_M)")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         print("benchmarks/kernels.py needs a CUDA GPU", file=sys.stderr)
@@ -232,6 +234,10 @@ def main(argv=None) -> int:
         from lowbit.kernels.triton.configs import load_table
 
         load_table(args.configs)
+    if args.mma16_max_m is not None:
+        from lowbit.kernels.triton import configs
+
+        configs.MMA16_MAX_M = args.mma16_max_m
     if not KERNELS["int_group"]:
         print("the Triton kernels are not available (pip install triton)", file=sys.stderr)
         return 2

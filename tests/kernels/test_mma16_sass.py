@@ -49,7 +49,7 @@ def _compile(**constexprs) -> str:
 @pytest.mark.parametrize("wr,wh,depth", [(1, 2, 2), (2, 1, 1)])
 def test_mma16_loop_has_no_shared_memory_traffic(wr, wh, depth):
     sass = _sass(BN=64, PK=32, GS=128, SPLIT_K=True, EVEN_K=True, HAS_ZERO=True, HAS_BIAS=False, PDL=True,
-                 WR=wr, WH=wh, DEPTH=depth)
+                 WR=wr, WH=wh, DEPTH=depth, X_BF16=False)
     ops = re.findall(r"\b(HMMA\.16816\.F32|STS|LDS|LDSM|BAR\.SYNC)\b", sass)
     last_mma = max(i for i, op in enumerate(ops) if op.startswith("HMMA"))
     assert not [op for op in ops[:last_mma] if not op.startswith("HMMA")]

@@ -14,19 +14,22 @@ needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="Gluon kern
 
 
 @needs_gpu
-@pytest.mark.parametrize("m,gs,sym,n,k,bn,split,wr,wh", [
-    (16, 128, False, 64, 512, 32, 1, 2, 1),
-    (3, 128, True, 40, 1024, 32, 2, 2, 1),  # ragged N, split-K, bias
-    (9, -1, False, 64, 768, 64, 1, 1, 2),  # per channel, two column quads over two warps
-    (2, 256, False, 96, 1280, 32, 3, 1, 1),  # K % 256 != 0
-    (16, 128, False, 256, 2048, 64, 4, 2, 2),
+@pytest.mark.parametrize("m,gs,sym,n,k,bn,split,wr,wh,depth,dtype", [
+    (16, 128, False, 64, 512, 32, 1, 2, 1, 2, torch.float16),
+    (3, 128, True, 40, 1024, 32, 2, 2, 1, 1, torch.float16),  # ragged N, split-K, bias
+    (9, -1, False, 64, 768, 64, 1, 1, 2, 2, torch.float16),  # per channel, two column quads over two warps
+    (2, 256, False, 96, 1280, 32, 3, 1, 1, 2, torch.float16),  # K % 256 != 0
+    (16, 128, False, 256, 2048, 64, 4, 2, 2, 1, torch.float16),
+    (7, 128, False, 64, 1024, 64, 2, 1, 2, 2, torch.bfloat16),  # bf16 rows, rounded to fp16 when paired
+    (41, 128, False, 96, 1024, 32, 2, 1, 1, 2, torch.float16),  # three row tiles, the last one ragged
+    (64, 128, True, 64, 512, 64, 1, 1, 2, 2, torch.bfloat16),
 ])
-def test_mma16_matches_reference(tk, m, gs, sym, n, k, bn, split, wr, wh):
+def test_mma16_matches_reference(tk, m, gs, sym, n, k, bn, split, wr, wh, depth, dtype):
     layer = make_layer(n, k, 4, gs, sym, bias=m == 3, seed=m + k, device=tk.device)
-    x = torch.randn(m, k, device=tk.device).half()
+    x = torch.randn(m, k, device=tk.device).to(dtype)
     pw = repack(tk, layer, bn)
-    assert tk.launch.mma16_ok(x, pw)
-    y = tk.launch.mma16(x, pw, layer.bias, tk.launch.Mma16Config(split=split, wr=wr, wh=wh))
+    assert tk.launch.mma16_ok(x, pw, max_m=64)
+    y = tk.launch.mma16(x, pw, layer.bias, tk.launch.Mma16Config(split=split, wr=wr, wh=wh, depth=depth))
     check(y, ref_out(x, layer), x)
 
 
@@ -44,8 +47,8 @@ def test_mma16_refuses_what_it_cannot_take(tk):
     assert not tk.launch.mma16_ok(x, repack(tk, make_layer(32, 512, 4, 64, False, device=dev), 32))  # g64
     assert not tk.launch.mma16_ok(x, repack(tk, make_layer(32, 512, 4, 128, False, act_order=True, device=dev), 32))
     g128 = repack(tk, make_layer(32, 512, 4, 128, False, device=dev), 32)
-    assert not tk.launch.mma16_ok(torch.randn(17, 512, device=dev).half(), g128)  # more than 16 rows
+    assert not tk.launch.mma16_ok(torch.randn(17, 512, device=dev).half(), g128)  # more rows than max_m
     assert not tk.launch.mma16_ok(torch.randn(1, 512, device=dev).half(), g128)  # one row: the GEMV's
-    assert not tk.launch.mma16_ok(x.bfloat16(), g128)  # the MMA takes fp16 activations
+    assert not tk.launch.mma16_ok(x.float(), g128)  # fp32 activations
     if not tk.gpu:
         assert not tk.launch.mma16_ok(x, g128)  # CPU / interpreter: no Gluon

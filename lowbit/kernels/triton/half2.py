@@ -24,6 +24,19 @@ _ASM_DOT = (
 )
 ASM_DOT_LOW = tl.constexpr(_ASM_DOT.replace("MASK", "0x000f000f").replace("MUL", "0x2c002c00"))
 ASM_DOT_HIGH = tl.constexpr(_ASM_DOT.replace("MASK", "0x00f000f0").replace("MUL", "0x1c001c00"))
+#: Shared with the Gluon kernel (``mma16``): the f16x2 building blocks as PTX.
+ASM_PACK = tl.constexpr("mov.b32 $0, {$1, $2};")
+ASM_HIGH_TERM = tl.constexpr("{ .reg .b32 c; mov.b32 c, 0x53805380; add.rn.f16x2 $0, $1, c; }")
+ASM_PAIR_QUADS = tl.constexpr(
+    "{ .reg .b32 a0, a1, b0, b1; mov.b64 {a0, a1}, $4; mov.b64 {b0, b1}, $5; "
+    "prmt.b32 $0, a0, b0, 0x5410; prmt.b32 $1, a0, b0, 0x7632; "
+    "prmt.b32 $2, a1, b1, 0x5410; prmt.b32 $3, a1, b1, 0x7632; }")
+ASM_PAIR_QUADS_BF16 = tl.constexpr(
+    "{ .reg .b32 a0, a1, b0, b1, fa, fb; mov.b64 {a0, a1}, $4; mov.b64 {b0, b1}, $5; "
+    "shl.b32 fa, a0, 16; shl.b32 fb, b0, 16; cvt.rn.f16x2.f32 $0, fb, fa; "
+    "and.b32 fa, a0, 0xffff0000; and.b32 fb, b0, 0xffff0000; cvt.rn.f16x2.f32 $1, fb, fa; "
+    "shl.b32 fa, a1, 16; shl.b32 fb, b1, 16; cvt.rn.f16x2.f32 $2, fb, fa; "
+    "and.b32 fa, a1, 0xffff0000; and.b32 fb, b1, 0xffff0000; cvt.rn.f16x2.f32 $3, fb, fa; }")
 
 
 @triton.jit
@@ -47,8 +60,7 @@ def pack(lo, hi, INTERPRET: tl.constexpr):
         b = hi.to(tl.int16, bitcast=True).to(tl.int32) << 16
         return a | b
     else:
-        return tl.inline_asm_elementwise("mov.b32 $0, {$1, $2};", "=r,h,h", [lo, hi], dtype=tl.int32,
-                                         is_pure=True, pack=1)
+        return tl.inline_asm_elementwise(ASM_PACK, "=r,h,h", [lo, hi], dtype=tl.int32, is_pure=True, pack=1)
 
 
 @triton.jit
@@ -58,8 +70,7 @@ def high_term(zt, INTERPRET: tl.constexpr):
         lo, hi = unpack(zt, INTERPRET)
         return pack((lo + 60.0).to(tl.float16), (hi + 60.0).to(tl.float16), INTERPRET)
     else:
-        return tl.inline_asm_elementwise("{ .reg .b32 c; mov.b32 c, 0x53805380; add.rn.f16x2 $0, $1, c; }",
-                                         "=r,r", [zt], dtype=tl.int32, is_pure=True, pack=1)
+        return tl.inline_asm_elementwise(ASM_HIGH_TERM, "=r,r", [zt], dtype=tl.int32, is_pure=True, pack=1)
 
 
 @triton.jit
@@ -73,10 +84,8 @@ def pair_quads(a, b, INTERPRET: tl.constexpr):
         return p0.to(tl.int32), p1.to(tl.int32), p2.to(tl.int32), p3.to(tl.int32)
     else:
         return tl.inline_asm_elementwise(
-            "{ .reg .b32 a0, a1, b0, b1; mov.b64 {a0, a1}, $4; mov.b64 {b0, b1}, $5; "
-            "prmt.b32 $0, a0, b0, 0x5410; prmt.b32 $1, a0, b0, 0x7632; "
-            "prmt.b32 $2, a1, b1, 0x5410; prmt.b32 $3, a1, b1, 0x7632; }",
-            "=r,=r,=r,=r,l,l", [a, b], dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True, pack=1)
+            ASM_PAIR_QUADS, "=r,=r,=r,=r,l,l", [a, b], dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True,
+            pack=1)
 
 
 @triton.jit
@@ -91,12 +100,8 @@ def pair_quads_bf16(a, b, INTERPRET: tl.constexpr):
         return p0, p1, p2, p3
     else:
         return tl.inline_asm_elementwise(
-            "{ .reg .b32 a0, a1, b0, b1, fa, fb; mov.b64 {a0, a1}, $4; mov.b64 {b0, b1}, $5; "
-            "shl.b32 fa, a0, 16; shl.b32 fb, b0, 16; cvt.rn.f16x2.f32 $0, fb, fa; "
-            "and.b32 fa, a0, 0xffff0000; and.b32 fb, b0, 0xffff0000; cvt.rn.f16x2.f32 $1, fb, fa; "
-            "shl.b32 fa, a1, 16; shl.b32 fb, b1, 16; cvt.rn.f16x2.f32 $2, fb, fa; "
-            "and.b32 fa, a1, 0xffff0000; and.b32 fb, b1, 0xffff0000; cvt.rn.f16x2.f32 $3, fb, fa; }",
-            "=r,=r,=r,=r,l,l", [a, b], dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True, pack=1)
+            ASM_PAIR_QUADS_BF16, "=r,=r,=r,=r,l,l", [a, b], dtype=(tl.int32, tl.int32, tl.int32, tl.int32),
+            is_pure=True, pack=1)
 
 
 @triton.jit

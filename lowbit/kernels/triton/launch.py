@@ -212,35 +212,36 @@ def gemv_half2(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg
     return y
 
 
-def mma16_ok(x: torch.Tensor, pw: PackedWeight) -> bool:
-    """Whether ``mma16`` takes this input: 2..16 fp16 rows on a CUDA device (a Gluon kernel:
-    no interpreter), int4 affine codes in groups >= 128, no act-order, rows it may read
-    8 bytes at a time, column blocks of 32."""
-    return (_mma16.AVAILABLE and not INTERPRET and x.is_cuda and x.dtype == torch.float16 and half2_ok(x, pw)
-            and 2 <= x.shape[0] <= 16 and pw.group_size >= 128 and pw.block_n % 32 == 0 and _x_vec(x, pw))
+def mma16_ok(x: torch.Tensor, pw: PackedWeight, max_m: int = 16) -> bool:
+    """Whether ``mma16`` takes this input: 2..max_m fp16/bf16 rows on a CUDA device (a Gluon
+    kernel: no interpreter), int4 affine codes in groups >= 128, no act-order, rows it may
+    read 8 bytes at a time, column blocks of 32."""
+    return (_mma16.AVAILABLE and not INTERPRET and x.is_cuda and half2_ok(x, pw) and 2 <= x.shape[0] <= max_m
+            and pw.group_size >= 128 and pw.block_n % 32 == 0 and _x_vec(x, pw))
 
 
 def mma16(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: Mma16Config,
           out: torch.Tensor | None = None) -> torch.Tensor:
-    """y [M, N] = x [M, K] @ W.T (+ bias), M <= 16, on mma.sync (``mma16``)."""
+    """y [M, N] = x [M, K] @ W.T (+ bias) on mma.sync (``mma16``), 16 rows a program."""
     m = x.shape[0]
     y = torch.empty(m, pw.n, dtype=x.dtype, device=x.device) if out is None else out
     nb = pw.qweight.shape[0]
+    row_tiles = triton.cdiv(m, 16)
     wh = cfg.wh if (pw.block_n // 32) % cfg.wh == 0 else 1
     per, split = _splits(pw.chunks, cfg.split, 1)
-    bufs = splitk_buffers(x.device, m * pw.n, nb) if split > 1 else None
+    bufs = splitk_buffers(x.device, m * pw.n, nb * row_tiles) if split > 1 else None
     if split > 1 and bufs is None:
         per, split = pw.chunks, 1
     ws, cnt = bufs if bufs is not None else (y, y)
     dummy = pw.qweight
     pdl_on = pdl.enabled(x.device)
-    _mma16.int4_mma16_kernel[(nb, split)](
+    _mma16.int4_mma16_kernel[(nb, split, row_tiles)](
         x, pw.qweight, pw.scales, pw.zero_pairs if pw.zero_pairs is not None else dummy,
         bias if bias is not None else dummy, y, ws, cnt,
         m, pw.n, pw.k, pw.chunks, pw.groups, x.stride(0), y.stride(0), per, split,
         BN=pw.block_n, PK=PK, GS=pw.group_size, SPLIT_K=split > 1, EVEN_K=_even_k(pw),
         HAS_ZERO=pw.zero_pairs is not None, HAS_BIAS=bias is not None, PDL=pdl_on, WR=cfg.wr, WH=wh, DEPTH=cfg.depth,
-        num_warps=cfg.wr * wh, **({"launch_pdl": True} if pdl_on else {}),
+        X_BF16=x.dtype == torch.bfloat16, num_warps=cfg.wr * wh, **({"launch_pdl": True} if pdl_on else {}),
     )
     return y
 

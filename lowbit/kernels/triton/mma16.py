@@ -21,9 +21,16 @@ so the word tensor [RH, H, 8, 4, 4] (rh, h, g, q, v) is given an explicit layout
 v in registers (16-byte loads), q on lanes 0-1, g on lanes 2-4, rh and h over warps and
 registers. Gluon kernels do not run under TRITON_INTERPRET; the GPU tests check this one.
 
-Grid: (column blocks, K splits); split-K partial sums meet as in ``epilogue``.
+bf16 activations are rounded to fp16 as they are paired (as in ``gemv_half2``); the output
+is written in x's dtype. More than 16 rows: one program row per 16 (the grid's third axis;
+the programs of one column block share its weights through L2).
+
+Grid: (column blocks, K splits, row tiles of 16); split-K partial sums meet as in
+``epilogue``.
 """
 from __future__ import annotations
+
+from .half2 import ASM_HIGH_TERM, ASM_PACK, ASM_PAIR_QUADS, ASM_PAIR_QUADS_BF16
 
 try:  # Gluon: Triton >= 3.5, with the API of 3.6
     from triton.experimental import gluon
@@ -111,17 +118,18 @@ if AVAILABLE:
     @gluon.jit
     def _pack(lo, hi):
         """Two fp16 tensors -> f16x2 (int32), ``lo`` in the low half."""
-        return gl.inline_asm_elementwise("mov.b32 $0, {$1, $2};", "=r,h,h", [lo, hi], dtype=gl.int32,
-                                         is_pure=True, pack=1)
+        return gl.inline_asm_elementwise(ASM_PACK, "=r,h,h", [lo, hi], dtype=gl.int32, is_pure=True, pack=1)
 
     @gluon.jit
-    def _pair_quads(a, b):
-        """Two int64 tensors, four fp16 each -> four f16x2: (a's half i, b's half i)."""
-        return gl.inline_asm_elementwise(
-            "{ .reg .b32 a0, a1, b0, b1; mov.b64 {a0, a1}, $4; mov.b64 {b0, b1}, $5; "
-            "prmt.b32 $0, a0, b0, 0x5410; prmt.b32 $1, a0, b0, 0x7632; "
-            "prmt.b32 $2, a1, b1, 0x5410; prmt.b32 $3, a1, b1, 0x7632; }",
-            "=r,=r,=r,=r,l,l", [a, b], dtype=(gl.int32, gl.int32, gl.int32, gl.int32), is_pure=True, pack=1)
+    def _pair_quads(a, b, X_BF16: gl.constexpr):
+        """Two int64 tensors, four halves each -> four f16x2: (a's half i, b's half i); bf16
+        halves are rounded to fp16 on the way (as in ``gemv_half2``)."""
+        if X_BF16:
+            return gl.inline_asm_elementwise(ASM_PAIR_QUADS_BF16, "=r,=r,=r,=r,l,l", [a, b],
+                                             dtype=(gl.int32, gl.int32, gl.int32, gl.int32), is_pure=True, pack=1)
+        else:
+            return gl.inline_asm_elementwise(ASM_PAIR_QUADS, "=r,=r,=r,=r,l,l", [a, b],
+                                             dtype=(gl.int32, gl.int32, gl.int32, gl.int32), is_pure=True, pack=1)
 
     @gluon.jit
     def _x_raw(x_top, x_bot, c, jj: gl.constexpr, rh, q, m_top, m_bot, K, EVEN_K: gl.constexpr):
@@ -238,7 +246,7 @@ if AVAILABLE:
         M, N, K, KC, G, stride_xm, stride_ym, chunks_per_split, splits,
         BN: gl.constexpr, PK: gl.constexpr, GS: gl.constexpr, SPLIT_K: gl.constexpr, EVEN_K: gl.constexpr,
         HAS_ZERO: gl.constexpr, HAS_BIAS: gl.constexpr, PDL: gl.constexpr, WR: gl.constexpr, WH: gl.constexpr,
-        DEPTH: gl.constexpr,
+        DEPTH: gl.constexpr, X_BF16: gl.constexpr,
     ):
         # Lanes: q (bits 0-1), g (bits 2-4), as mma.sync wants; v in registers (16-byte loads);
         # the two 16-row halves rh of a chunk over WR warps, column quads h over WH warps.
@@ -251,6 +259,7 @@ if AVAILABLE:
                                       is_pure=False, pack=1)
         pid_n = gl.program_id(0)
         pid_k = gl.program_id(1)
+        row0 = gl.program_id(2) * 16  # this program's 16 activation rows
         rh = _iota(2, 0, L)
         h = _iota(H, 1, L)
         g = _iota(8, 2, L)
@@ -262,10 +271,10 @@ if AVAILABLE:
         w_base = qw_ptr + pid_n.to(gl.int64) * KC * (PK * BN) + (16 * rh + 4 * q) * BN + col  # [2, H, 8, 4, 4]
         x64 = x_ptr.to(gl.pointer_type(gl.int64))
         xrow = stride_xm // 4  # int64 words per x row
-        x_top = x64 + g * xrow  # rows g ([1, 1, 8, 1, 1]; the column comes with kk)
+        x_top = x64 + (row0 + g) * xrow  # rows g ([1, 1, 8, 1, 1]; the column comes with kk)
         x_bot = x_top + 8 * xrow  # rows g + 8
-        m_top = g < M
-        m_bot = g + 8 < M
+        m_top = row0 + g < M
+        m_bot = row0 + g + 8 < M
         c_begin = pid_k * chunks_per_split
         c_end = gl.minimum(c_begin + chunks_per_split, KC)
         c0 = gl.zeros([2, H, 8, 4, 4], gl.float32, layout=L)
@@ -293,15 +302,15 @@ if AVAILABLE:
             else:
                 n0, n1, n2, n3, ns, nz = _chunk(w_base, s_ptr, zp_ptr, c + 1, c_end, rh, n, nmask, N, G, PK, BN, GS,
                                                 HAS_ZERO, L)
-            zh = gl.inline_asm_elementwise("{ .reg .b32 c; mov.b32 c, 0x53805380; add.rn.f16x2 $0, $1, c; }",
-                                           "=r,r", [zl], dtype=gl.int32, is_pure=True, pack=1)  # + 60: -(4 + z/16)
+            # + 60: the zero term of the high code position, -(4 + z / 16)
+            zh = gl.inline_asm_elementwise(ASM_HIGH_TERM, "=r,r", [zl], dtype=gl.int32, is_pure=True, pack=1)
             for jj in gl.static_range(2):  # code pairs (0, 1) then (2, 3): 8 bits up
                 # This step's activations were loaded a step ahead (from L2, mostly: each
                 # program reads its own K range once); load the next step's now.
-                ta = _pair_quads(xa0, xa1)
-                tb = _pair_quads(xb0, xb1)
-                ba = _pair_quads(xc0, xc1)
-                bb = _pair_quads(xd0, xd1)
+                ta = _pair_quads(xa0, xa1, X_BF16)
+                tb = _pair_quads(xb0, xb1, X_BF16)
+                ba = _pair_quads(xc0, xc1, X_BF16)
+                bb = _pair_quads(xd0, xd1, X_BF16)
                 if jj == 0:
                     xa0, xa1, xb0, xb1, xc0, xc1, xd0, xd1 = _x_raw(x_top, x_bot, c, 1, rh, q, m_top, m_bot, K, EVEN_K)
                 else:
@@ -324,9 +333,9 @@ if AVAILABLE:
         # (c0, c2) and 2q + 1 (c1, c3), i.e. block columns 32 h + 4 c8 + v.
         # The index tensors go through the same reduction so that their layout is the sums'.
         S: gl.constexpr = gl.SliceLayout(0, L)
-        rows = _iota4(8, 1, S)  # [1, 8, 1, 1]
+        rows = row0 + _iota4(8, 1, S)  # [1, 8, 1, 1]
         col_e0 = pid_n * BN + 32 * _iota4(H, 0, S) + 8 * _iota4(4, 2, S) + _iota4(4, 3, S)  # [H, 1, 4, 4]
         col_e1 = col_e0 + 4
         _store4(gl.sum(c0, axis=0), gl.sum(c1, axis=0), gl.sum(c2, axis=0), gl.sum(c3, axis=0), rows, col_e0,
                 col_e1, M, N, y_ptr, stride_ym,
-                bias_ptr, ws_ptr, cnt_ptr, pid_n, splits, SPLIT_K, HAS_BIAS)
+                bias_ptr, ws_ptr, cnt_ptr, gl.program_id(2) * gl.num_programs(0) + pid_n, splits, SPLIT_K, HAS_BIAS)
