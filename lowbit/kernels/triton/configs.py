@@ -103,7 +103,9 @@ GEMM_LUT: dict[tuple[int, int, int, int], GemmConfig | DequantConfig | TcConfig]
 #: Largest M that runs on the CUDA-core GEMV (above it the tensor-core kernel wins).
 GEMV_MAX_M = 1
 #: Largest M that runs on ``mma16`` (int4 groups >= 128; above it gemm_tc / dequantize).
-MMA16_MAX_M = 16
+#: Each 16 rows are one more program row; at M = 32 it still beat gemm_tc on all four shapes,
+#: at 64 on none (benchmarks/results/h100_table_int4_m32_64_run14.txt).
+MMA16_MAX_M = 32
 M_BUCKETS = (16, 32, 64, 128, 256)
 #: Bytes of shared memory the GEMM's pipeline stages may take (H100: 227 KB a block).
 SHARED_BUDGET = 160 * 1024
