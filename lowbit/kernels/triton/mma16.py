@@ -1,4 +1,4 @@
-"""int4 matmul for 2..16 activation rows on ``mma.sync``, weights decoded in f16x2 (Gluon).
+"""int4 matmul for 2..32 activation rows on ``mma.sync``, weights decoded in f16x2 (Gluon).
 
 At M <= 16 the weight stream still sets the time, so the decode must stay as cheap as in
 ``gemv_half2``, and the tensor cores do the multiply: two codes of a word decode into one
