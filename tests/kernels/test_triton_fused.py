@@ -27,6 +27,16 @@ def test_add_rmsnorm_and_silu_mul(tk):
     torch.testing.assert_close(tk.fused.silu_mul(gu).float(), torch.nn.functional.silu(g) * u, rtol=2e-3, atol=2e-3)
 
 
+def test_silu_mul_interleaved_matches_reference_silu_pairs(tk):
+    from lowbit.kernels import reference
+
+    dt = torch.float16 if tk.gpu else torch.float32
+    gu = torch.randn(5, 2 * 1100, device=tk.device, dtype=dt) * 4  # more than one 1024-column block
+    # Same float32 formula, rounded once; exp may differ in the last bit (fp16: one rounding step)
+    tol = 1e-3 if dt == torch.float16 else 1e-5
+    torch.testing.assert_close(tk.fused.silu_mul(gu, interleaved=True), reference.silu_pairs(gu), rtol=tol, atol=tol)
+
+
 def _attention(q, kc, vc, n, scale):
     """Plain torch: q [B, heads, 1, D] over cache positions 0..n-1 (grouped KV heads) -> [B, 1, heads * D]."""
     g = q.shape[1] // kc.shape[1]

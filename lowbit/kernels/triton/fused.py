@@ -55,23 +55,31 @@ def add_rmsnorm(x: torch.Tensor, residual: torch.Tensor | None, weight: torch.Te
 
 
 @triton.jit
-def _silu_mul_kernel(gu_ptr, out_ptr, F, BLOCK: tl.constexpr, PDL: tl.constexpr):
+def _silu_mul_kernel(gu_ptr, out_ptr, F, BLOCK: tl.constexpr, INTERLEAVED: tl.constexpr, PDL: tl.constexpr):
     release(PDL)
     wait(PDL)
     row = tl.program_id(0).to(tl.int64)
     cols = tl.program_id(1) * BLOCK + tl.arange(0, BLOCK)
     mask = cols < F
-    g = tl.load(gu_ptr + row * 2 * F + cols, mask=mask, other=0.0).to(tl.float32)
-    u = tl.load(gu_ptr + row * 2 * F + F + cols, mask=mask, other=0.0).to(tl.float32)
+    if INTERLEAVED:  # gate of feature i at column 2i, up at 2i + 1
+        g_off = 2 * cols
+        u_off = 2 * cols + 1
+    else:  # [gate | up]
+        g_off = cols
+        u_off = F + cols
+    g = tl.load(gu_ptr + row * 2 * F + g_off, mask=mask, other=0.0).to(tl.float32)
+    u = tl.load(gu_ptr + row * 2 * F + u_off, mask=mask, other=0.0).to(tl.float32)
     tl.store(out_ptr + row * F + cols, (g / (1.0 + tl.exp(-g)) * u).to(out_ptr.dtype.element_ty), mask=mask)
 
 
-def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
-    """silu(gate) * up for gate_up = [gate | up] along the last dim: [R, 2F] -> [R, F]."""
+def silu_mul(gate_up: torch.Tensor, interleaved: bool = False) -> torch.Tensor:
+    """silu(gate) * up in float32, rounded once: [R, 2F] -> [R, F], gate_up = [gate | up]
+    along the last dim, or with ``interleaved`` gate and up of feature i at columns 2i, 2i + 1
+    (as ``reference.silu_pairs``). gate_up contiguous."""
     f = gate_up.shape[-1] // 2
     rows = gate_up.numel() // (2 * f)
     out = torch.empty(*gate_up.shape[:-1], f, dtype=gate_up.dtype, device=gate_up.device)
-    _silu_mul_kernel[(rows, triton.cdiv(f, 1024))](gate_up, out, f, BLOCK=1024, num_warps=4,
+    _silu_mul_kernel[(rows, triton.cdiv(f, 1024))](gate_up, out, f, BLOCK=1024, INTERLEAVED=interleaved, num_warps=4,
                                                    **pdl.launch_args(gate_up.device))
     return out
 

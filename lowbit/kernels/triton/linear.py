@@ -11,8 +11,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from .. import reference
-from . import configs, launch
+from . import configs, fused, launch
 from .layout import PackedWeight, Unsupported, repack_int_group, repack_nf4
 
 log = logging.getLogger(__name__)
@@ -141,7 +140,7 @@ def int_group(x: torch.Tensor, layer: torch.nn.Module) -> torch.Tensor | None:
 def int_group_silu(x: torch.Tensor, layer: torch.nn.Module) -> torch.Tensor | None:
     """Fast path for op "int_group_silu": silu(gate) * up from a QuantLinear whose output
     columns interleave gate and up. One activation row: the f16x2 GEMV does the product in
-    its epilogue; more rows: the layer's kernel, then the product in torch."""
+    its epilogue; more rows: the layer's kernel, then one small kernel for the product."""
     pw = _int_group_packed(x, layer)
     if pw is None:
         return None
@@ -149,7 +148,7 @@ def int_group_silu(x: torch.Tensor, layer: torch.nn.Module) -> torch.Tensor | No
     if x2.shape[0] <= configs.GEMV_MAX_M and launch.half2_ok(x2, pw) and layer.bias is None and pw.block_n % 2 == 0:
         cfg = configs.half2_config(pw.n, pw.k, pw.qweight.shape[0], pw.chunks, x.device)
         return launch.gemv_half2(x2, pw, None, cfg, silu=True).view(*x.shape[:-1], pw.n // 2)
-    return reference.silu_pairs(run_packed(x, pw, layer.bias))
+    return fused.silu_mul(run_packed(x, pw, layer.bias), interleaved=True)
 
 
 def nf4(x: torch.Tensor, layer: torch.nn.Module) -> torch.Tensor | None:
