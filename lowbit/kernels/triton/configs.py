@@ -52,6 +52,9 @@ MMA16: dict[tuple[int, int, int], Mma16Config] = {
     (4096, 4096, 4): Mma16Config(split=8, wr=1, wh=2, depth=2),  # 11.8, 16.0 (13.5)
     (14336, 4096, 4): Mma16Config(split=2, wr=1, wh=1, depth=2),  # 24.2, 42.8 (30.1)
     (4096, 14336, 4): Mma16Config(split=8, wr=1, wh=2, depth=2),  # 22.9, 45.1 (27.6)
+    # the decoder's merged q|k|v and gate|up (h100_tune_mma16_merged_run15.jsonl, block 64)
+    (6144, 4096, 4): Mma16Config(split=4, wr=1, wh=2, depth=2),  # 14.9, 21.3
+    (28672, 4096, 4): Mma16Config(split=1, wr=1, wh=2, depth=2),  # 35.9, 86.5
 }
 #: (N, K, bits, M bucket) -> GEMM config.
 GEMM: dict[tuple[int, int, int, int], GemmConfig | DequantConfig | TcConfig] = {
