@@ -212,6 +212,11 @@ def gemv_half2(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg
     return y
 
 
+def disable_mma16() -> None:
+    """Stop using ``mma16`` in this process (it did not compile with this Triton)."""
+    _mma16.AVAILABLE = False
+
+
 def mma16_ok(x: torch.Tensor, pw: PackedWeight, max_m: int = 16) -> bool:
     """Whether ``mma16`` takes this input: 2..max_m fp16/bf16 rows on a CUDA device (a Gluon
     kernel: no interpreter), int4 affine codes in groups >= 128, no act-order, rows it may

@@ -10,6 +10,8 @@ import logging
 from dataclasses import dataclass, replace
 
 import torch
+import triton
+from triton.compiler.errors import CompilationError
 
 from . import configs, fused, launch
 from .layout import PackedWeight, Unsupported, repack_int_group, repack_nf4
@@ -91,6 +93,20 @@ def prepare_nf4(layer: torch.nn.Module) -> PackedWeight | None:
         layer.weight_4bit, layer.absmax_float(), layer.code, n, k, layer.blocksize, configs.block_n(n, k, 4)))[0]
 
 
+def _try_mma16(x2: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None) -> torch.Tensor | None:
+    """``mma16``, or None (and never again in this process) if this Triton cannot compile it:
+    Gluon is an experimental API, and another Triton release may reject the kernel."""
+    cfg = configs.mma16_config(pw.n, pw.k, pw.qweight.shape[0], pw.chunks, x2.device)
+    try:
+        return launch.mma16(x2, pw, bias, cfg)
+    except CompilationError as e:
+        launch.disable_mma16()
+        why = (e.error_message or type(e).__name__).splitlines()[-1][:200]
+        log.warning("the Gluon mma16 kernel does not compile with triton %s (%s); M = 2..%d runs the other "
+                    "kernels", triton.__version__, why, configs.MMA16_MAX_M)
+        return None
+
+
 def run_packed(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None) -> torch.Tensor:
     """y [..., N] = x [..., K] @ W.T + bias with the kernel and config for this M."""
     x2 = x.reshape(-1, pw.k)
@@ -98,8 +114,8 @@ def run_packed(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None) -> 
     if m <= configs.GEMV_MAX_M and launch.half2_ok(x2, pw):
         cfg = configs.half2_config(pw.n, pw.k, pw.qweight.shape[0], pw.chunks, x.device)
         y = launch.gemv_half2(x2, pw, bias, cfg)
-    elif launch.mma16_ok(x2, pw, configs.MMA16_MAX_M):
-        y = launch.mma16(x2, pw, bias, configs.mma16_config(pw.n, pw.k, pw.qweight.shape[0], pw.chunks, x.device))
+    elif launch.mma16_ok(x2, pw, configs.MMA16_MAX_M) and (y := _try_mma16(x2, pw, bias)) is not None:
+        pass
     elif m <= configs.GEMV_MAX_M:
         cfg = configs.gemv_config(pw.n, pw.k, pw.bits, pw.qweight.shape[0], pw.chunks, x.device, pw.mode == "lut")
         y = launch.gemv(x2, pw, bias, cfg)
