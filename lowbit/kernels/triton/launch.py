@@ -146,17 +146,27 @@ def _splits(kc: int, split: int, align: int) -> tuple[int, int]:
     return per, triton.cdiv(kc, per)
 
 
+def _split_k(x: torch.Tensor, y: torch.Tensor, numel: int, tiles: int, steps: int, split: int,
+             align: int) -> tuple[int, int, torch.Tensor, torch.Tensor]:
+    """(steps per split, splits, workspace, counters) for ``split`` requested splits of
+    ``steps`` K-steps, over ``tiles`` output tiles of ``numel`` sums in all. Without split-K
+    (one split, or buffers that would have to grow during CUDA-graph capture) the kernel
+    gets y for both pointers, which it then never touches."""
+    per, split = _splits(steps, split, align)
+    bufs = splitk_buffers(x.device, numel, tiles) if split > 1 else None
+    if split > 1 and bufs is None:
+        per, split = steps, 1
+    ws, cnt = bufs if bufs is not None else (y, y)
+    return per, split, ws, cnt
+
+
 def gemv(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: GemvConfig,
          out: torch.Tensor | None = None) -> torch.Tensor:
     """y [M, N] = x [M, K] @ W.T (+ bias), one program row per activation row."""
     m = x.shape[0]
     y = torch.empty(m, pw.n, dtype=x.dtype, device=x.device) if out is None else out
     nb = pw.qweight.shape[0]
-    per, split = _splits(pw.chunks, cfg.split, cfg.chunks)
-    bufs = splitk_buffers(x.device, m * pw.n, m * nb) if split > 1 else None
-    if split > 1 and bufs is None:
-        per, split = pw.chunks, 1
-    ws, cnt = bufs if bufs is not None else (y, y)
+    per, split, ws, cnt = _split_k(x, y, m * pw.n, m * nb, pw.chunks, cfg.split, cfg.chunks)
     jr = min(pw.group_size // PK, pw.codes_per_word)
     even_c = per % cfg.chunks == 0 and pw.chunks % per == 0
     int_gemv_kernel[(nb, split, m)](
@@ -193,11 +203,7 @@ def gemv_half2(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg
     m = x.shape[0]
     y = torch.empty(m, pw.n // 2 if silu else pw.n, dtype=x.dtype, device=x.device) if out is None else out
     nb = pw.qweight.shape[0]
-    per, split = _splits(pw.chunks, cfg.split, 1)
-    bufs = splitk_buffers(x.device, m * pw.n, m * nb) if split > 1 else None
-    if split > 1 and bufs is None:
-        per, split = pw.chunks, 1
-    ws, cnt = bufs if bufs is not None else (y, y)
+    per, split, ws, cnt = _split_k(x, y, m * pw.n, m * nb, pw.chunks, cfg.split, 1)
     dummy = pw.qweight
     int4_gemv_half2_kernel[(nb, split, m)](
         x, pw.qweight, pw.scales, pw.zero_pairs if pw.zero_pairs is not None else dummy,
@@ -233,11 +239,7 @@ def mma16(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: Mma
     nb = pw.qweight.shape[0]
     row_tiles = triton.cdiv(m, 16)
     wh = cfg.wh if (pw.block_n // 32) % cfg.wh == 0 else 1
-    per, split = _splits(pw.chunks, cfg.split, 1)
-    bufs = splitk_buffers(x.device, m * pw.n, nb * row_tiles) if split > 1 else None
-    if split > 1 and bufs is None:
-        per, split = pw.chunks, 1
-    ws, cnt = bufs if bufs is not None else (y, y)
+    per, split, ws, cnt = _split_k(x, y, m * pw.n, nb * row_tiles, pw.chunks, cfg.split, 1)
     dummy = pw.qweight
     pdl_on = pdl.enabled(x.device)
     _mma16.int4_mma16_kernel[(nb, split, row_tiles)](
@@ -257,11 +259,7 @@ def gemm(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: Gemm
     m = x.shape[0]
     y = torch.empty(m, pw.n, dtype=x.dtype, device=x.device) if out is None else out
     tiles = triton.cdiv(m, cfg.bm) * triton.cdiv(pw.n, cfg.bnt)
-    per, split = _splits(pw.chunks, cfg.split, 1)
-    bufs = splitk_buffers(x.device, m * pw.n, tiles) if split > 1 else None
-    if split > 1 and bufs is None:
-        per, split = pw.chunks, 1
-    ws, cnt = bufs if bufs is not None else (y, y)
+    per, split, ws, cnt = _split_k(x, y, m * pw.n, tiles, pw.chunks, cfg.split, 1)
     jr = min(pw.group_size // PK, pw.codes_per_word)
     int_gemm_kernel[(tiles, split)](
         x, pw.qweight, y_ptr=y, ws_ptr=ws, cnt_ptr=cnt,
@@ -290,11 +288,7 @@ def gemm_tc(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: T
     bnt, bk = tc_shape(cfg, pw)
     tiles = triton.cdiv(m, cfg.bm) * triton.cdiv(pw.n, bnt)
     steps = pw.chunks * (pw.codes_per_word * PK // bk)
-    per, split = _splits(steps, cfg.split, 1)
-    bufs = splitk_buffers(x.device, m * pw.n, tiles) if split > 1 else None
-    if split > 1 and bufs is None:
-        per, split = steps, 1
-    ws, cnt = bufs if bufs is not None else (y, y)
+    per, split, ws, cnt = _split_k(x, y, m * pw.n, tiles, steps, cfg.split, 1)
     nb = pw.qweight.shape[0]
     half = x.dtype == torch.float16 and pw.scales.dtype == torch.float16
     one_group = pw.group_size % bk == 0
