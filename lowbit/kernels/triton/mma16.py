@@ -35,6 +35,7 @@ from .half2 import ASM_HIGH_TERM, ASM_PACK, ASM_PAIR_QUADS, ASM_PAIR_QUADS_BF16
 try:  # Gluon: Triton >= 3.5, with the API of 3.6
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
+    from triton.runtime.jit import constexpr_function
 
     AVAILABLE = True
 except ImportError:  # pragma: no cover - older Triton: M <= 16 runs the other kernels
@@ -54,65 +55,22 @@ if AVAILABLE:
         "{$12, $13, $14, $15}; }"
     )
 
-    @gluon.jit
-    def _iota(n: gl.constexpr, DIM: gl.constexpr, L: gl.constexpr):
-        """arange(n) along axis DIM of a rank-5 layout L, size 1 on the other axes."""
-        if DIM == 0:
-            S3: gl.constexpr = gl.SliceLayout(4, L)
-            S2: gl.constexpr = gl.SliceLayout(3, S3)
-            S1: gl.constexpr = gl.SliceLayout(2, S2)
-            S0: gl.constexpr = gl.SliceLayout(1, S1)
-            r = gl.arange(0, n, layout=S0)
-            r = gl.expand_dims(gl.expand_dims(gl.expand_dims(gl.expand_dims(r, 1), 2), 3), 4)
-        elif DIM == 1:
-            S3: gl.constexpr = gl.SliceLayout(4, L)
-            S2: gl.constexpr = gl.SliceLayout(3, S3)
-            S1: gl.constexpr = gl.SliceLayout(2, S2)
-            S0: gl.constexpr = gl.SliceLayout(0, S1)
-            r = gl.arange(0, n, layout=S0)
-            r = gl.expand_dims(gl.expand_dims(gl.expand_dims(gl.expand_dims(r, 0), 2), 3), 4)
-        elif DIM == 2:
-            S3: gl.constexpr = gl.SliceLayout(4, L)
-            S2: gl.constexpr = gl.SliceLayout(3, S3)
-            S1: gl.constexpr = gl.SliceLayout(1, S2)
-            S0: gl.constexpr = gl.SliceLayout(0, S1)
-            r = gl.arange(0, n, layout=S0)
-            r = gl.expand_dims(gl.expand_dims(gl.expand_dims(gl.expand_dims(r, 0), 1), 3), 4)
-        elif DIM == 3:
-            S3: gl.constexpr = gl.SliceLayout(4, L)
-            S2: gl.constexpr = gl.SliceLayout(2, S3)
-            S1: gl.constexpr = gl.SliceLayout(1, S2)
-            S0: gl.constexpr = gl.SliceLayout(0, S1)
-            r = gl.arange(0, n, layout=S0)
-            r = gl.expand_dims(gl.expand_dims(gl.expand_dims(gl.expand_dims(r, 0), 1), 2), 4)
-        else:
-            S3: gl.constexpr = gl.SliceLayout(3, L)
-            S2: gl.constexpr = gl.SliceLayout(2, S3)
-            S1: gl.constexpr = gl.SliceLayout(1, S2)
-            S0: gl.constexpr = gl.SliceLayout(0, S1)
-            r = gl.arange(0, n, layout=S0)
-            r = gl.expand_dims(gl.expand_dims(gl.expand_dims(gl.expand_dims(r, 0), 1), 2), 3)
-        return r
+    @constexpr_function
+    def _axis_layout(L, rank, dim):
+        """The 1-D layout of axis ``dim`` of a rank-``rank`` layout L: L with every other axis
+        sliced away, the highest first (so that ``_iota`` expands them back lowest first)."""
+        for d in reversed(range(rank)):
+            if d != dim:
+                L = gl.SliceLayout(d, L)
+        return L
 
     @gluon.jit
-    def _iota4(n: gl.constexpr, DIM: gl.constexpr, L: gl.constexpr):
-        """arange(n) along axis DIM of a rank-4 layout L, size 1 on the other axes."""
-        if DIM == 0:
-            S1: gl.constexpr = gl.SliceLayout(3, L)
-            S0: gl.constexpr = gl.SliceLayout(1, gl.SliceLayout(2, S1))
-            r = gl.expand_dims(gl.expand_dims(gl.expand_dims(gl.arange(0, n, layout=S0), 1), 2), 3)
-        elif DIM == 1:
-            S1: gl.constexpr = gl.SliceLayout(3, L)
-            S0: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(2, S1))
-            r = gl.expand_dims(gl.expand_dims(gl.expand_dims(gl.arange(0, n, layout=S0), 0), 2), 3)
-        elif DIM == 2:
-            S1: gl.constexpr = gl.SliceLayout(3, L)
-            S0: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(1, S1))
-            r = gl.expand_dims(gl.expand_dims(gl.expand_dims(gl.arange(0, n, layout=S0), 0), 1), 3)
-        else:
-            S1: gl.constexpr = gl.SliceLayout(2, L)
-            S0: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(1, S1))
-            r = gl.expand_dims(gl.expand_dims(gl.expand_dims(gl.arange(0, n, layout=S0), 0), 1), 2)
+    def _iota(n: gl.constexpr, DIM: gl.constexpr, RANK: gl.constexpr, L: gl.constexpr):
+        """arange(n) along axis DIM of a rank-RANK layout L, size 1 on the other axes."""
+        r = gl.arange(0, n, layout=_axis_layout(L, RANK, DIM))
+        for d in gl.static_range(RANK):
+            if d != DIM:
+                r = gl.expand_dims(r, d)
         return r
 
     @gluon.jit
@@ -260,11 +218,11 @@ if AVAILABLE:
         pid_n = gl.program_id(0)
         pid_k = gl.program_id(1)
         row0 = gl.program_id(2) * 16  # this program's 16 activation rows
-        rh = _iota(2, 0, L)
-        h = _iota(H, 1, L)
-        g = _iota(8, 2, L)
-        q = _iota(4, 3, L)
-        v = _iota(4, 4, L)
+        rh = _iota(2, 0, 5, L)
+        h = _iota(H, 1, 5, L)
+        g = _iota(8, 2, 5, L)
+        q = _iota(4, 3, 5, L)
+        v = _iota(4, 4, 5, L)
         col = 32 * h + 4 * g + v  # [1, H, 8, 1, 4]: this lane's columns in the block
         n = pid_n * BN + col
         nmask = n < N
@@ -333,8 +291,8 @@ if AVAILABLE:
         # (c0, c2) and 2q + 1 (c1, c3), i.e. block columns 32 h + 4 c8 + v.
         # The index tensors go through the same reduction so that their layout is the sums'.
         S: gl.constexpr = gl.SliceLayout(0, L)
-        rows = row0 + _iota4(8, 1, S)  # [1, 8, 1, 1]
-        col_e0 = pid_n * BN + 32 * _iota4(H, 0, S) + 8 * _iota4(4, 2, S) + _iota4(4, 3, S)  # [H, 1, 4, 4]
+        rows = row0 + _iota(8, 1, 4, S)  # [1, 8, 1, 1]
+        col_e0 = pid_n * BN + 32 * _iota(H, 0, 4, S) + 8 * _iota(4, 2, 4, S) + _iota(4, 3, 4, S)  # [H, 1, 4, 4]
         col_e1 = col_e0 + 4
         _store4(gl.sum(c0, axis=0), gl.sum(c1, axis=0), gl.sum(c2, axis=0), gl.sum(c3, axis=0), rows, col_e0,
                 col_e1, M, N, y_ptr, stride_ym,
