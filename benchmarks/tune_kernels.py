@@ -19,6 +19,7 @@ from kernels import SHAPES, baseline_us, copies_for, graph_us, random_quant_line
 from lowbit.kernels.triton import launch
 from lowbit.kernels.triton.layout import repack_int_group
 
+
 def fill_split(programs: int, chunks: int) -> int:
     split = 1
     while programs * split < 264 and split * 2 <= chunks:
@@ -37,18 +38,16 @@ def jobs_for(k: int, n: int, quick: bool) -> list[tuple]:
     out = []
     for bn in (32, 64):  # 128 measured slower on every shape (run 6)
         nb = -(-n // bn)
-        f = fill_split(nb, kc)
         for w in (2, 4, 8):
             for depth in (1, 2):  # no prefetch measured slower on every shape (run 6)
-                for sp in sorted({s for s in (max(1, f // 2), f, 2 * f, 4 * f) if s <= kc}):
+                for sp in splits_around(nb, kc):
                     out.append((bn, "half2", 1, launch.GemvConfig(split=sp, num_warps=w, num_stages=1, prefetch=True,
                                                                   depth=depth, half2=True)))
     for bn in (32, 64):
         nb = -(-n // bn)
-        f = fill_split(nb, kc)
         for wr, wh in ((1, 1), (2, 1), (1, 2), (2, 2)):
             if bn % (32 * wh) == 0:
-                for sp in sorted({s for s in (max(1, f // 2), f, 2 * f, 4 * f) if s <= kc}):
+                for sp in splits_around(nb, kc):
                     for depth in (1, 2):
                         out.append((bn, "mma16", 16, launch.Mma16Config(split=sp, wr=wr, wh=wh, depth=depth)))
     for bn in (32, 64):

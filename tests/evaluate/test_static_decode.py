@@ -9,6 +9,17 @@ from lowbit.errors import LowbitError
 from lowbit.evaluate.static_decode import StaticDecoder
 
 
+def _assert_greedy_picks_argmax(dec, model, prompt, new_tokens):
+    """The fused step (argmax, next input, position in one kernel) picks each token as the
+    argmax of the transformers logits of the sequence so far (up to near ties)."""
+    got, _ = dec.generate(prompt, new_tokens)
+    t = prompt.shape[1]
+    with torch.no_grad():
+        ref = model(got).logits[0, t - 1:-1]  # the logits that chose tokens t..t + new_tokens - 1
+    chosen = ref.gather(1, got[0, t:, None])[:, 0]
+    assert got.shape == (1, t + new_tokens) and torch.all(chosen >= ref.max(dim=1).values - 1e-4)
+
+
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "qwen3"])
 def test_logits_match_transformers(arch):
     model, _ = tiny.build(arch)
@@ -19,13 +30,7 @@ def test_logits_match_transformers(arch):
     with torch.no_grad():
         ref = model(ids).logits
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
-    # generation: the fused step (argmax, next input, position in one kernel) picks each
-    # token as the argmax of the transformers logits of the sequence so far (up to near ties)
-    got, _ = dec.generate(ids[:, :7], 12)
-    with torch.no_grad():
-        ref = model(got).logits[0, 6:-1]  # the logits that chose tokens 7..18
-    chosen = ref.gather(1, got[0, 7:, None])[:, 0]
-    assert got.shape == (1, 19) and torch.all(chosen >= ref.max(dim=1).values - 1e-4)
+    _assert_greedy_picks_argmax(dec, model, ids[:, :7], 12)
 
 
 def test_greedy_tokens_match_generate():
@@ -85,13 +90,7 @@ def test_fused_path_matches_transformers(arch, quantized):
     with torch.no_grad():
         ref = model(ids).logits
     torch.testing.assert_close(ours, ref, rtol=1e-4, atol=1e-4)
-    # generation: the fused step (argmax, next input, position in one kernel) picks each
-    # token as the argmax of the transformers logits of the sequence so far (up to near ties)
-    got, _ = dec.generate(ids[:, :7], 12)
-    with torch.no_grad():
-        ref = model(got).logits[0, 6:-1]  # the logits that chose tokens 7..18
-    chosen = ref.gather(1, got[0, 7:, None])[:, 0]
-    assert got.shape == (1, 19) and torch.all(chosen >= ref.max(dim=1).values - 1e-4)
+    _assert_greedy_picks_argmax(dec, model, ids[:, :7], 12)
 
 
 def test_interleaved_gate_up_gives_silu_of_gate_times_up():
