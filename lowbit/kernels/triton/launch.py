@@ -241,14 +241,13 @@ def mma16(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: Mma
     wh = cfg.wh if (pw.block_n // 32) % cfg.wh == 0 else 1
     per, split, ws, cnt = _split_k(x, y, m * pw.n, nb * row_tiles, pw.chunks, cfg.split, 1)
     dummy = pw.qweight
-    pdl_on = pdl.enabled(x.device)
     _mma16.int4_mma16_kernel[(nb, split, row_tiles)](
         x, pw.qweight, pw.scales, pw.zero_pairs if pw.zero_pairs is not None else dummy,
         bias if bias is not None else dummy, y, ws, cnt,
         m, pw.n, pw.k, pw.chunks, pw.groups, x.stride(0), y.stride(0), per, split,
         BN=pw.block_n, PK=PK, GS=pw.group_size, SPLIT_K=split > 1, EVEN_K=_even_k(pw),
-        HAS_ZERO=pw.zero_pairs is not None, HAS_BIAS=bias is not None, PDL=pdl_on, WR=cfg.wr, WH=wh, DEPTH=cfg.depth,
-        X_BF16=x.dtype == torch.bfloat16, num_warps=cfg.wr * wh, **({"launch_pdl": True} if pdl_on else {}),
+        HAS_ZERO=pw.zero_pairs is not None, HAS_BIAS=bias is not None, WR=cfg.wr, WH=wh, DEPTH=cfg.depth,
+        X_BF16=x.dtype == torch.bfloat16, num_warps=cfg.wr * wh, **pdl.launch_args(x.device),
     )
     return y
 
