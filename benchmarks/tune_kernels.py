@@ -50,6 +50,17 @@ def jobs_for(k: int, n: int, quick: bool) -> list[tuple]:
                 for sp in splits_around(nb, kc):
                     for depth in (1, 2):
                         out.append((bn, "mma16", 16, launch.Mma16Config(split=sp, wr=wr, wh=wh, depth=depth)))
+    bn = 32 if n > 8192 else 64  # the M = 1 GEMV's choice (configs.BLOCK_N): the layout is shared
+    for m in (64, 256):
+        for bm in (64, 128, 256):
+            for bnw, w in ((64, 4), (128, 4), (128, 8)):
+                # at most 128 accumulator registers a thread; no more rows than M
+                if bm * bnw // (32 * w) > 128 or bm > max(m, 64):
+                    continue
+                for codes in (1, 2):
+                    for st in ((4,) if quick else (3, 5)):
+                        out.append((bn, "wgmma", m, launch.WgmmaConfig(bm=bm, bnw=bnw, codes=codes, stages=st,
+                                                                        num_warps=w)))
     for bn in (32, 64):
         nb = -(-n // bn)
         for c, w in ((1, 4), (2, 4), (1, 8), (2, 8), (4, 8)):
@@ -72,7 +83,8 @@ def jobs_for(k: int, n: int, quick: bool) -> list[tuple]:
     return out
 
 
-LAUNCH = {"gemv": launch.gemv, "half2": launch.gemv_half2, "mma16": launch.mma16, "gemm": launch.gemm}
+LAUNCH = {"gemv": launch.gemv, "half2": launch.gemv_half2, "mma16": launch.mma16, "gemm": launch.gemm,
+          "wgmma": launch.wgmma}
 
 
 def _compile_worker(batch: list[tuple]) -> list[str]:
@@ -133,7 +145,7 @@ def tune(args) -> None:
                     key = (k, n, m)
                     if key not in best or us < best[key]["us"]:
                         best[key] = rec
-            for m in (1, 16, 256):
+            for m in (1, 16, 64, 256):
                 r = best.get((k, n, m))
                 if r:
                     print(f"best {k}x{n} M={m}: {r['us']:.1f} us vs fp16 {r['fp16_us']:.1f} ({r['speedup']:.2f}x) "

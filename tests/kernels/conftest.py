@@ -14,7 +14,7 @@ import pytest
 import torch
 
 GPU = torch.cuda.is_available()
-_MODULES = ("pdl", "epilogue", "half2", "gemv", "gemv_half2", "mma16", "gemm", "gemm_tc", "dequant", "fused", "layout", "launch", "configs", "linear")
+_MODULES = ("pdl", "epilogue", "half2", "gemv", "gemv_half2", "mma16", "wgmma", "gemm", "gemm_tc", "dequant", "fused", "layout", "launch", "configs", "linear")
 
 
 @pytest.fixture(scope="session")

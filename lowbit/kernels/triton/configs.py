@@ -13,7 +13,7 @@ from dataclasses import replace
 import torch
 import triton
 
-from .launch import DequantConfig, GemmConfig, GemvConfig, Mma16Config, TcConfig
+from .launch import DequantConfig, GemmConfig, GemvConfig, Mma16Config, TcConfig, WgmmaConfig
 from .layout import PK
 
 # Measured on an H100 SXM (benchmarks/results/h100_tune_best_run2.json: int4 g128 asym,
@@ -103,12 +103,17 @@ GEMM_LUT: dict[tuple[int, int, int, int], GemmConfig | DequantConfig | TcConfig]
                                    scale_after=True),  # 46.1, 45.0
 }
 
+#: (N, K, bits, M bucket) -> wgmma config (int4 groups >= 128 on a Hopper GPU, M >= WGMMA_MIN_M).
+WGMMA: dict[tuple[int, int, int, int], WgmmaConfig] = {}
+
 #: Largest M that runs on the CUDA-core GEMV (above it the tensor-core kernel wins).
 GEMV_MAX_M = 1
 #: Largest M that runs on ``mma16`` (int4 groups >= 128; above it gemm_tc / dequantize).
 #: Each 16 rows are one more program row; at M = 32 it still beat gemm_tc on all four shapes,
 #: at 64 on none (benchmarks/results/h100_table_int4_m32_64_run14.txt).
 MMA16_MAX_M = 32
+#: Smallest M that runs on ``wgmma`` where it can (below it mma16 / gemm_tc).
+WGMMA_MIN_M = 64
 M_BUCKETS = (16, 32, 64, 128, 256)
 #: Bytes of shared memory the GEMM's pipeline stages may take (H100: 227 KB a block).
 SHARED_BUDGET = 160 * 1024
@@ -124,7 +129,9 @@ def load_table(path: str) -> None:
             key = (e["n"], e["k"], e["bits"])
             lut = e.get("mode") == "lut"
             gemm = GEMM_LUT if lut else GEMM
-            if e["kind"] == "mma16":
+            if e["kind"] == "wgmma":
+                WGMMA[key + (m_bucket(e["m"]),)] = WgmmaConfig(**e["cfg"])
+            elif e["kind"] == "mma16":
                 MMA16[key] = Mma16Config(**e["cfg"])
                 if "bn" in e:
                     BLOCK_N[key] = e["bn"]
@@ -198,6 +205,15 @@ def mma16_config(n: int, k: int, nb: int, chunks: int, device: torch.device) -> 
     if (n, k, 4) in MMA16:
         return MMA16[(n, k, 4)]
     return Mma16Config(split=_fill_split(nb, chunks, _sms(device), per_sm=4), wr=1, wh=2, depth=2)
+
+
+def wgmma_config(m: int, n: int, k: int, device: torch.device) -> WgmmaConfig:
+    """wgmma config: measured, else 128-row programs (64 when that leaves SMs idle)."""
+    b = m_bucket(m)
+    if (n, k, 4, b) in WGMMA:
+        return WGMMA[(n, k, 4, b)]
+    bm = 128 if triton.cdiv(m, 128) * triton.cdiv(n, 64) >= _sms(device) else 64
+    return WgmmaConfig(bm=bm)
 
 
 def m_bucket(m: int) -> int:

@@ -19,6 +19,7 @@ from .gemm_tc import int_gemm_tc_kernel
 from .gemv import int_gemv_kernel
 from .gemv_half2 import int4_gemv_half2_kernel
 from . import mma16 as _mma16
+from . import wgmma as _wgmma
 from .layout import PK, PackedWeight, half2_accumulators
 
 
@@ -72,6 +73,19 @@ class TcConfig:
     group_m: int = 8
     scale_after: bool = False
     flat: bool = False  # decode the [BK, BNT] tile in place (each word loaded once per code)
+
+
+@dataclass(frozen=True)
+class WgmmaConfig:
+    """``wgmma`` (many rows, int4, Hopper): programs of ``bm`` activation rows x ``bnw``
+    weight columns (a multiple of 16 * num_warps), x staged ``codes`` steps (32 columns
+    each) a TMA copy, ``stages`` copies in flight."""
+
+    bm: int = 128
+    bnw: int = 64
+    codes: int = 2
+    stages: int = 4
+    num_warps: int = 4
 
 
 #: Compiled handle of the last gemm_tc launch (for benchmarks/tune_tc.py --inspect).
@@ -248,6 +262,37 @@ def mma16(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: Mma
         BN=pw.block_n, PK=PK, GS=pw.group_size, SPLIT_K=split > 1, EVEN_K=_even_k(pw),
         HAS_ZERO=pw.zero_pairs is not None, HAS_BIAS=bias is not None, WR=cfg.wr, WH=wh, DEPTH=cfg.depth,
         X_BF16=x.dtype == torch.bfloat16, num_warps=cfg.wr * wh, **pdl.launch_args(x.device),
+    )
+    return y
+
+
+def disable_wgmma() -> None:
+    """Stop using ``wgmma`` in this process (it did not compile with this Triton)."""
+    _wgmma.AVAILABLE = False
+
+
+def wgmma_ok(x: torch.Tensor, pw: PackedWeight) -> bool:
+    """Whether ``wgmma`` takes this input: a Hopper GPU (warpgroup MMA is sm_90 only), int4
+    affine codes in groups >= 128, no act-order, fp16/bf16 rows TMA can read (16-byte
+    aligned, K a multiple of 8, contiguous)."""
+    return (_wgmma.AVAILABLE and not INTERPRET and x.is_cuda and torch.cuda.get_device_capability(x.device)[0] == 9
+            and half2_ok(x, pw) and pw.group_size >= 128 and pw.perm is None and pw.k % 8 == 0
+            and x.is_contiguous() and x.data_ptr() % 16 == 0)
+
+
+def wgmma(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: WgmmaConfig,
+          out: torch.Tensor | None = None) -> torch.Tensor:
+    """y [M, N] = x [M, K] @ W.T (+ bias) on warpgroup MMA (``wgmma``)."""
+    m = x.shape[0]
+    y = torch.empty(m, pw.n, dtype=x.dtype, device=x.device) if out is None else out
+    dummy = pw.qweight
+    _wgmma.int4_wgmma_kernel[(triton.cdiv(m, cfg.bm), triton.cdiv(pw.n, cfg.bnw))](
+        _wgmma.x_descriptor(x, cfg.bm, cfg.codes), pw.qweight, pw.scales,
+        pw.zeros if pw.zeros is not None else dummy, bias if bias is not None else dummy, y,
+        m, pw.n, pw.chunks, pw.groups, y.stride(0),
+        BN=pw.block_n, BNW=cfg.bnw, BM=cfg.bm, GS=pw.group_size, STAGES=cfg.stages, CODES=cfg.codes,
+        HAS_ZERO=pw.zeros is not None, HAS_BIAS=bias is not None,
+        HALF_MATH=x.dtype == torch.float16 and pw.scales.dtype == torch.float16, num_warps=cfg.num_warps,
     )
     return y
 

@@ -107,6 +107,19 @@ def _try_mma16(x2: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None) ->
         return None
 
 
+def _try_wgmma(x2: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None) -> torch.Tensor | None:
+    """``wgmma``, or None (and never again in this process) if this Triton cannot compile it."""
+    cfg = configs.wgmma_config(x2.shape[0], pw.n, pw.k, x2.device)
+    try:
+        return launch.wgmma(x2, pw, bias, cfg)
+    except CompilationError as e:
+        launch.disable_wgmma()
+        why = (e.error_message or type(e).__name__).splitlines()[-1][:200]
+        log.warning("the Gluon wgmma kernel does not compile with triton %s (%s); M >= %d runs the other kernels",
+                    triton.__version__, why, configs.WGMMA_MIN_M)
+        return None
+
+
 def run_packed(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None) -> torch.Tensor:
     """y [..., N] = x [..., K] @ W.T + bias with the kernel and config for this M."""
     x2 = x.reshape(-1, pw.k)
@@ -115,6 +128,8 @@ def run_packed(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None) -> 
         cfg = configs.half2_config(pw.n, pw.k, pw.qweight.shape[0], pw.chunks, x.device)
         y = launch.gemv_half2(x2, pw, bias, cfg)
     elif launch.mma16_ok(x2, pw, configs.MMA16_MAX_M) and (y := _try_mma16(x2, pw, bias)) is not None:
+        pass
+    elif m >= configs.WGMMA_MIN_M and launch.wgmma_ok(x2, pw) and (y := _try_wgmma(x2, pw, bias)) is not None:
         pass
     elif m <= configs.GEMV_MAX_M:
         cfg = configs.gemv_config(pw.n, pw.k, pw.bits, pw.qweight.shape[0], pw.chunks, x.device, pw.mode == "lut")

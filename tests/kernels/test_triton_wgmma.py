@@ -1,0 +1,70 @@
+"""The warpgroup-MMA int4 kernel for many rows (wgmma, Gluon, Hopper) vs kernels/reference.py.
+
+Gluon kernels do not run under TRITON_INTERPRET and wgmma exists on sm_90 only, so the
+numbers are checked on an H100 (the device tool); on CPU the dispatch rules are, and
+tests/kernels/test_wgmma_sass.py compiles the kernel offline.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from int_layers import check, make_layer, ref_out, repack
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+hopper = pytest.mark.skipif(not (torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9),
+                            reason="warpgroup MMA: Hopper GPUs only (no interpreter)")
+
+
+@hopper
+@pytest.mark.parametrize("m,gs,sym,n,k,bn,bm,bnw,codes,stages,warps,dtype", [
+    (256, 128, False, 256, 1024, 64, 128, 64, 2, 4, 4, torch.float16),
+    (100, 128, True, 200, 768, 32, 64, 64, 1, 3, 4, torch.float16),  # ragged M and N, bias, K % 256 != 0
+    (300, -1, False, 128, 512, 64, 256, 64, 2, 3, 4, torch.float16),  # per channel, two row tiles
+    (64, 256, False, 256, 2048, 32, 64, 128, 2, 4, 4, torch.float16),  # two MMA row blocks a warp, layout blocks of 32
+    (129, 128, False, 256, 1024, 64, 128, 128, 2, 5, 8, torch.float16),  # two warpgroups
+    (192, 128, False, 128, 1024, 64, 128, 64, 2, 4, 4, torch.bfloat16),
+    (70, 128, True, 64, 520, 64, 64, 64, 1, 2, 4, torch.bfloat16),
+])
+def test_wgmma_matches_reference(tk, m, gs, sym, n, k, bn, bm, bnw, codes, stages, warps, dtype):
+    layer = make_layer(n, k, 4, gs, sym, bias=m == 100, seed=m + k, device=tk.device)
+    x = torch.randn(m, k, device=tk.device).to(dtype)
+    pw = repack(tk, layer, bn)
+    assert tk.launch.wgmma_ok(x, pw)
+    cfg = tk.launch.WgmmaConfig(bm=bm, bnw=bnw, codes=codes, stages=stages, num_warps=warps)
+    check(tk.launch.wgmma(x, pw, layer.bias, cfg), ref_out(x, layer), x)
+
+
+@hopper
+def test_wgmma_dispatch_takes_many_rows(tk):
+    layer = make_layer(128, 512, 4, 128, False, device=tk.device)
+    for m in (tk.configs.WGMMA_MIN_M, 257):
+        x = torch.randn(m, 512, device=tk.device).half()
+        check(tk.linear.int_group(x, layer), ref_out(x, layer), x)
+
+
+def test_wgmma_refuses_what_it_cannot_take(tk):
+    dev = tk.device
+    x = torch.randn(128, 512, device=dev).half()
+    assert not tk.launch.wgmma_ok(x, repack(tk, make_layer(32, 512, 4, 64, False, device=dev), 32))  # g64
+    assert not tk.launch.wgmma_ok(x, repack(tk, make_layer(32, 512, 4, 128, False, act_order=True, device=dev), 32))
+    g128 = repack(tk, make_layer(32, 512, 4, 128, False, device=dev), 32)
+    assert not tk.launch.wgmma_ok(x.float(), g128)  # fp32 activations
+    assert not tk.launch.wgmma_ok(x[:, 1:509], repack(tk, make_layer(32, 508, 4, 128, False, device=dev), 32))
+    if not (tk.gpu and torch.cuda.get_device_capability()[0] == 9):
+        assert not tk.launch.wgmma_ok(x, g128)  # CPU / interpreter / not Hopper
+
+
+def test_a_triton_that_cannot_compile_wgmma_falls_back_for_good(tk, monkeypatch, caplog):
+    from triton.compiler.errors import CompilationError
+
+    def reject(*args, **kwargs):
+        raise CompilationError(None, None, "AttributeError: no warpgroup_mma here")
+
+    monkeypatch.setattr(tk.launch, "wgmma", reject)
+    monkeypatch.setattr(tk.wgmma, "AVAILABLE", tk.wgmma.AVAILABLE)  # restored after the test
+    pw = repack(tk, make_layer(32, 512, 4, 128, False, device=tk.device), 32)
+    x = torch.randn(128, 512, device=tk.device).half()
+    with caplog.at_level("WARNING", logger="lowbit.kernels.triton.linear"):
+        assert tk.linear._try_wgmma(x, pw, None) is None
+    assert "does not compile" in caplog.text and "no warpgroup_mma here" in caplog.text
+    assert not tk.wgmma.AVAILABLE and not tk.launch.wgmma_ok(x, pw)
