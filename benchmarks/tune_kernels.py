@@ -53,14 +53,15 @@ def jobs_for(k: int, n: int, quick: bool) -> list[tuple]:
     bn = 32 if n > 8192 else 64  # the M = 1 GEMV's choice (configs.BLOCK_N): the layout is shared
     for m in (64, 256):
         for bm in (64, 128, 256):
-            for bnw, w in ((64, 4), (128, 4), (128, 8)):
-                # at most 128 accumulator registers a thread; no more rows than M
-                if bm * bnw // (32 * w) > 128 or bm > max(m, 64):
+            for bnw, w in ((64, 4), (128, 8)):  # (128, 4): two row blocks a warp measured 2-4x slower (run 16)
+                if bm > max(m, 64):
                     continue
-                for codes in (1, 2):
+                tiles = -(-m // bm) * -(-n // bnw)
+                for codes in (2, 4):  # one step a stage measured slower everywhere (run 16)
                     for st in ((4,) if quick else (3, 5)):
-                        out.append((bn, "wgmma", m, launch.WgmmaConfig(bm=bm, bnw=bnw, codes=codes, stages=st,
-                                                                        num_warps=w)))
+                        for sp in ((1, 2, 4) if tiles < 132 else (1,)):
+                            out.append((bn, "wgmma", m, launch.WgmmaConfig(bm=bm, bnw=bnw, codes=codes, stages=st,
+                                                                            num_warps=w, split=sp)))
     for bn in (32, 64):
         nb = -(-n // bn)
         for c, w in ((1, 4), (2, 4), (1, 8), (2, 8), (4, 8)):

@@ -16,22 +16,26 @@ hopper = pytest.mark.skipif(not (torch.cuda.is_available() and torch.cuda.get_de
 
 
 @hopper
-@pytest.mark.parametrize("m,gs,sym,n,k,bn,bm,bnw,codes,stages,warps,dtype", [
-    (256, 128, False, 256, 1024, 64, 128, 64, 2, 4, 4, torch.float16),
-    (100, 128, True, 200, 768, 32, 64, 64, 1, 3, 4, torch.float16),  # ragged M and N, bias, K % 256 != 0
-    (300, -1, False, 128, 512, 64, 256, 64, 2, 3, 4, torch.float16),  # per channel, two row tiles
-    (64, 256, False, 256, 2048, 32, 64, 128, 2, 4, 4, torch.float16),  # two MMA row blocks a warp, layout blocks of 32
-    (129, 128, False, 256, 1024, 64, 128, 128, 2, 5, 8, torch.float16),  # two warpgroups
-    (192, 128, False, 128, 1024, 64, 128, 64, 2, 4, 4, torch.bfloat16),
-    (70, 128, True, 64, 520, 64, 64, 64, 1, 2, 4, torch.bfloat16),
+@pytest.mark.parametrize("m,gs,sym,n,k,bn,bm,bnw,codes,stages,warps,split,dtype", [
+    (256, 128, False, 256, 1024, 64, 128, 64, 2, 4, 4, 1, torch.float16),
+    (100, 128, True, 200, 768, 32, 64, 64, 1, 3, 4, 1, torch.float16),  # ragged M and N, bias, K % 256 != 0
+    (300, -1, False, 128, 512, 64, 256, 64, 2, 3, 4, 1, torch.float16),  # per channel, two row tiles
+    (64, 256, False, 256, 2048, 32, 64, 128, 2, 4, 4, 1, torch.float16),  # two MMA row blocks a warp, blocks of 32
+    (129, 128, False, 256, 1024, 64, 128, 128, 4, 3, 8, 1, torch.float16),  # two warpgroups, two TMA boxes a stage
+    (192, 128, False, 128, 1024, 64, 128, 64, 2, 4, 4, 1, torch.bfloat16),
+    (70, 128, True, 64, 520, 64, 64, 64, 1, 2, 4, 1, torch.bfloat16),
+    (200, 128, False, 192, 3072, 64, 128, 64, 4, 3, 4, 4, torch.float16),  # split-K (12 chunks in 4 splits)
+    (65, 128, False, 64, 1280, 32, 64, 64, 2, 4, 4, 3, torch.bfloat16),  # split-K, uneven splits (5 chunks)
 ])
-def test_wgmma_matches_reference(tk, m, gs, sym, n, k, bn, bm, bnw, codes, stages, warps, dtype):
+def test_wgmma_matches_reference(tk, m, gs, sym, n, k, bn, bm, bnw, codes, stages, warps, split, dtype):
     layer = make_layer(n, k, 4, gs, sym, bias=m == 100, seed=m + k, device=tk.device)
     x = torch.randn(m, k, device=tk.device).to(dtype)
     pw = repack(tk, layer, bn)
     assert tk.launch.wgmma_ok(x, pw)
-    cfg = tk.launch.WgmmaConfig(bm=bm, bnw=bnw, codes=codes, stages=stages, num_warps=warps)
+    cfg = tk.launch.WgmmaConfig(bm=bm, bnw=bnw, codes=codes, stages=stages, num_warps=warps, split=split)
     check(tk.launch.wgmma(x, pw, layer.bias, cfg), ref_out(x, layer), x)
+    if split > 1:  # the workspace is left zeroed for the next call: the same sums again
+        check(tk.launch.wgmma(x, pw, layer.bias, cfg), ref_out(x, layer), x)
 
 
 @hopper

@@ -86,6 +86,7 @@ class WgmmaConfig:
     codes: int = 2
     stages: int = 4
     num_warps: int = 4
+    split: int = 1  # K splits
 
 
 #: Compiled handle of the last gemm_tc launch (for benchmarks/tune_tc.py --inspect).
@@ -286,11 +287,14 @@ def wgmma(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: Wgm
     m = x.shape[0]
     y = torch.empty(m, pw.n, dtype=x.dtype, device=x.device) if out is None else out
     dummy = pw.qweight
-    _wgmma.int4_wgmma_kernel[(triton.cdiv(m, cfg.bm), triton.cdiv(pw.n, cfg.bnw))](
+    grid = (triton.cdiv(m, cfg.bm), triton.cdiv(pw.n, cfg.bnw))
+    per, split, ws, cnt = _split_k(x, y, m * pw.n, grid[0] * grid[1], pw.chunks, cfg.split, 1)
+    _wgmma.int4_wgmma_kernel[grid + (split,)](
         _wgmma.x_descriptor(x, cfg.bm, cfg.codes), pw.qweight, pw.scales,
-        pw.zeros if pw.zeros is not None else dummy, bias if bias is not None else dummy, y,
-        m, pw.n, pw.chunks, pw.groups, y.stride(0),
+        pw.zeros if pw.zeros is not None else dummy, bias if bias is not None else dummy, y, ws, cnt,
+        m, pw.n, pw.chunks, pw.groups, y.stride(0), per, split,
         BN=pw.block_n, BNW=cfg.bnw, BM=cfg.bm, GS=pw.group_size, STAGES=cfg.stages, CODES=cfg.codes,
+        SPLIT_K=split > 1,
         HAS_ZERO=pw.zeros is not None, HAS_BIAS=bias is not None,
         HALF_MATH=x.dtype == torch.float16 and pw.scales.dtype == torch.float16, num_warps=cfg.num_warps,
     )

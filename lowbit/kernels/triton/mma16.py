@@ -43,7 +43,7 @@ except ImportError:  # pragma: no cover - older Triton: M <= 16 runs the other k
 
 if AVAILABLE:
     # The CTA barrier is gl.thread_barrier in Triton 3.6, gl.barrier from 3.7 on.
-    _cta_barrier = gl.thread_barrier if hasattr(gl, "thread_barrier") else gl.barrier
+    cta_barrier = gl.thread_barrier if hasattr(gl, "thread_barrier") else gl.barrier
 
     _ASM_MMA = gl.constexpr(
         "{ .reg .b32 h0, h1, v0, v1, c16, c256; "
@@ -180,7 +180,7 @@ if AVAILABLE:
             gl.atomic_add(w01, c1, mask=m01, sem="relaxed")
             gl.atomic_add(w10, c2, mask=m10, sem="relaxed")
             gl.atomic_add(w11, c3, mask=m11, sem="relaxed")
-            _cta_barrier()  # every thread's sums issued before the ticket releases them
+            cta_barrier()  # every thread's sums issued before the ticket releases them
             ticket = gl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel")
             if ticket == splits - 1:
                 zero = gl.zeros_like(c0)

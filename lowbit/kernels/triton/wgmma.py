@@ -20,8 +20,9 @@ q - zero exactly, times the scale in fp16 (one rounding, as the reference's weig
 activations: the product in float32, rounded to bf16. Groups of 128 or more (a step lies in
 one group), no act-order (TMA reads x in order), K a multiple of 8 (TMA row pitch).
 
-Grid: (row tiles of BM, column tiles of BNW): the row tiles of one weight tile run side by
-side, so the weights come from DRAM once and from L2 after.
+Grid: (row tiles of BM, column tiles of BNW, K splits): the row tiles of one weight tile run
+side by side, so the weights come from DRAM once and from L2 after; split-K partial sums
+meet as in ``epilogue``.
 """
 from __future__ import annotations
 
@@ -32,6 +33,9 @@ try:  # Gluon: Triton >= 3.5, with the API of 3.6
     from triton.experimental.gluon import language as gl
     from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+    from triton.runtime.jit import constexpr_function
+
+    from .mma16 import cta_barrier
 
     AVAILABLE = True
 except ImportError:  # pragma: no cover - older Triton: large M runs dequantize + cuBLAS
@@ -42,9 +46,9 @@ STEP_K = 32
 
 
 def x_descriptor(x: torch.Tensor, bm: int, codes: int) -> "TensorDescriptor":
-    """TMA descriptor of x [M, K] (fp16/bf16, K-contiguous) in [bm, 32 * codes] tiles."""
+    """TMA descriptor of x [M, K] (fp16/bf16, K-contiguous) in [bm, 32 * min(codes, 2)] boxes."""
     dt = gl.float16 if x.dtype == torch.float16 else gl.bfloat16
-    block = [bm, STEP_K * codes]
+    block = [bm, STEP_K * min(codes, 2)]  # rows of at most 128 bytes (the swizzle span)
     return TensorDescriptor.from_tensor(x, block, gl.NVMMASharedLayout.get_default_for(block, dt))
 
 
@@ -66,10 +70,25 @@ if AVAILABLE:
             z_hi = z_lo
         return s_lo, z_lo, s_hi, z_hi
 
+    @constexpr_function
+    def _decode_asm(j):
+        """PTX for code position j of a pair from ``_pair``: code | 0x6400 in each half, the
+        fp16 1024 + code."""
+        return (f"{{ .reg .b32 t; shr.b32 t, {'$1' if j < 4 else '$2'}, {4 * (j % 4)}; "
+                "lop3.b32 $0, t, 0x000f000f, 0x64006400, 0xea; }")
+
     @gluon.jit
-    def _decode(words, j: gl.constexpr, s, zz, dt: gl.constexpr, HALF_MATH: gl.constexpr):
+    def _pair(words):
+        """Words of k slots 2t, 2t + 1 (one register pair of the operand layout) -> their
+        codes 0-3 side by side in the first (a's in the low half, b's in the high half), codes
+        4-7 in the second: then one shift and one LOP3 give a code position's f16x2."""
+        return gl.inline_asm_elementwise("prmt.b32 $0, $2, $3, 0x5410; prmt.b32 $1, $2, $3, 0x7632;",
+                                         "=r,=r,r,r", [words], dtype=gl.int32, is_pure=True, pack=2)
+
+    @gluon.jit
+    def _decode(pairs, j: gl.constexpr, s, zz, dt: gl.constexpr, HALF_MATH: gl.constexpr):
         """Code j of every word -> the weight, in x's dtype (the MMA's left operand)."""
-        v = (((words >> (4 * j)) & 0xF) | 0x6400).to(gl.int16).to(gl.float16, bitcast=True)  # 1024 + q
+        v = gl.inline_asm_elementwise(_decode_asm(j), "=r,r,r", [pairs], dtype=gl.float16, is_pure=True, pack=2)
         w = v - zz.to(gl.float16)  # q - zero, exact
         if HALF_MATH:
             return w * s
@@ -77,10 +96,26 @@ if AVAILABLE:
             return (w.to(gl.float32) * s.to(gl.float32)).to(dt)
 
     @gluon.jit
+    def _write(out, rows, cols, mask, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS: gl.constexpr):
+        if HAS_BIAS:
+            out += gl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(gl.float32)
+        gl.store(y_ptr + rows.to(gl.int64) * stride_ym + cols, out.to(y_ptr.dtype.element_ty), mask=mask)
+
+    @gluon.jit
+    def _load_x(x_desc, x_smem, ready, i, st, row0, pred, WIDTH: gl.constexpr, BOX: gl.constexpr,
+                BOXES: gl.constexpr):
+        """Start the TMA copies of stage i's x columns [i * WIDTH, (i + 1) * WIDTH) into slot st."""
+        mbarrier.expect(ready.index(st), BOXES * x_desc.block_type.nbytes, pred=pred)
+        for b in gl.static_range(BOXES):
+            tma.async_copy_global_to_shared(x_desc, [row0, i * WIDTH + b * BOX], ready.index(st),
+                                            x_smem.index(st * BOXES + b), pred=pred)
+
+    @gluon.jit
     def int4_wgmma_kernel(
-        x_desc, qw_ptr, s_ptr, z_ptr, bias_ptr, y_ptr, M, N, KC, G, stride_ym,
+        x_desc, qw_ptr, s_ptr, z_ptr, bias_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, KC, G, stride_ym, chunks_per_split,
+        splits,
         BN: gl.constexpr, BNW: gl.constexpr, BM: gl.constexpr, GS: gl.constexpr, STAGES: gl.constexpr,
-        CODES: gl.constexpr,
+        CODES: gl.constexpr, SPLIT_K: gl.constexpr,
         HAS_ZERO: gl.constexpr, HAS_BIAS: gl.constexpr, HALF_MATH: gl.constexpr, num_warps: gl.constexpr,
     ):
         PK: gl.constexpr = 32
@@ -90,6 +125,8 @@ if AVAILABLE:
         a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_l, k_width=2)
         row0 = gl.program_id(0) * BM
         pid_n = gl.program_id(1)
+        c_begin = gl.program_id(2) * chunks_per_split
+        c_end = gl.minimum(c_begin + chunks_per_split, KC)
 
         n2 = gl.expand_dims(pid_n * BNW + gl.arange(0, BNW, layout=gl.SliceLayout(1, a_l)), 1)  # [BNW, 1]
         r2 = gl.expand_dims(gl.arange(0, PK, layout=gl.SliceLayout(0, a_l)), 0)  # [1, PK]
@@ -97,47 +134,48 @@ if AVAILABLE:
         w_ptrs = qw_ptr + (n2 // BN).to(gl.int64) * (KC * PK * BN) + r2 * BN + n2 % BN  # [BNW, PK]
         wmask = nmask & (r2 < PK)
 
-        # A stage is CODES steps of x: [BM, CODES * 32], one TMA copy and one barrier.
-        x_smem = gl.allocate_shared_memory(dt, [STAGES, BM, CODES * PK], x_desc.layout)
+        # A stage is CODES steps of x, [BM, CODES * 32]: BOXES TMA copies of [BM, BOX] (a box
+        # row is at most the 128-byte swizzle span) and one barrier.
+        BOX: gl.constexpr = x_desc.block_type.shape[1]
+        BOXES: gl.constexpr = CODES * PK // BOX
+        x_smem = gl.allocate_shared_memory(dt, [STAGES * BOXES, BM, BOX], x_desc.layout)
         ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         for b in gl.static_range(STAGES):
             mbarrier.init(ready.index(b), count=1)
         PER: gl.constexpr = 8 // CODES  # stages a chunk
-        loads = KC * PER
+        loads = (c_end - c_begin) * PER
+        i0 = c_begin * PER  # stage i of this program reads x columns [(i0 + i) * CODES * 32, ...)
         for b in gl.static_range(STAGES - 1):  # the first STAGES - 1 x tiles
-            mbarrier.expect(ready.index(b), x_desc.block_type.nbytes, pred=b < loads)
-            tma.async_copy_global_to_shared(x_desc, [row0, b * CODES * PK], ready.index(b), x_smem.index(b),
-                                            pred=b < loads)
+            _load_x(x_desc, x_smem, ready, i0 + b, b, row0, b < loads, CODES * PK, BOX, BOXES)
 
         acc = gl.zeros([BNW, BM], gl.float32, layout=acc_l)
         a_prev = gl.zeros([BNW, PK], dt, layout=a_l)
-        wn = gl.load(w_ptrs, mask=wmask, other=0)
-        sn_lo, zn_lo, sn_hi, zn_hi = _groups(s_ptr, z_ptr, 0, n2, nmask, N, G, GS, HAS_ZERO)
-        for c in range(KC):
-            words, s_lo, z_lo, s_hi, z_hi = wn, sn_lo, zn_lo, sn_hi, zn_hi
-            more = c + 1 < KC
+        wn = gl.load(w_ptrs + c_begin * (PK * BN), mask=wmask, other=0)
+        sn_lo, zn_lo, sn_hi, zn_hi = _groups(s_ptr, z_ptr, c_begin, n2, nmask, N, G, GS, HAS_ZERO)
+        for c in range(c_begin, c_end):
+            pairs = _pair(wn)
+            s_lo, z_lo, s_hi, z_hi = sn_lo, zn_lo, sn_hi, zn_hi
+            more = c + 1 < c_end
             wn = gl.load(w_ptrs + (c + 1) * (PK * BN), mask=wmask & more, other=0)
-            sn_lo, zn_lo, sn_hi, zn_hi = _groups(s_ptr, z_ptr, gl.minimum(c + 1, KC - 1), n2, nmask, N, G, GS,
+            sn_lo, zn_lo, sn_hi, zn_hi = _groups(s_ptr, z_ptr, gl.minimum(c + 1, c_end - 1), n2, nmask, N, G, GS,
                                                  HAS_ZERO)
             for u in gl.static_range(PER):
-                i = c * PER + u
+                i = (c - c_begin) * PER + u
                 st = i % STAGES
                 mbarrier.wait(ready.index(st), (i // STAGES) & 1)
                 for jj in gl.static_range(CODES):
                     if u * CODES + jj < 4:
-                        a = _decode(words, u * CODES + jj, s_lo, z_lo, dt, HALF_MATH)
+                        a = _decode(pairs, u * CODES + jj, s_lo, z_lo, dt, HALF_MATH)
                     else:
-                        a = _decode(words, u * CODES + jj, s_hi, z_hi, dt, HALF_MATH)
-                    xt = x_smem.index(st).slice(jj * PK, PK, dim=1).permute((1, 0))  # [32, BM]
+                        a = _decode(pairs, u * CODES + jj, s_hi, z_hi, dt, HALF_MATH)
+                    xt = x_smem.index(st * BOXES + jj * PK // BOX).slice((jj * PK) % BOX, PK, dim=1).permute((1, 0))
                     acc = warpgroup_mma(a, xt, acc, is_async=True)
                     # The previous MMA is done: its operand registers (and x stage) are free.
                     acc, a_prev = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a_prev))
                     a_prev = a
                 nxt = i + STAGES - 1
                 ps = nxt % STAGES
-                mbarrier.expect(ready.index(ps), x_desc.block_type.nbytes, pred=nxt < loads)
-                tma.async_copy_global_to_shared(x_desc, [row0, nxt * CODES * PK], ready.index(ps), x_smem.index(ps),
-                                                pred=nxt < loads)
+                _load_x(x_desc, x_smem, ready, i0 + nxt, ps, row0, nxt < loads, CODES * PK, BOX, BOXES)
         acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
         for b in gl.static_range(STAGES):
             mbarrier.invalidate(ready.index(b))
@@ -145,7 +183,18 @@ if AVAILABLE:
         # acc [BNW, BM] is y^T: element (n, m) goes to y[row0 + m, n].
         cols = gl.expand_dims(pid_n * BNW + gl.arange(0, BNW, layout=gl.SliceLayout(1, acc_l)), 1)  # [BNW, 1]
         rows = gl.expand_dims(row0 + gl.arange(0, BM, layout=gl.SliceLayout(0, acc_l)), 0)  # [1, BM]
-        if HAS_BIAS:
-            acc += gl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(gl.float32)
-        gl.store(y_ptr + rows.to(gl.int64) * stride_ym + cols, acc.to(y_ptr.dtype.element_ty),
-                 mask=(rows < M) & (cols < N))
+        mask = (rows < M) & (cols < N)
+        if SPLIT_K:  # the protocol of ``epilogue.store_output``: float32 [M, N] sums, a ticket a tile
+            ws = ws_ptr + rows * N + cols
+            gl.atomic_add(ws, acc, mask=mask, sem="relaxed")
+            cta_barrier()  # every thread's sums issued before the ticket releases them
+            tile = gl.program_id(0) * gl.num_programs(1) + pid_n
+            ticket = gl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel")
+            if ticket == splits - 1:
+                zero = gl.zeros_like(acc)
+                total = gl.where(mask, gl.atomic_add(ws, zero, mask=mask, sem="acq_rel"), 0.0)
+                gl.store(ws, zero, mask=mask)
+                gl.atomic_xchg(cnt_ptr + tile, 0)
+                _write(total, rows, cols, mask, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS)
+        else:
+            _write(acc, rows, cols, mask, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS)
