@@ -207,6 +207,13 @@ def mma16_config(n: int, k: int, nb: int, chunks: int, device: torch.device) -> 
     return Mma16Config(split=_fill_split(nb, chunks, _sms(device), per_sm=4), wr=1, wh=2, depth=2)
 
 
+def prefers_wgmma(m: int, n: int, k: int) -> bool:
+    """Whether M rows of this shape go to ``wgmma`` (where it can take them): measured for
+    the shape and M bucket if it is in either table, else from WGMMA_MIN_M rows on."""
+    key = (n, k, 4, m_bucket(m))
+    return key in WGMMA or (key not in GEMM and m >= WGMMA_MIN_M)
+
+
 def wgmma_config(m: int, n: int, k: int, device: torch.device) -> WgmmaConfig:
     """wgmma config: measured, else 128-row programs (64 when that leaves SMs idle)."""
     b = m_bucket(m)
