@@ -173,9 +173,9 @@ def dequant_rows(ms: list[int], base: dict, peak: float, gen: torch.Generator) -
     from lowbit.kernels.triton import configs, launch, linear
 
     rows = []
-    saved, saved_min = configs.gemm_config, configs.WGMMA_MIN_M
+    saved, saved_wgmma = configs.gemm_config, configs.prefers_wgmma
     configs.gemm_config = lambda *a, **k: launch.DequantConfig()
-    configs.WGMMA_MIN_M = 1 << 30
+    configs.prefers_wgmma = lambda *a: False
     try:
         for k, n in SHAPES:
             probe = random_quant_linear(k, n, 4, 128, False, gen)
@@ -195,7 +195,7 @@ def dequant_rows(ms: list[int], base: dict, peak: float, gen: torch.Generator) -
             del layers, probe
             torch.cuda.empty_cache()
     finally:
-        configs.gemm_config, configs.WGMMA_MIN_M = saved, saved_min
+        configs.gemm_config, configs.prefers_wgmma = saved, saved_wgmma
     return rows
 
 
@@ -218,6 +218,7 @@ def main(argv=None) -> int:
                    help="also time the dequantize + cuBLAS path at these M (int4 g128 asym)")
     p.add_argument("--tune", metavar="JSONL", help="sweep kernel configs instead, one JSON line per timing")
     p.add_argument("--only", nargs="+", choices=["gemv", "half2", "mma16", "gemm", "wgmma"], help="--tune: only these kernels")
+    p.add_argument("--tune-m", type=int, nargs="+", metavar="M", help="--tune: only the jobs at these M")
     p.add_argument("--shapes", nargs="+", type=shape, metavar="KxN",
                    help="--tune: these (in x out) shapes instead of Llama-3-8B's four, e.g. 4096x6144")
     p.add_argument("--best", metavar="JSON", help="with --tune: write the best config per shape and M here")

@@ -51,15 +51,15 @@ def jobs_for(k: int, n: int, quick: bool) -> list[tuple]:
                     for depth in (1, 2):
                         out.append((bn, "mma16", 16, launch.Mma16Config(split=sp, wr=wr, wh=wh, depth=depth)))
     bn = 32 if n > 8192 else 64  # the M = 1 GEMV's choice (configs.BLOCK_N): the layout is shared
-    for m in (64, 256):
-        for bm in (64, 128, 256):
-            for bnw, w in ((64, 4), (128, 8)):  # (128, 4): two row blocks a warp measured 2-4x slower (run 16)
-                if bm > max(m, 64):
-                    continue
+    for m in (2, 8, 16, 32, 64, 128, 256):
+        # one row tile of >= M rows (from 16) below 64 rows; from 64 on, tiles of 64 up to M
+        for bm in ([max(16, 1 << (m - 1).bit_length())] if m < 64 else [b for b in (64, 128, 256) if b <= m]):
+            # (128, 4): two row blocks a warp measured 2-4x slower (run 16); 128 columns only pay at M >= 64
+            for bnw, w in ((64, 4), (128, 8)) if m >= 64 else ((64, 4),):
                 tiles = -(-m // bm) * -(-n // bnw)
                 for codes in (2, 4):  # one step a stage measured slower everywhere (run 16)
                     for st in ((4,) if quick else (3, 5)):
-                        for sp in ((1, 2, 4) if tiles < 132 else (1,)):
+                        for sp in sorted({1} | set(splits_around(tiles, kc))) if tiles < 132 else (1,):
                             out.append((bn, "wgmma", m, launch.WgmmaConfig(bm=bm, bnw=bnw, codes=codes, stages=st,
                                                                             num_warps=w, split=sp)))
     for bn in (32, 64):
@@ -122,7 +122,7 @@ def tune(args) -> None:
     gen = torch.Generator().manual_seed(0)
     shapes = args.shapes or (SHAPES[:1] if args.quick else SHAPES)
     all_jobs = [(k, n) + j for k, n in shapes for j in jobs_for(k, n, args.quick)
-                if not args.only or j[1] in args.only]
+                if (not args.only or j[1] in args.only) and (not args.tune_m or j[2] in args.tune_m)]
     failed = precompile(all_jobs, min(14, os.cpu_count() or 4))
     best: dict = {}
     with open(args.tune, "w") as log:
@@ -146,7 +146,7 @@ def tune(args) -> None:
                     key = (k, n, m)
                     if key not in best or us < best[key]["us"]:
                         best[key] = rec
-            for m in (1, 16, 64, 256):
+            for m in sorted({j[4] for j in all_jobs}):
                 r = best.get((k, n, m))
                 if r:
                     print(f"best {k}x{n} M={m}: {r['us']:.1f} us vs fp16 {r['fp16_us']:.1f} ({r['speedup']:.2f}x) "

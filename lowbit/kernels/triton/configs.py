@@ -112,8 +112,11 @@ GEMV_MAX_M = 1
 #: Each 16 rows are one more program row; at M = 32 it still beat gemm_tc on all four shapes,
 #: at 64 on none (benchmarks/results/h100_table_int4_m32_64_run14.txt).
 MMA16_MAX_M = 32
-#: Smallest M that runs on ``wgmma`` where it can (below it mma16 / gemm_tc).
+#: M that run on ``wgmma`` where it can and no measured table says otherwise: below, mma16
+#: or gemm_tc; above, dequantize + cuBLAS (at M = 1024 that beat wgmma on every H100 shape,
+#: benchmarks/results/h100_table_int4_wgmma_run18.txt).
 WGMMA_MIN_M = 64
+WGMMA_MAX_M = 512
 M_BUCKETS = (16, 32, 64, 128, 256)
 #: Bytes of shared memory the GEMM's pipeline stages may take (H100: 227 KB a block).
 SHARED_BUDGET = 160 * 1024
@@ -208,10 +211,13 @@ def mma16_config(n: int, k: int, nb: int, chunks: int, device: torch.device) -> 
 
 
 def prefers_wgmma(m: int, n: int, k: int) -> bool:
-    """Whether M rows of this shape go to ``wgmma`` (where it can take them): measured for
-    the shape and M bucket if it is in either table, else from WGMMA_MIN_M rows on."""
+    """Whether M rows of this shape go to ``wgmma`` (where it can take them): as measured if
+    the shape and M bucket are in the WGMMA or GEMM table, else for WGMMA_MIN_M <= M <=
+    WGMMA_MAX_M (fewer rows: mma16; more: dequantize + cuBLAS)."""
     key = (n, k, 4, m_bucket(m))
-    return key in WGMMA or (key not in GEMM and m >= WGMMA_MIN_M)
+    if key in WGMMA:
+        return True
+    return key not in GEMM and WGMMA_MIN_M <= m <= WGMMA_MAX_M
 
 
 def wgmma_config(m: int, n: int, k: int, device: torch.device) -> WgmmaConfig:

@@ -127,10 +127,10 @@ def run_packed(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None) -> 
     if m <= configs.GEMV_MAX_M and launch.half2_ok(x2, pw):
         cfg = configs.half2_config(pw.n, pw.k, pw.qweight.shape[0], pw.chunks, x.device)
         y = launch.gemv_half2(x2, pw, bias, cfg)
-    elif launch.mma16_ok(x2, pw, configs.MMA16_MAX_M) and (y := _try_mma16(x2, pw, bias)) is not None:
-        pass
     elif (configs.prefers_wgmma(m, pw.n, pw.k) and launch.wgmma_ok(x2, pw)
           and (y := _try_wgmma(x2, pw, bias)) is not None):
+        pass
+    elif launch.mma16_ok(x2, pw, configs.MMA16_MAX_M) and (y := _try_mma16(x2, pw, bias)) is not None:
         pass
     elif m <= configs.GEMV_MAX_M:
         cfg = configs.gemv_config(pw.n, pw.k, pw.bits, pw.qweight.shape[0], pw.chunks, x.device, pw.mode == "lut")
