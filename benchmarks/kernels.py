@@ -222,7 +222,8 @@ def main(argv=None) -> int:
     p.add_argument("--shapes", nargs="+", type=shape, metavar="KxN",
                    help="--tune: these (in x out) shapes instead of Llama-3-8B's four, e.g. 4096x6144")
     p.add_argument("--best", metavar="JSON", help="with --tune: write the best config per shape and M here")
-    p.add_argument("--configs", metavar="JSON", help="use these tuned configs (a --best file) on top of configs.py")
+    p.add_argument("--configs", metavar="JSON", nargs="+",
+                   help="use these tuned configs (--best files) on top of configs.py")
     p.add_argument("--mma16-max-m", type=int, metavar="M",
                    help="run the mma16 kernel up to this M (default: configs.MMA16_MAX_M)")
     args = p.parse_args(argv)
@@ -235,7 +236,8 @@ def main(argv=None) -> int:
     if args.configs:
         from lowbit.kernels.triton.configs import load_table
 
-        load_table(args.configs)
+        for path in args.configs:
+            load_table(path)
     if args.mma16_max_m is not None:
         from lowbit.kernels.triton import configs
 
