@@ -72,3 +72,17 @@ def test_a_triton_that_cannot_compile_wgmma_falls_back_for_good(tk, monkeypatch,
         assert tk.linear._try_wgmma(x, pw, None) is None
     assert "does not compile" in caplog.text and "no warpgroup_mma here" in caplog.text
     assert not tk.wgmma.AVAILABLE and not tk.launch.wgmma_ok(x, pw)
+
+
+def test_dispatch_sends_8_to_512_rows_to_wgmma_and_fewer_or_more_elsewhere(tk):
+    prefers = tk.configs.prefers_wgmma
+    assert not prefers(4, 4096, 4096)  # mma16 (they tied at M = 2)
+    assert prefers(8, 4096, 4096) and prefers(16, 4096, 4096) and prefers(256, 4096, 4096)  # measured shape
+    assert prefers(48, 6144, 4096) and prefers(512, 6144, 4096)  # an unmeasured shape in range
+    assert not prefers(1024, 4096, 4096) and not prefers(4096, 6144, 4096)  # prefill: dequantize + cuBLAS
+
+
+def test_wgmma_heuristic_config_fits_rows_and_fills_the_gpu(tk):
+    cfg = tk.configs.wgmma_config(20, 6144, 4096, torch.device("cpu"))  # unmeasured shape, 132 SMs assumed
+    assert cfg.bm == 32 and cfg.split == 2  # 96 column tiles: two K splits fill 132 SMs
+    assert tk.configs.wgmma_config(512, 6144, 4096, torch.device("cpu")).bm == 128

@@ -103,8 +103,32 @@ GEMM_LUT: dict[tuple[int, int, int, int], GemmConfig | DequantConfig | TcConfig]
                                    scale_after=True),  # 46.1, 45.0
 }
 
-#: (N, K, bits, M bucket) -> wgmma config (int4 groups >= 128 on a Hopper GPU, M >= WGMMA_MIN_M).
-WGMMA: dict[tuple[int, int, int, int], WgmmaConfig] = {}
+#: (N, K, bits, M bucket) -> wgmma config (int4 groups >= 128 on a Hopper GPU), at the BLOCK_N
+#: above; an entry also routes its M bucket to wgmma (from WGMMA_MIN_M rows). benchmarks/
+#: results/h100_tune_wgmma_m64_256_run18.jsonl and h100_tune_wgmma_m16_32_128_run19.jsonl
+#: (our us, fp16 us).
+WGMMA: dict[tuple[int, int, int, int], WgmmaConfig] = {
+    (4096, 4096, 4, 16): WgmmaConfig(bm=16, codes=4, stages=3, split=4),  # 9.7, 16.1 (mma16 11.8)
+    (4096, 4096, 4, 32): WgmmaConfig(bm=32, codes=4, stages=3, split=4),  # 11.2, 14.6
+    (4096, 4096, 4, 64): WgmmaConfig(bm=64, codes=2, stages=5, split=2),  # 14.2, 14.9
+    (4096, 4096, 4, 128): WgmmaConfig(bm=64, codes=4, stages=5, split=1),  # 16.7, 14.8
+    (4096, 4096, 4, 256): WgmmaConfig(bm=128, codes=2, stages=5, split=1),  # 19.7, 18.5
+    (14336, 4096, 4, 16): WgmmaConfig(bm=16, codes=4, stages=3, split=1),  # 20.6, 44.1 (mma16 24.1)
+    (14336, 4096, 4, 32): WgmmaConfig(bm=32, codes=2, stages=5, split=1),  # 22.3, 45.2
+    (14336, 4096, 4, 64): WgmmaConfig(bm=64, codes=4, stages=3, split=1),  # 25.0, 45.0
+    (14336, 4096, 4, 128): WgmmaConfig(bm=128, codes=4, stages=3, split=1),  # 31.9, 46.5
+    (14336, 4096, 4, 256): WgmmaConfig(bm=256, codes=2, stages=3, split=1),  # 53.2, 51.8
+    (4096, 14336, 4, 16): WgmmaConfig(bm=16, codes=4, stages=3, split=8),  # 17.9, 44.9 (mma16 22.9)
+    (4096, 14336, 4, 32): WgmmaConfig(bm=32, codes=2, stages=5, split=8),  # 20.7, 45.7
+    (4096, 14336, 4, 64): WgmmaConfig(bm=64, codes=2, stages=5, split=4),  # 27.4, 46.8
+    (4096, 14336, 4, 128): WgmmaConfig(bm=128, codes=4, stages=3, split=4),  # 38.1, 52.5
+    (4096, 14336, 4, 256): WgmmaConfig(bm=128, codes=2, stages=5, split=1),  # 60.1, 60.8
+    (1024, 4096, 4, 16): WgmmaConfig(bm=16, codes=4, stages=3, split=16),  # 6.0, 7.6 (mma16 8.1)
+    (1024, 4096, 4, 32): WgmmaConfig(bm=32, codes=4, stages=3, split=8),  # 6.7, 7.8
+    (1024, 4096, 4, 64): WgmmaConfig(bm=64, codes=4, stages=3, split=4),  # 9.2, 8.2
+    (1024, 4096, 4, 128): WgmmaConfig(bm=128, codes=4, stages=3, split=8),  # 11.0, 8.4
+    (1024, 4096, 4, 256): WgmmaConfig(bm=128, codes=4, stages=3, split=4),  # 12.9, 9.8
+}
 
 #: Largest M that runs on the CUDA-core GEMV (above it the tensor-core kernel wins).
 GEMV_MAX_M = 1
@@ -112,10 +136,11 @@ GEMV_MAX_M = 1
 #: Each 16 rows are one more program row; at M = 32 it still beat gemm_tc on all four shapes,
 #: at 64 on none (benchmarks/results/h100_table_int4_m32_64_run14.txt).
 MMA16_MAX_M = 32
-#: M that run on ``wgmma`` where it can and no measured table says otherwise: below, mma16
-#: or gemm_tc; above, dequantize + cuBLAS (at M = 1024 that beat wgmma on every H100 shape,
-#: benchmarks/results/h100_table_int4_wgmma_run18.txt).
-WGMMA_MIN_M = 64
+#: M that run on ``wgmma`` where it can (Hopper, int4 groups >= 128) unless a measured table
+#: says otherwise. Fewer rows: mma16 (at M = 2 the two tied, run 15 vs run 19; from M = 8
+#: wgmma was faster on every measured shape). More rows: dequantize + cuBLAS (at M = 1024
+#: that beat wgmma on every H100 shape, benchmarks/results/h100_table_int4_wgmma_run18.txt).
+WGMMA_MIN_M = 8
 WGMMA_MAX_M = 512
 M_BUCKETS = (16, 32, 64, 128, 256)
 #: Bytes of shared memory the GEMM's pipeline stages may take (H100: 227 KB a block).
@@ -211,22 +236,27 @@ def mma16_config(n: int, k: int, nb: int, chunks: int, device: torch.device) -> 
 
 
 def prefers_wgmma(m: int, n: int, k: int) -> bool:
-    """Whether M rows of this shape go to ``wgmma`` (where it can take them): as measured if
-    the shape and M bucket are in the WGMMA or GEMM table, else for WGMMA_MIN_M <= M <=
-    WGMMA_MAX_M (fewer rows: mma16; more: dequantize + cuBLAS)."""
+    """Whether M rows of this shape go to ``wgmma`` (where it can take them): from
+    WGMMA_MIN_M rows, as measured if the shape and M bucket are in the WGMMA or GEMM table,
+    else up to WGMMA_MAX_M rows."""
     key = (n, k, 4, m_bucket(m))
-    if key in WGMMA:
-        return True
-    return key not in GEMM and WGMMA_MIN_M <= m <= WGMMA_MAX_M
+    return m >= WGMMA_MIN_M and (key in WGMMA or (key not in GEMM and m <= WGMMA_MAX_M))
 
 
 def wgmma_config(m: int, n: int, k: int, device: torch.device) -> WgmmaConfig:
-    """wgmma config: measured, else 128-row programs (64 when that leaves SMs idle)."""
+    """wgmma config: measured, else what won on the measured shapes: one row tile of >= M
+    rows under 64 rows, 128-row tiles when they fill the SMs (else 64), and a K split
+    until they do."""
     b = m_bucket(m)
     if (n, k, 4, b) in WGMMA:
         return WGMMA[(n, k, 4, b)]
-    bm = 128 if triton.cdiv(m, 128) * triton.cdiv(n, 64) >= _sms(device) else 64
-    return WgmmaConfig(bm=bm)
+    if m < 64:
+        bm = max(16, 1 << (m - 1).bit_length())
+    else:
+        bm = 128 if triton.cdiv(m, 128) * triton.cdiv(n, 64) >= _sms(device) else 64
+    tiles = triton.cdiv(m, bm) * triton.cdiv(n, 64)
+    split = _fill_split(tiles, triton.cdiv(k, 256), _sms(device), per_sm=1)
+    return WgmmaConfig(bm=bm, codes=4, stages=3, split=split)
 
 
 def m_bucket(m: int) -> int:

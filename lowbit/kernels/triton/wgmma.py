@@ -37,6 +37,9 @@ try:  # Gluon: Triton >= 3.5, with the API of 3.6
 
     from .mma16 import cta_barrier
 
+    # The TMA load is tma.async_copy_global_to_shared in Triton 3.6, tma.async_load later.
+    _tma_load = tma.async_load if hasattr(tma, "async_load") else tma.async_copy_global_to_shared
+
     AVAILABLE = True
 except ImportError:  # pragma: no cover - older Triton: large M runs dequantize + cuBLAS
     AVAILABLE = False
@@ -107,8 +110,7 @@ if AVAILABLE:
         """Start the TMA copies of stage i's x columns [i * WIDTH, (i + 1) * WIDTH) into slot st."""
         mbarrier.expect(ready.index(st), BOXES * x_desc.block_type.nbytes, pred=pred)
         for b in gl.static_range(BOXES):
-            tma.async_copy_global_to_shared(x_desc, [row0, i * WIDTH + b * BOX], ready.index(st),
-                                            x_smem.index(st * BOXES + b), pred=pred)
+            _tma_load(x_desc, [row0, i * WIDTH + b * BOX], ready.index(st), x_smem.index(st * BOXES + b), pred=pred)
 
     @gluon.jit
     def int4_wgmma_kernel(
