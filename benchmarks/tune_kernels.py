@@ -60,8 +60,10 @@ def jobs_for(k: int, n: int, quick: bool) -> list[tuple]:
                 for codes in (2, 4):  # one step a stage measured slower everywhere (run 16)
                     for st in ((4,) if quick else (3, 5)):
                         for sp in sorted({1} | set(splits_around(tiles, kc))) if tiles < 132 else (1,):
-                            out.append((bn, "wgmma", m, launch.WgmmaConfig(bm=bm, bnw=bnw, codes=codes, stages=st,
-                                                                            num_warps=w, split=sp)))
+                            for ahead, mmas in ((1, 1), (2, 1), (1, 2), (2, 2)):
+                                out.append((bn, "wgmma", m, launch.WgmmaConfig(
+                                    bm=bm, bnw=bnw, codes=codes, stages=st, num_warps=w, split=sp, ahead=ahead,
+                                    mmas=mmas)))
     for bn in (32, 64):
         nb = -(-n // bn)
         for c, w in ((1, 4), (2, 4), (1, 8), (2, 8), (4, 8)):

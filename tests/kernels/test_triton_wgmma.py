@@ -26,13 +26,18 @@ hopper = pytest.mark.skipif(not (torch.cuda.is_available() and torch.cuda.get_de
     (70, 128, True, 64, 520, 64, 64, 64, 1, 2, 4, 1, torch.bfloat16),
     (200, 128, False, 192, 3072, 64, 128, 64, 4, 3, 4, 4, torch.float16),  # split-K (12 chunks in 4 splits)
     (65, 128, False, 64, 1280, 32, 64, 64, 2, 4, 4, 3, torch.bfloat16),  # split-K, uneven splits (5 chunks)
+    (16, 128, False, 128, 2048, 64, 16, 64, 4, 3, 4, 2, torch.float16),  # 16-row tiles
+    (9, 128, True, 96, 1024, 32, 16, 64, 2, 5, 4, 1, torch.bfloat16),
+    (30, 256, False, 64, 768, 64, 32, 64, 2, 3, 4, 1, torch.float16),
 ])
-def test_wgmma_matches_reference(tk, m, gs, sym, n, k, bn, bm, bnw, codes, stages, warps, split, dtype):
+@pytest.mark.parametrize("ahead,mmas", [(1, 1), (2, 2)])
+def test_wgmma_matches_reference(tk, m, gs, sym, n, k, bn, bm, bnw, codes, stages, warps, split, dtype, ahead, mmas):
     layer = make_layer(n, k, 4, gs, sym, bias=m == 100, seed=m + k, device=tk.device)
     x = torch.randn(m, k, device=tk.device).to(dtype)
     pw = repack(tk, layer, bn)
     assert tk.launch.wgmma_ok(x, pw)
-    cfg = tk.launch.WgmmaConfig(bm=bm, bnw=bnw, codes=codes, stages=stages, num_warps=warps, split=split)
+    cfg = tk.launch.WgmmaConfig(bm=bm, bnw=bnw, codes=codes, stages=stages, num_warps=warps, split=split,
+                                ahead=ahead, mmas=mmas)
     check(tk.launch.wgmma(x, pw, layer.bias, cfg), ref_out(x, layer), x)
     if split > 1:  # the workspace is left zeroed for the next call: the same sums again
         check(tk.launch.wgmma(x, pw, layer.bias, cfg), ref_out(x, layer), x)

@@ -117,7 +117,7 @@ if AVAILABLE:
         x_desc, qw_ptr, s_ptr, z_ptr, bias_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, KC, G, stride_ym, chunks_per_split,
         splits,
         BN: gl.constexpr, BNW: gl.constexpr, BM: gl.constexpr, GS: gl.constexpr, STAGES: gl.constexpr,
-        CODES: gl.constexpr, SPLIT_K: gl.constexpr,
+        CODES: gl.constexpr, AHEAD: gl.constexpr, MMAS: gl.constexpr, SPLIT_K: gl.constexpr,
         HAS_ZERO: gl.constexpr, HAS_BIAS: gl.constexpr, HALF_MATH: gl.constexpr, num_warps: gl.constexpr,
     ):
         PK: gl.constexpr = 32
@@ -151,16 +151,29 @@ if AVAILABLE:
             _load_x(x_desc, x_smem, ready, i0 + b, b, row0, b < loads, CODES * PK, BOX, BOXES)
 
         acc = gl.zeros([BNW, BM], gl.float32, layout=acc_l)
-        a_prev = gl.zeros([BNW, PK], dt, layout=a_l)
+        # The operands of the MMAs still in flight (their registers must not be reused).
+        a_p1 = gl.zeros([BNW, PK], dt, layout=a_l)
+        a_p2 = a_p1
+        # AHEAD chunks of words, scales and zeros are in flight while a chunk's MMAs run (at
+        # few rows a program's chunk takes about one memory round trip).
         wn = gl.load(w_ptrs + c_begin * (PK * BN), mask=wmask, other=0)
         sn_lo, zn_lo, sn_hi, zn_hi = _groups(s_ptr, z_ptr, c_begin, n2, nmask, N, G, GS, HAS_ZERO)
+        if AHEAD >= 2:
+            wnn = gl.load(w_ptrs + (c_begin + 1) * (PK * BN), mask=wmask & (c_begin + 1 < c_end), other=0)
+            snn_lo, znn_lo, snn_hi, znn_hi = _groups(s_ptr, z_ptr, gl.minimum(c_begin + 1, c_end - 1), n2, nmask, N,
+                                                     G, GS, HAS_ZERO)
         for c in range(c_begin, c_end):
             pairs = _pair(wn)
             s_lo, z_lo, s_hi, z_hi = sn_lo, zn_lo, sn_hi, zn_hi
-            more = c + 1 < c_end
-            wn = gl.load(w_ptrs + (c + 1) * (PK * BN), mask=wmask & more, other=0)
-            sn_lo, zn_lo, sn_hi, zn_hi = _groups(s_ptr, z_ptr, gl.minimum(c + 1, c_end - 1), n2, nmask, N, G, GS,
-                                                 HAS_ZERO)
+            if AHEAD >= 2:
+                wn, sn_lo, zn_lo, sn_hi, zn_hi = wnn, snn_lo, znn_lo, snn_hi, znn_hi
+                wnn = gl.load(w_ptrs + (c + 2) * (PK * BN), mask=wmask & (c + 2 < c_end), other=0)
+                snn_lo, znn_lo, snn_hi, znn_hi = _groups(s_ptr, z_ptr, gl.minimum(c + 2, c_end - 1), n2, nmask, N,
+                                                         G, GS, HAS_ZERO)
+            else:
+                wn = gl.load(w_ptrs + (c + 1) * (PK * BN), mask=wmask & (c + 1 < c_end), other=0)
+                sn_lo, zn_lo, sn_hi, zn_hi = _groups(s_ptr, z_ptr, gl.minimum(c + 1, c_end - 1), n2, nmask, N, G, GS,
+                                                     HAS_ZERO)
             for u in gl.static_range(PER):
                 i = (c - c_begin) * PER + u
                 st = i % STAGES
@@ -172,13 +185,19 @@ if AVAILABLE:
                         a = _decode(pairs, u * CODES + jj, s_hi, z_hi, dt, HALF_MATH)
                     xt = x_smem.index(st * BOXES + jj * PK // BOX).slice((jj * PK) % BOX, PK, dim=1).permute((1, 0))
                     acc = warpgroup_mma(a, xt, acc, is_async=True)
-                    # The previous MMA is done: its operand registers (and x stage) are free.
-                    acc, a_prev = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a_prev))
-                    a_prev = a
+                    # Retire the MMA issued MMAS steps ago: its operand registers are free.
+                    if MMAS == 1:
+                        acc, a_p1 = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a_p1))
+                        a_p1 = a
+                    else:
+                        acc, a_p2 = warpgroup_mma_wait(num_outstanding=2, deps=(acc, a_p2))
+                        a_p2 = a_p1
+                        a_p1 = a
+                # Every MMA of the previous stage has retired (MMAS <= CODES): refill its slot.
                 nxt = i + STAGES - 1
                 ps = nxt % STAGES
                 _load_x(x_desc, x_smem, ready, i0 + nxt, ps, row0, nxt < loads, CODES * PK, BOX, BOXES)
-        acc = warpgroup_mma_wait(num_outstanding=0, deps=(acc, ))
+        acc, a_p1, a_p2 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a_p1, a_p2))
         for b in gl.static_range(STAGES):
             mbarrier.invalidate(ready.index(b))
 
