@@ -60,7 +60,8 @@ def jobs_for(k: int, n: int, quick: bool) -> list[tuple]:
                 for codes in (2, 4):  # one step a stage measured slower everywhere (run 16)
                     for st in ((4,) if quick else (3, 5)):
                         for sp in sorted({1} | set(splits_around(tiles, kc))) if tiles < 132 else (1,):
-                            for ahead, mmas in ((1, 1), (2, 1), (1, 2), (2, 2)):
+                            # weights two chunks ahead: for the memory-bound few-row case
+                            for ahead, mmas in ((1, 1), (2, 1), (1, 2), (2, 2)) if m < 64 else ((1, 1), (1, 2)):
                                 out.append((bn, "wgmma", m, launch.WgmmaConfig(
                                     bm=bm, bnw=bnw, codes=codes, stages=st, num_warps=w, split=sp, ahead=ahead,
                                     mmas=mmas)))
