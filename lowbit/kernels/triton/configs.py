@@ -105,14 +105,14 @@ GEMM_LUT: dict[tuple[int, int, int, int], GemmConfig | DequantConfig | TcConfig]
 
 #: (N, K, bits, M bucket) -> wgmma config (int4 groups >= 128 on a Hopper GPU), at the BLOCK_N
 #: above; an entry also routes its M bucket to wgmma (from WGMMA_MIN_M rows). benchmarks/
-#: results/h100_tune_wgmma_m64_256_run18.jsonl and h100_tune_wgmma_m16_32_128_run19.jsonl
-#: (our us, fp16 us).
+#: results/h100_tune_wgmma_m64_256_run18.jsonl, h100_tune_wgmma_m16_32_128_run19.jsonl and
+#: h100_tune_wgmma_m16_256_run21.jsonl (our us, fp16 us).
 WGMMA: dict[tuple[int, int, int, int], WgmmaConfig] = {
     (4096, 4096, 4, 16): WgmmaConfig(bm=16, codes=4, stages=3, split=4),  # 9.7, 16.1 (mma16 11.8)
     (4096, 4096, 4, 32): WgmmaConfig(bm=32, codes=4, stages=3, split=4),  # 11.2, 14.6
     (4096, 4096, 4, 64): WgmmaConfig(bm=64, codes=2, stages=5, split=2),  # 14.2, 14.9
     (4096, 4096, 4, 128): WgmmaConfig(bm=64, codes=4, stages=5, split=1),  # 16.7, 14.8
-    (4096, 4096, 4, 256): WgmmaConfig(bm=128, codes=2, stages=5, split=1),  # 19.7, 18.5
+    (4096, 4096, 4, 256): WgmmaConfig(bm=128, codes=4, stages=3, mmas=2),  # 18.2, 18.5 (run 21)
     (14336, 4096, 4, 16): WgmmaConfig(bm=16, codes=4, stages=3, split=1),  # 20.6, 44.1 (mma16 24.1)
     (14336, 4096, 4, 32): WgmmaConfig(bm=32, codes=2, stages=5, split=1),  # 22.3, 45.2
     (14336, 4096, 4, 64): WgmmaConfig(bm=64, codes=4, stages=3, split=1),  # 25.0, 45.0
