@@ -57,11 +57,13 @@ def jobs_for(k: int, n: int, quick: bool) -> list[tuple]:
             # (128, 4): two row blocks a warp measured 2-4x slower (run 16); 128 columns only pay at M >= 64
             for bnw, w in ((64, 4), (128, 8)) if m >= 64 else ((64, 4),):
                 tiles = -(-m // bm) * -(-n // bnw)
-                for codes in (2, 4):  # one step a stage measured slower everywhere (run 16)
+                # one step a stage measured slower everywhere (run 16); a whole chunk a stage
+                # (8 codes, 4 TMA boxes) fits 3 stages up to 128 rows
+                for codes in (2, 4, 8) if bm <= 128 else (2, 4):
                     for st in ((4,) if quick else (3, 5)):
                         for sp in sorted({1} | set(splits_around(tiles, kc))) if tiles < 132 else (1,):
-                            # weights two chunks ahead: for the memory-bound few-row case
-                            for ahead, mmas in ((1, 1), (2, 1), (1, 2), (2, 2)) if m < 64 else ((1, 1), (1, 2)):
+                            # weights two chunks ahead made no difference at M = 16 (run 21)
+                            for ahead, mmas in ((1, 1), (1, 2)):
                                 out.append((bn, "wgmma", m, launch.WgmmaConfig(
                                     bm=bm, bnw=bnw, codes=codes, stages=st, num_warps=w, split=sp, ahead=ahead,
                                     mmas=mmas)))

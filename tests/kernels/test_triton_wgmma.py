@@ -22,11 +22,12 @@ hopper = pytest.mark.skipif(not (torch.cuda.is_available() and torch.cuda.get_de
     (300, -1, False, 128, 512, 64, 256, 64, 2, 3, 4, 1, torch.float16),  # per channel, two row tiles
     (64, 256, False, 256, 2048, 32, 64, 128, 2, 4, 4, 1, torch.float16),  # two MMA row blocks a warp, blocks of 32
     (129, 128, False, 256, 1024, 64, 128, 128, 4, 3, 8, 1, torch.float16),  # two warpgroups, two TMA boxes a stage
+    (256, 128, False, 128, 1024, 64, 128, 64, 8, 3, 4, 1, torch.float16),  # four boxes a stage
     (192, 128, False, 128, 1024, 64, 128, 64, 2, 4, 4, 1, torch.bfloat16),
     (70, 128, True, 64, 520, 64, 64, 64, 1, 2, 4, 1, torch.bfloat16),
     (200, 128, False, 192, 3072, 64, 128, 64, 4, 3, 4, 4, torch.float16),  # split-K (12 chunks in 4 splits)
     (65, 128, False, 64, 1280, 32, 64, 64, 2, 4, 4, 3, torch.bfloat16),  # split-K, uneven splits (5 chunks)
-    (16, 128, False, 128, 2048, 64, 16, 64, 4, 3, 4, 2, torch.float16),  # 16-row tiles
+    (16, 128, False, 128, 2048, 64, 16, 64, 8, 3, 4, 2, torch.float16),  # 16-row tiles, a chunk a stage
     (9, 128, True, 96, 1024, 32, 16, 64, 2, 5, 4, 1, torch.bfloat16),
     (30, 256, False, 64, 768, 64, 32, 64, 2, 3, 4, 1, torch.float16),
 ])
