@@ -1,19 +1,19 @@
-"""int4 GEMM for many activation rows (prefill) on Hopper's warpgroup MMA (Gluon).
+"""int4 matmul for 8..512 activation rows on Hopper's warpgroup MMA (Gluon).
 
-From M ~ 64 on the multiply, not the weight stream, sets the time, so the tensor cores must
-be kept busy and the decode must not go through shared memory. wgmma takes its left operand
-from registers: the weights are decoded straight into that operand, and x streams through
-shared memory (TMA, a ring of STAGES tiles) as the right one. A program computes the
-transposed tile y^T [BNW, BM] = W [BNW, K] @ x^T [K, BM] (BNW weight columns on the MMA's
-m side, BM activation rows on its n side: up to 256 rows a program).
+The tensor cores do the multiply and the decode must stay off shared memory. wgmma takes
+its left operand from registers: the weights are decoded straight into that operand, and x
+streams through shared memory (TMA, a ring of STAGES stages of CODES steps) as the right
+one. A program computes the transposed tile y^T [BNW, BM] = W [BNW, K] @ x^T [K, BM] (BNW
+weight columns on the MMA's m side, BM = 16..256 activation rows on its n side). At few rows
+the weight stream sets the time (and the MMA is small); at many rows the MMA does.
 
 A step is one code position j of one chunk c. Code j of word row r holds kernel-order
 column c*256 + 32 j + r (``layout``), so a step's x tile is the contiguous x[:, 32 i : 32 i
 + 32] (i = 8 c + j, the step's index) and the MMA's k slot r is word row r: the chunk's
 words as a [BNW, 32] tensor in the left operand's own register layout decode element-wise
 into that operand, with no shuffle. A chunk's words (and its groups' scales and zeros) are
-loaded a chunk ahead and serve its 8 steps; each step's MMA runs while the next step is
-decoded (one MMA in flight; its operand registers are kept alive through the wait).
+loaded AHEAD chunks ahead and serve its 8 steps; each step's MMA runs while the next steps
+are decoded (MMAS in flight; their operand registers are kept alive through the waits).
 
 Decode as in ``gemm_tc``: ``code | 0x6400`` is the fp16 1024 + code, minus 1024 + zero gives
 q - zero exactly, times the scale in fp16 (one rounding, as the reference's weight); bf16
