@@ -299,6 +299,7 @@ def wgmma(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: Wgm
         AHEAD=cfg.ahead, MMAS=min(cfg.mmas, cfg.codes), SPLIT_K=split > 1,
         HAS_ZERO=pw.zeros is not None, HAS_BIAS=bias is not None,
         HALF_MATH=x.dtype == torch.float16 and pw.scales.dtype == torch.float16, num_warps=cfg.num_warps,
+        **pdl.launch_args(x.device),
     )
     return y
 

@@ -37,6 +37,8 @@ try:  # Gluon: Triton >= 3.5, with the API of 3.6
     from triton.experimental.gluon import language as gl
     from triton.runtime.jit import constexpr_function
 
+    from .pdl import gluon_release, gluon_wait
+
     AVAILABLE = True
 except ImportError:  # pragma: no cover - older Triton: M <= 16 runs the other kernels
     AVAILABLE = False
@@ -212,9 +214,7 @@ if AVAILABLE:
         L: gl.constexpr = gl.BlockedLayout(size_per_thread=[2 // WR, H // WH, 1, 1, 4],
                                            threads_per_warp=[1, 1, 8, 4, 1],
                                            warps_per_cta=[WR, WH, 1, 1, 1], order=[4, 3, 2, 1, 0])
-        if PDL:
-            gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], dtype=gl.int32,
-                                      is_pure=False, pack=1)
+        gluon_release(PDL)
         pid_n = gl.program_id(0)
         pid_k = gl.program_id(1)
         row0 = gl.program_id(2) * 16  # this program's 16 activation rows
@@ -247,9 +247,7 @@ if AVAILABLE:
         if DEPTH >= 2:
             nn0, nn1, nn2, nn3, nns, nnz = _chunk(w_base, s_ptr, zp_ptr, c_begin + 1, c_end, rh, n, nmask, N, G, PK,
                                                   BN, GS, HAS_ZERO, L)
-        if PDL:
-            gl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=gl.int32, is_pure=False,
-                                      pack=1)
+        gluon_wait(PDL)
         xa0, xa1, xb0, xb1, xc0, xc1, xd0, xd1 = _x_raw(x_top, x_bot, c_begin, 0, rh, q, m_top, m_bot, K, EVEN_K)
         for c in range(c_begin, c_end):
             w0, w1, w2, w3, s16, zl = n0, n1, n2, n3, ns, nz

@@ -51,6 +51,26 @@ def release(PDL: tl.constexpr):
         gdc_launch_dependents()
 
 
+try:  # the same two steps for Gluon kernels, which cannot call plain-Triton helpers
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+
+    @gluon.jit
+    def gluon_wait(PDL: gl.constexpr):
+        """``wait`` in a Gluon kernel."""
+        if PDL:
+            gl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
+
+    @gluon.jit
+    def gluon_release(PDL: gl.constexpr):
+        """``release`` in a Gluon kernel."""
+        if PDL:
+            gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], dtype=gl.int32,
+                                      is_pure=False, pack=1)
+except ImportError:  # pragma: no cover - no Gluon: no Gluon kernels either
+    pass
+
+
 @functools.lru_cache(maxsize=None)
 def _capable(index: int) -> bool:
     return torch.cuda.get_device_capability(index)[0] >= 9

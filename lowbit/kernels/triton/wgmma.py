@@ -36,6 +36,7 @@ try:  # Gluon: Triton >= 3.5, with the API of 3.6
     from triton.runtime.jit import constexpr_function
 
     from .mma16 import cta_barrier
+    from .pdl import gluon_release, gluon_wait
 
     # The TMA load is tma.async_copy_global_to_shared in Triton 3.6, tma.async_load later.
     _tma_load = tma.async_load if hasattr(tma, "async_load") else tma.async_copy_global_to_shared
@@ -117,7 +118,7 @@ if AVAILABLE:
         x_desc, qw_ptr, s_ptr, z_ptr, bias_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, KC, G, stride_ym, chunks_per_split,
         splits,
         BN: gl.constexpr, BNW: gl.constexpr, BM: gl.constexpr, GS: gl.constexpr, STAGES: gl.constexpr,
-        CODES: gl.constexpr, AHEAD: gl.constexpr, MMAS: gl.constexpr, SPLIT_K: gl.constexpr,
+        CODES: gl.constexpr, AHEAD: gl.constexpr, MMAS: gl.constexpr, SPLIT_K: gl.constexpr, PDL: gl.constexpr,
         HAS_ZERO: gl.constexpr, HAS_BIAS: gl.constexpr, HALF_MATH: gl.constexpr, num_warps: gl.constexpr,
     ):
         PK: gl.constexpr = 32
@@ -125,6 +126,7 @@ if AVAILABLE:
         acc_l: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
                                                          instr_shape=[16, BM, 16])
         a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_l, k_width=2)
+        gluon_release(PDL)
         row0 = gl.program_id(0) * BM
         pid_n = gl.program_id(1)
         c_begin = gl.program_id(2) * chunks_per_split
@@ -147,8 +149,6 @@ if AVAILABLE:
         PER: gl.constexpr = 8 // CODES  # stages a chunk
         loads = (c_end - c_begin) * PER
         i0 = c_begin * PER  # stage i of this program reads x columns [(i0 + i) * CODES * 32, ...)
-        for b in gl.static_range(STAGES - 1):  # the first STAGES - 1 x tiles
-            _load_x(x_desc, x_smem, ready, i0 + b, b, row0, b < loads, CODES * PK, BOX, BOXES)
 
         acc = gl.zeros([BNW, BM], gl.float32, layout=acc_l)
         # The operands of the MMAs still in flight (their registers must not be reused).
@@ -162,6 +162,11 @@ if AVAILABLE:
             wnn = gl.load(w_ptrs + (c_begin + 1) * (PK * BN), mask=wmask & (c_begin + 1 < c_end), other=0)
             snn_lo, znn_lo, snn_hi, znn_hi = _groups(s_ptr, z_ptr, gl.minimum(c_begin + 1, c_end - 1), n2, nmask, N,
                                                      G, GS, HAS_ZERO)
+        # Under PDL the weights above load while the kernel ahead finishes; x (its output)
+        # and the split-K workspace only after it has.
+        gluon_wait(PDL)
+        for b in gl.static_range(STAGES - 1):  # the first STAGES - 1 x tiles
+            _load_x(x_desc, x_smem, ready, i0 + b, b, row0, b < loads, CODES * PK, BOX, BOXES)
         for c in range(c_begin, c_end):
             pairs = _pair(wn)
             s_lo, z_lo, s_hi, z_hi = sn_lo, zn_lo, sn_hi, zn_hi
