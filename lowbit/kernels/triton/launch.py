@@ -89,6 +89,8 @@ class WgmmaConfig:
     split: int = 1  # K splits
     ahead: int = 1  # chunks of weights loaded ahead (1 or 2)
     mmas: int = 1  # MMAs in flight (1 or 2, at most ``codes``)
+    # programmatic dependent launch: faster for some shapes, much slower for others (run 26)
+    pdl: bool = False
 
 
 #: Compiled handle of the last gemm_tc launch (for benchmarks/tune_tc.py --inspect).
@@ -299,7 +301,7 @@ def wgmma(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: Wgm
         AHEAD=cfg.ahead, MMAS=min(cfg.mmas, cfg.codes), SPLIT_K=split > 1,
         HAS_ZERO=pw.zeros is not None, HAS_BIAS=bias is not None,
         HALF_MATH=x.dtype == torch.float16 and pw.scales.dtype == torch.float16, num_warps=cfg.num_warps,
-        **pdl.launch_args(x.device),
+        **(pdl.launch_args(x.device) if cfg.pdl else dict(PDL=False)),
     )
     return y
 
