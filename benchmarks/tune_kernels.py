@@ -16,7 +16,7 @@ from dataclasses import asdict
 import torch
 
 from kernels import SHAPES, baseline_us, copies_for, graph_us, random_quant_linear
-from lowbit.kernels.triton import launch
+from lowbit.kernels.triton import configs, launch
 from lowbit.kernels.triton.layout import repack_int_group
 
 
@@ -50,7 +50,7 @@ def jobs_for(k: int, n: int, quick: bool) -> list[tuple]:
                 for sp in splits_around(nb, kc):
                     for depth in (1, 2):
                         out.append((bn, "mma16", 16, launch.Mma16Config(split=sp, wr=wr, wh=wh, depth=depth)))
-    bn = 32 if n > 8192 else 64  # the M = 1 GEMV's choice (configs.BLOCK_N): the layout is shared
+    bn = configs.block_n(n, k, 4)  # the layout the layer gets (shared with the M = 1 GEMV)
     for m in (2, 8, 16, 32, 64, 128, 256):
         # one row tile of >= M rows (from 16) below 64 rows; from 64 on, tiles of 64 up to M
         for bm in ([max(16, 1 << (m - 1).bit_length())] if m < 64 else [b for b in (64, 128, 256) if b <= m]):
@@ -62,11 +62,13 @@ def jobs_for(k: int, n: int, quick: bool) -> list[tuple]:
                 for codes in (2, 4, 8) if bm <= 128 else (2, 4):
                     for st in ((4,) if quick else (3, 5)):
                         for sp in sorted({1} | set(splits_around(tiles, kc))) if tiles < 132 else (1,):
-                            # weights two chunks ahead made no difference at M = 16 (run 21)
+                            # weights two chunks ahead made no difference at M = 16 (run 21); PDL
+                            # helped one shape at M = 16 and hurt most at 256 (run 26)
                             for ahead, mmas in ((1, 1), (1, 2)):
-                                out.append((bn, "wgmma", m, launch.WgmmaConfig(
-                                    bm=bm, bnw=bnw, codes=codes, stages=st, num_warps=w, split=sp, ahead=ahead,
-                                    mmas=mmas)))
+                                for pdl in (False, True) if m < 64 else (False,):
+                                    out.append((bn, "wgmma", m, launch.WgmmaConfig(
+                                        bm=bm, bnw=bnw, codes=codes, stages=st, num_warps=w, split=sp, ahead=ahead,
+                                        mmas=mmas, pdl=pdl)))
     for bn in (32, 64):
         nb = -(-n // bn)
         for c, w in ((1, 4), (2, 4), (1, 8), (2, 8), (4, 8)):
