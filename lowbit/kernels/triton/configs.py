@@ -106,7 +106,8 @@ GEMM_LUT: dict[tuple[int, int, int, int], GemmConfig | DequantConfig | TcConfig]
 #: (N, K, bits, M bucket) -> wgmma config (int4 groups >= 128 on a Hopper GPU), at the BLOCK_N
 #: above; an entry also routes its M bucket to wgmma (from WGMMA_MIN_M rows). benchmarks/
 #: results/h100_tune_wgmma_m64_256_run18.jsonl, h100_tune_wgmma_m16_32_128_run19.jsonl and
-#: h100_tune_wgmma_m16_256_run21.jsonl (our us, fp16 us).
+#: h100_tune_wgmma_m16_256_run21.jsonl (our us, fp16 us). PDL (``pdl``) only where it measured
+#: faster: it made 4096x14336 (N = 14336) at M = 16 40% slower (run 26).
 WGMMA: dict[tuple[int, int, int, int], WgmmaConfig] = {
     (4096, 4096, 4, 16): WgmmaConfig(bm=16, codes=4, stages=3, split=4),  # 9.7, 16.1 (mma16 11.8)
     (4096, 4096, 4, 32): WgmmaConfig(bm=32, codes=4, stages=3, split=4),  # 11.2, 14.6
@@ -130,6 +131,10 @@ WGMMA: dict[tuple[int, int, int, int], WgmmaConfig] = {
     (1024, 4096, 4, 64): WgmmaConfig(bm=64, codes=4, stages=3, split=4),  # 9.2, 8.2
     (1024, 4096, 4, 128): WgmmaConfig(bm=128, codes=4, stages=3, split=8),  # 11.0, 8.4
     (1024, 4096, 4, 256): WgmmaConfig(bm=128, codes=4, stages=3, split=4),  # 12.9, 9.8
+    # the decoder's merged q|k|v and gate|up at batch 16 (h100_tune_wgmma_merged_m16_run28.jsonl,
+    # block 64; without PDL 11.5 and 31.2 us)
+    (6144, 4096, 4, 16): WgmmaConfig(bm=16, codes=4, stages=3, split=4, pdl=True),  # 10.1, 21.1
+    (28672, 4096, 4, 16): WgmmaConfig(bm=16, codes=4, stages=3, split=1, pdl=True),  # 29.9, 83.4
 }
 
 #: Largest M that runs on the CUDA-core GEMV (above it the tensor-core kernel wins).
