@@ -6,6 +6,7 @@ stream, zero-filled, and left zeroed by the kernels themselves (see ``epilogue``
 """
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass
 
@@ -276,13 +277,18 @@ def disable_wgmma() -> None:
     _wgmma.AVAILABLE = False
 
 
+@functools.lru_cache(maxsize=None)
+def _hopper(index: int | None) -> bool:
+    return torch.cuda.get_device_capability(index)[0] == 9
+
+
 def wgmma_ok(x: torch.Tensor, pw: PackedWeight) -> bool:
     """Whether ``wgmma`` takes this input: a Hopper GPU (warpgroup MMA is sm_90 only), int4
     affine codes in groups >= 128, no act-order, fp16/bf16 rows TMA can read (16-byte
     aligned, K a multiple of 8, contiguous)."""
-    return (_wgmma.AVAILABLE and not INTERPRET and x.is_cuda and torch.cuda.get_device_capability(x.device)[0] == 9
-            and half2_ok(x, pw) and pw.group_size >= 128 and pw.perm is None and pw.k % 8 == 0
-            and x.is_contiguous() and x.data_ptr() % 16 == 0)
+    return (_wgmma.AVAILABLE and not INTERPRET and x.is_cuda and _hopper(x.device.index) and half2_ok(x, pw)
+            and pw.group_size >= 128 and pw.perm is None and pw.k % 8 == 0 and x.is_contiguous()
+            and x.data_ptr() % 16 == 0)
 
 
 def wgmma(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: WgmmaConfig,

@@ -93,31 +93,30 @@ def prepare_nf4(layer: torch.nn.Module) -> PackedWeight | None:
         layer.weight_4bit, layer.absmax_float(), layer.code, n, k, layer.blocksize, configs.block_n(n, k, 4)))[0]
 
 
-def _try_mma16(x2: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None) -> torch.Tensor | None:
-    """``mma16``, or None (and never again in this process) if this Triton cannot compile it:
-    Gluon is an experimental API, and another Triton release may reject the kernel."""
-    cfg = configs.mma16_config(pw.n, pw.k, pw.qweight.shape[0], pw.chunks, x2.device)
+def _try_gluon(kernel: str, run, disable, rows: str) -> torch.Tensor | None:
+    """``run()`` (a Gluon kernel's launch), or None - and that kernel never again in this
+    process - if this Triton cannot compile it: Gluon is an experimental API, and another
+    Triton release may reject a kernel."""
     try:
-        return launch.mma16(x2, pw, bias, cfg)
+        return run()
     except CompilationError as e:
-        launch.disable_mma16()
+        disable()
         why = (e.error_message or type(e).__name__).splitlines()[-1][:200]
-        log.warning("the Gluon mma16 kernel does not compile with triton %s (%s); M = 2..%d runs the other "
-                    "kernels", triton.__version__, why, configs.MMA16_MAX_M)
+        log.warning("the Gluon %s kernel does not compile with triton %s (%s); %s runs the other kernels", kernel,
+                    triton.__version__, why, rows)
         return None
+
+
+def _try_mma16(x2: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None) -> torch.Tensor | None:
+    cfg = configs.mma16_config(pw.n, pw.k, pw.qweight.shape[0], pw.chunks, x2.device)
+    return _try_gluon("mma16", lambda: launch.mma16(x2, pw, bias, cfg), launch.disable_mma16,
+                      f"M = 2..{configs.MMA16_MAX_M}")
 
 
 def _try_wgmma(x2: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None) -> torch.Tensor | None:
-    """``wgmma``, or None (and never again in this process) if this Triton cannot compile it."""
     cfg = configs.wgmma_config(x2.shape[0], pw.n, pw.k, x2.device)
-    try:
-        return launch.wgmma(x2, pw, bias, cfg)
-    except CompilationError as e:
-        launch.disable_wgmma()
-        why = (e.error_message or type(e).__name__).splitlines()[-1][:200]
-        log.warning("the Gluon wgmma kernel does not compile with triton %s (%s); M >= %d runs the other kernels",
-                    triton.__version__, why, configs.WGMMA_MIN_M)
-        return None
+    return _try_gluon("wgmma", lambda: launch.wgmma(x2, pw, bias, cfg), launch.disable_wgmma,
+                      f"M = {configs.WGMMA_MIN_M}..{configs.WGMMA_MAX_M}")
 
 
 def run_packed(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None) -> torch.Tensor:
