@@ -62,13 +62,12 @@ def jobs_for(k: int, n: int, quick: bool) -> list[tuple]:
                 for codes in (2, 4, 8) if bm <= 128 else (2, 4):
                     for st in ((4,) if quick else (3, 5)):
                         for sp in sorted({1} | set(splits_around(tiles, kc))) if tiles < 132 else (1,):
-                            # weights two chunks ahead made no difference at M = 16 (run 21); PDL
-                            # helped one shape at M = 16 and hurt most at 256 (run 26)
-                            for ahead, mmas in ((1, 1), (1, 2)):
+                            # PDL helped one shape at M = 16 and hurt most at 256 (run 26)
+                            for mmas in (1, 2):
                                 for pdl in (False, True) if m < 64 else (False,):
                                     out.append((bn, "wgmma", m, launch.WgmmaConfig(
-                                        bm=bm, bnw=bnw, codes=codes, stages=st, num_warps=w, split=sp, ahead=ahead,
-                                        mmas=mmas, pdl=pdl)))
+                                        bm=bm, bnw=bnw, codes=codes, stages=st, num_warps=w, split=sp, mmas=mmas,
+                                        pdl=pdl)))
     for bn in (32, 64):
         nb = -(-n // bn)
         for c, w in ((1, 4), (2, 4), (1, 8), (2, 8), (4, 8)):

@@ -38,7 +38,7 @@ def _compile(bm: int, codes: int, split: bool) -> str:
     ptrs = dict(qw_ptr="*i32", s_ptr="*fp16", z_ptr="*fp16", bias_ptr="*fp16", y_ptr="*fp16", ws_ptr="*fp32",
                 cnt_ptr="*i32")
     ints = dict.fromkeys(["M", "N", "KC", "G", "stride_ym", "chunks_per_split", "splits"], "i32")
-    cx = dict(BN=64, BNW=64, BM=bm, GS=128, STAGES=3, CODES=codes, AHEAD=2, MMAS=2, SPLIT_K=split, PDL=True,
+    cx = dict(BN=64, BNW=64, BM=bm, GS=128, STAGES=3, CODES=codes, MMAS=2, SPLIT_K=split, PDL=True,
               HAS_ZERO=True, HAS_BIAS=False, HALF_MATH=True, num_warps=4)
     sig = {"x_desc": mangle_type(desc), **ptrs, **ints, **dict.fromkeys(cx, "constexpr")}
     attrs = {(kernel.arg_names.index(n),): [["tt.divisibility", 16]]

@@ -88,7 +88,6 @@ class WgmmaConfig:
     stages: int = 4
     num_warps: int = 4
     split: int = 1  # K splits
-    ahead: int = 1  # chunks of weights loaded ahead (1 or 2)
     mmas: int = 1  # MMAs in flight (1 or 2, at most ``codes``)
     # programmatic dependent launch: faster for some shapes, much slower for others (run 26)
     pdl: bool = False
@@ -304,7 +303,7 @@ def wgmma(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: Wgm
         pw.zeros if pw.zeros is not None else dummy, bias if bias is not None else dummy, y, ws, cnt,
         m, pw.n, pw.chunks, pw.groups, y.stride(0), per, split,
         BN=pw.block_n, BNW=cfg.bnw, BM=cfg.bm, GS=pw.group_size, STAGES=cfg.stages, CODES=cfg.codes,
-        AHEAD=cfg.ahead, MMAS=min(cfg.mmas, cfg.codes), SPLIT_K=split > 1,
+        MMAS=min(cfg.mmas, cfg.codes), SPLIT_K=split > 1,
         HAS_ZERO=pw.zeros is not None, HAS_BIAS=bias is not None,
         HALF_MATH=x.dtype == torch.float16 and pw.scales.dtype == torch.float16, num_warps=cfg.num_warps,
         **(pdl.launch_args(x.device) if cfg.pdl else dict(PDL=False)),

@@ -12,7 +12,7 @@ column c*256 + 32 j + r (``layout``), so a step's x tile is the contiguous x[:, 
 + 32] (i = 8 c + j, the step's index) and the MMA's k slot r is word row r: the chunk's
 words as a [BNW, 32] tensor in the left operand's own register layout decode element-wise
 into that operand, with no shuffle. A chunk's words (and its groups' scales and zeros) are
-loaded AHEAD chunks ahead and serve its 8 steps; each step's MMA runs while the next steps
+loaded a chunk ahead and serve its 8 steps; each step's MMA runs while the next steps
 are decoded (MMAS in flight; their operand registers are kept alive through the waits).
 
 Decode as in ``gemm_tc``: ``code | 0x6400`` is the fp16 1024 + code, minus 1024 + zero gives
@@ -118,7 +118,7 @@ if AVAILABLE:
         x_desc, qw_ptr, s_ptr, z_ptr, bias_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, KC, G, stride_ym, chunks_per_split,
         splits,
         BN: gl.constexpr, BNW: gl.constexpr, BM: gl.constexpr, GS: gl.constexpr, STAGES: gl.constexpr,
-        CODES: gl.constexpr, AHEAD: gl.constexpr, MMAS: gl.constexpr, SPLIT_K: gl.constexpr, PDL: gl.constexpr,
+        CODES: gl.constexpr, MMAS: gl.constexpr, SPLIT_K: gl.constexpr, PDL: gl.constexpr,
         HAS_ZERO: gl.constexpr, HAS_BIAS: gl.constexpr, HALF_MATH: gl.constexpr, num_warps: gl.constexpr,
     ):
         PK: gl.constexpr = 32
@@ -154,14 +154,10 @@ if AVAILABLE:
         # The operands of the MMAs still in flight (their registers must not be reused).
         a_p1 = gl.zeros([BNW, PK], dt, layout=a_l)
         a_p2 = a_p1
-        # AHEAD chunks of words, scales and zeros are in flight while a chunk's MMAs run (at
-        # few rows a program's chunk takes about one memory round trip).
+        # The next chunk's words, scales and zeros are in flight while a chunk's MMAs run (two
+        # chunks ahead measured no faster at M = 16, run 21).
         wn = gl.load(w_ptrs + c_begin * (PK * BN), mask=wmask, other=0)
         sn_lo, zn_lo, sn_hi, zn_hi = _groups(s_ptr, z_ptr, c_begin, n2, nmask, N, G, GS, HAS_ZERO)
-        if AHEAD >= 2:
-            wnn = gl.load(w_ptrs + (c_begin + 1) * (PK * BN), mask=wmask & (c_begin + 1 < c_end), other=0)
-            snn_lo, znn_lo, snn_hi, znn_hi = _groups(s_ptr, z_ptr, gl.minimum(c_begin + 1, c_end - 1), n2, nmask, N,
-                                                     G, GS, HAS_ZERO)
         # Under PDL the weights above load while the kernel ahead finishes; x (its output)
         # and the split-K workspace only after it has.
         gluon_wait(PDL)
@@ -170,15 +166,9 @@ if AVAILABLE:
         for c in range(c_begin, c_end):
             pairs = _pair(wn)
             s_lo, z_lo, s_hi, z_hi = sn_lo, zn_lo, sn_hi, zn_hi
-            if AHEAD >= 2:
-                wn, sn_lo, zn_lo, sn_hi, zn_hi = wnn, snn_lo, znn_lo, snn_hi, znn_hi
-                wnn = gl.load(w_ptrs + (c + 2) * (PK * BN), mask=wmask & (c + 2 < c_end), other=0)
-                snn_lo, znn_lo, snn_hi, znn_hi = _groups(s_ptr, z_ptr, gl.minimum(c + 2, c_end - 1), n2, nmask, N,
-                                                         G, GS, HAS_ZERO)
-            else:
-                wn = gl.load(w_ptrs + (c + 1) * (PK * BN), mask=wmask & (c + 1 < c_end), other=0)
-                sn_lo, zn_lo, sn_hi, zn_hi = _groups(s_ptr, z_ptr, gl.minimum(c + 1, c_end - 1), n2, nmask, N, G, GS,
-                                                     HAS_ZERO)
+            wn = gl.load(w_ptrs + (c + 1) * (PK * BN), mask=wmask & (c + 1 < c_end), other=0)
+            sn_lo, zn_lo, sn_hi, zn_hi = _groups(s_ptr, z_ptr, gl.minimum(c + 1, c_end - 1), n2, nmask, N, G, GS,
+                                                 HAS_ZERO)
             for u in gl.static_range(PER):
                 i = (c - c_begin) * PER + u
                 st = i % STAGES
