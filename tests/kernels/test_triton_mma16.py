@@ -52,19 +52,3 @@ def test_mma16_refuses_what_it_cannot_take(tk):
     assert not tk.launch.mma16_ok(x.float(), g128)  # fp32 activations
     if not tk.gpu:
         assert not tk.launch.mma16_ok(x, g128)  # CPU / interpreter: no Gluon
-
-
-def test_a_triton_that_cannot_compile_mma16_falls_back_for_good(tk, monkeypatch, caplog):
-    from triton.compiler.errors import CompilationError
-
-    def reject(*args, **kwargs):
-        raise CompilationError(None, None, "AttributeError: no gl.BlockedLayout here")
-
-    monkeypatch.setattr(tk.launch, "mma16", reject)
-    monkeypatch.setattr(tk.mma16, "AVAILABLE", tk.mma16.AVAILABLE)  # restored after the test
-    pw = repack(tk, make_layer(32, 512, 4, 128, False, device=tk.device), 32)
-    x = torch.randn(4, 512, device=tk.device).half()
-    with caplog.at_level("WARNING", logger="lowbit.kernels.triton.linear"):
-        assert tk.linear._try_mma16(x, pw, None) is None
-    assert "does not compile" in caplog.text and "no gl.BlockedLayout here" in caplog.text
-    assert not tk.mma16.AVAILABLE and not tk.launch.mma16_ok(x, pw)

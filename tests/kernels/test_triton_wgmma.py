@@ -32,7 +32,8 @@ hopper = pytest.mark.skipif(not (torch.cuda.is_available() and torch.cuda.get_de
     (30, 256, False, 64, 768, 64, 32, 64, 2, 3, 4, 1, torch.float16),
 ])
 @pytest.mark.parametrize("mmas,pdl", [(1, False), (2, True)])
-def test_wgmma_matches_reference(tk, m, gs, sym, n, k, bn, bm, bnw, codes, stages, warps, split, dtype, mmas, pdl):
+def test_wgmma_matches_reference(tk, m, gs, sym, n, k, bn, bm, bnw, codes, stages, warps, split, dtype, mmas,
+                                 pdl):
     layer = make_layer(n, k, 4, gs, sym, bias=m == 100, seed=m + k, device=tk.device)
     x = torch.randn(m, k, device=tk.device).to(dtype)
     pw = repack(tk, layer, bn)
@@ -62,22 +63,6 @@ def test_wgmma_refuses_what_it_cannot_take(tk):
     assert not tk.launch.wgmma_ok(x[:, 1:509], repack(tk, make_layer(32, 508, 4, 128, False, device=dev), 32))
     if not (tk.gpu and torch.cuda.get_device_capability()[0] == 9):
         assert not tk.launch.wgmma_ok(x, g128)  # CPU / interpreter / not Hopper
-
-
-def test_a_triton_that_cannot_compile_wgmma_falls_back_for_good(tk, monkeypatch, caplog):
-    from triton.compiler.errors import CompilationError
-
-    def reject(*args, **kwargs):
-        raise CompilationError(None, None, "AttributeError: no warpgroup_mma here")
-
-    monkeypatch.setattr(tk.launch, "wgmma", reject)
-    monkeypatch.setattr(tk.wgmma, "AVAILABLE", tk.wgmma.AVAILABLE)  # restored after the test
-    pw = repack(tk, make_layer(32, 512, 4, 128, False, device=tk.device), 32)
-    x = torch.randn(128, 512, device=tk.device).half()
-    with caplog.at_level("WARNING", logger="lowbit.kernels.triton.linear"):
-        assert tk.linear._try_wgmma(x, pw, None) is None
-    assert "does not compile" in caplog.text and "no warpgroup_mma here" in caplog.text
-    assert not tk.wgmma.AVAILABLE and not tk.launch.wgmma_ok(x, pw)
 
 
 def test_dispatch_sends_8_to_512_rows_to_wgmma_and_fewer_or_more_elsewhere(tk):
