@@ -1,7 +1,8 @@
 """Instructions per weight in the M = 1 GEMV loops, from the SASS Triton compiles for an
 H100 (sm_90) - on any machine, GPU or not (the triton wheel ships ptxas and nvdisasm).
 
-    python benchmarks/sass_count.py            # both int4 GEMVs at g128, asymmetric
+    python benchmarks/sass_count.py            # both int4 GEMVs at g128, asymmetric; the f16x2
+                                               # one on an NF4 code book, blocks of 64
 
 At 4 bits an H100 SM issues about five instructions in the time HBM delivers one weight's
 bits, so the loop's instruction count per weight says whether a GEMV can reach memory
@@ -64,9 +65,16 @@ def kernels(bn: int, warps: int):
                 **flags))
     ptrs = {k: v for k, v in PTRS_COMMON.items()}
     ptrs["zp_ptr"] = "*i32"
-    order = ["x_ptr", "qw_ptr", "s_ptr", "zp_ptr", "perm_ptr", "bias_ptr", "y_ptr", "ws_ptr", "cnt_ptr"]
+    ptrs["lut_ptr"] = "*fp32"
+    ptrs["lanes_ptr"] = "*i32"
+    order = ["x_ptr", "qw_ptr", "s_ptr", "zp_ptr", "perm_ptr", "lut_ptr", "lanes_ptr", "bias_ptr", "y_ptr", "ws_ptr",
+             "cnt_ptr"]
     yield ("gemv_half2 (f16x2)", int4_gemv_half2_kernel, {k: ptrs[k] for k in order}, ints,
-           dict(BN=bn, PK=32, GS=128, NACC=1, X_VEC=True, PREFETCH=True, INTERPRET=False, PDL=False, SILU=False, **flags))
+           dict(BN=bn, PK=32, GS=128, NACC=1, X_VEC=True, PREFETCH=True, INTERPRET=False, PDL=False, SILU=False,
+                LUT=False, **flags))
+    yield ("half2 NF4 b64", int4_gemv_half2_kernel, {**{k: ptrs[k] for k in order}, "s_ptr": "*fp32"}, ints,
+           dict(BN=bn, PK=32, GS=64, NACC=2, X_VEC=True, PREFETCH=True, INTERPRET=False, PDL=False, SILU=False,
+                LUT=True, **{**flags, "HAS_ZERO": False}))
 
 
 def main(argv=None) -> int:

@@ -15,9 +15,12 @@ from dataclasses import asdict
 
 import torch
 
-from kernels import SHAPES, baseline_us, copies_for, graph_us, random_quant_linear
+from kernels import SHAPES, baseline_us, copies_for, graph_us, random_linear4bit, random_quant_linear
 from lowbit.kernels.triton import configs, launch
-from lowbit.kernels.triton.layout import repack_int_group
+from lowbit.kernels.triton.layout import repack_int_group, repack_nf4
+
+#: Kinds timed on an NF4 (blocks of 64, double-quantized) layer instead of int4 g128 asym.
+LUT_KINDS = ("half2_lut",)
 
 
 def fill_split(programs: int, chunks: int) -> int:
@@ -43,6 +46,9 @@ def jobs_for(k: int, n: int, quick: bool) -> list[tuple]:
                 for sp in splits_around(nb, kc):
                     out.append((bn, "half2", 1, launch.GemvConfig(split=sp, num_warps=w, num_stages=1, prefetch=True,
                                                                   depth=depth, half2=True)))
+                    if bn == configs.block_n(n, k, 4):  # code-book layers get the int4 layer's block
+                        out.append((bn, "half2_lut", 1, launch.GemvConfig(split=sp, num_warps=w, num_stages=1,
+                                                                          prefetch=True, depth=depth, half2=True)))
     for bn in (32, 64):
         nb = -(-n // bn)
         for wr, wh in ((1, 1), (2, 1), (1, 2), (2, 2)):
@@ -90,8 +96,20 @@ def jobs_for(k: int, n: int, quick: bool) -> list[tuple]:
     return out
 
 
-LAUNCH = {"gemv": launch.gemv, "half2": launch.gemv_half2, "mma16": launch.mma16, "gemm": launch.gemm,
-          "wgmma": launch.wgmma}
+LAUNCH = {"gemv": launch.gemv, "half2": launch.gemv_half2, "half2_lut": launch.gemv_half2, "mma16": launch.mma16,
+          "gemm": launch.gemm, "wgmma": launch.wgmma}
+
+
+def make_layer(kind: str, k: int, n: int, gen: torch.Generator):
+    return random_linear4bit(k, n, "nf4", gen) if kind in LUT_KINDS else random_quant_linear(k, n, 4, 128, False, gen)
+
+
+def pack(layer, bn: int):
+    """The layer in the kernel layout with column block ``bn``."""
+    if hasattr(layer, "weight_4bit"):
+        return repack_nf4(layer.weight_4bit, layer.absmax_float(), layer.code, layer.out_features, layer.in_features,
+                          layer.blocksize, bn)
+    return repack_int_group(layer.qweight, layer.qzeros, layer.scales, layer.g_idx, 4, 128, bn)
 
 
 def _compile_worker(batch: list[tuple]) -> list[str]:
@@ -100,10 +118,10 @@ def _compile_worker(batch: list[tuple]) -> list[str]:
     gen = torch.Generator().manual_seed(1)
     failures, layers = [], {}
     for k, n, bn, kind, m, cfg in batch:
-        if (k, n) not in layers:
-            layers[(k, n)] = random_quant_linear(k, n, 4, 128, False, gen)
-        lay = layers[(k, n)]
-        pw = repack_int_group(lay.qweight, lay.qzeros, lay.scales, lay.g_idx, 4, 128, bn)
+        lut = kind in LUT_KINDS
+        if (k, n, lut) not in layers:
+            layers[(k, n, lut)] = make_layer(kind, k, n, gen)
+        pw = pack(layers[(k, n, lut)], bn)
         x = torch.randn(m, k, device="cuda", dtype=torch.float16)
         try:
             LAUNCH[kind](x, pw, None, cfg)
@@ -134,29 +152,35 @@ def tune(args) -> None:
     with open(args.tune, "w") as log:
         for k, n in shapes:
             base = {m: baseline_us(k, n, m, gen) for m in sorted({j[4] for j in all_jobs})}
-            layers = [random_quant_linear(k, n, 4, 128, False, gen) for _ in range(copies_for(k * n // 2))]
-            for bn in sorted({j[2] for j in all_jobs if j[:2] == (k, n)}):
-                pws = [repack_int_group(lay.qweight, lay.qzeros, lay.scales, lay.g_idx, 4, 128, bn) for lay in layers]
-                for kk, nn, jbn, kind, m, cfg in all_jobs:
-                    if (kk, nn, jbn) != (k, n, bn):
-                        continue
-                    if f"{k}x{n} bn={bn} {kind} m={m} {cfg}" in failed:
-                        continue
-                    x = torch.randn(m, k, device="cuda", dtype=torch.float16)
-                    fn = LAUNCH[kind]
-                    us = graph_us([lambda pw=pw: fn(x, pw, None, cfg) for pw in pws], inner=2, replays=7)
-                    rec = dict(k=k, n=n, bn=bn, kind=kind, m=m, cfg=asdict(cfg), us=us, fp16_us=base[m],
-                               speedup=base[m] / us)
-                    log.write(json.dumps(rec) + "\n")
-                    log.flush()
-                    key = (k, n, m)
-                    if key not in best or us < best[key]["us"]:
-                        best[key] = rec
-            for m in sorted({j[4] for j in all_jobs}):
-                r = best.get((k, n, m))
+            for lut in (False, True):
+                kinds = [j for j in all_jobs if j[:2] == (k, n) and (j[3] in LUT_KINDS) == lut]
+                if not kinds:
+                    continue
+                layers = [make_layer(kinds[0][3], k, n, gen) for _ in range(copies_for(k * n // 2))]
+                for bn in sorted({j[2] for j in kinds}):
+                    pws = [pack(lay, bn) for lay in layers]
+                    for kk, nn, jbn, kind, m, cfg in kinds:
+                        if jbn != bn or f"{k}x{n} bn={bn} {kind} m={m} {cfg}" in failed:
+                            continue
+                        x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+                        fn = LAUNCH[kind]
+                        us = graph_us([lambda pw=pw: fn(x, pw, None, cfg) for pw in pws], inner=2, replays=7)
+                        rec = dict(k=k, n=n, bn=bn, kind=kind, m=m, cfg=asdict(cfg), us=us, fp16_us=base[m],
+                                   speedup=base[m] / us)
+                        log.write(json.dumps(rec) + "\n")
+                        log.flush()
+                        key = (k, n, m, lut)
+                        if key not in best or us < best[key]["us"]:
+                            best[key] = rec
+                del layers, pws
+                torch.cuda.empty_cache()
+            for m, lut in sorted({(j[4], j[3] in LUT_KINDS) for j in all_jobs}):
+                r = best.get((k, n, m, lut))
                 if r:
                     print(f"best {k}x{n} M={m}: {r['us']:.1f} us vs fp16 {r['fp16_us']:.1f} ({r['speedup']:.2f}x) "
                           f"bn={r['bn']} {r['kind']} {r['cfg']}", flush=True)
             if args.best:  # after every shape, so a run cut short still leaves its results
                 with open(args.best, "w") as f:
-                    json.dump([dict(r, bits=4) for r in best.values()], f, indent=1)
+                    # load_table reads a code-book layer's config as kind "half2", mode "lut"
+                    json.dump([dict(r, bits=4, **(dict(kind="half2", mode="lut") if r["kind"] in LUT_KINDS else {}))
+                               for r in best.values()], f, indent=1)

@@ -92,6 +92,8 @@ GEMV_LUT: dict[tuple[int, int, int], GemvConfig] = {
     (14336, 4096, 4): GemvConfig(chunks=1, split=2, num_warps=4, num_stages=1, prefetch=False, lut_reg=True),  # 24.4, 41.7
     (4096, 14336, 4): GemvConfig(chunks=1, split=8, num_warps=4, num_stages=1, prefetch=False, lut_reg=True),  # 25.6, 43.8
 }
+#: (N, K, bits) -> gemv_half2 config for code-book layers (NF4/FP4, fp16/bf16 activations, M = 1).
+HALF2_LUT: dict[tuple[int, int, int], GemvConfig] = {}
 GEMM_LUT: dict[tuple[int, int, int, int], GemmConfig | DequantConfig | TcConfig] = {
     (1024, 4096, 4, 16): TcConfig(bm=16, bnt=64, bk=64, split=32, num_warps=4, num_stages=4, swap=True,
                                   scale_after=True),  # 9.6, 7.6
@@ -171,8 +173,8 @@ def load_table(path: str) -> None:
                 if "bn" in e:
                     BLOCK_N[key] = e["bn"]
             elif e["kind"] == "half2":
-                HALF2[key] = GemvConfig(**e["cfg"])
-                if "bn" in e:
+                (HALF2_LUT if lut else HALF2)[key] = GemvConfig(**e["cfg"])
+                if "bn" in e and not lut:  # code-book layers are tuned at the int4 layer's block
                     BLOCK_N[key] = e["bn"]
             elif e["kind"] == "gemv":
                 (GEMV_LUT if lut else GEMV)[key] = GemvConfig(**e["cfg"])
@@ -225,11 +227,13 @@ def gemv_config(n: int, k: int, bits: int, nb: int, chunks: int, device: torch.d
                       num_stages=1, prefetch=False, lut_reg=lut)
 
 
-def half2_config(n: int, k: int, nb: int, chunks: int, device: torch.device) -> GemvConfig:
-    """gemv_half2 config: measured, else a K split giving about eight programs per SM (the
-    kernel needs ~55 registers a thread, so eight programs of four warps fit on an SM)."""
-    if (n, k, 4) in HALF2:
-        return HALF2[(n, k, 4)]
+def half2_config(n: int, k: int, nb: int, chunks: int, device: torch.device, lut: bool = False) -> GemvConfig:
+    """gemv_half2 config (``lut``: code-book layers): measured, else a K split giving about
+    eight programs per SM (the kernel needs ~55 registers a thread, so eight programs of
+    four warps fit on an SM)."""
+    table = HALF2_LUT if lut else HALF2
+    if (n, k, 4) in table:
+        return table[(n, k, 4)]
     return GemvConfig(split=_fill_split(nb, chunks, _sms(device), per_sm=8), num_warps=4, num_stages=1,
                       prefetch=True, half2=True)
 

@@ -1,4 +1,5 @@
-"""int4 GEMV in packed half pairs (f16x2): decode, M = 1, fp16 or bf16 activations.
+"""4-bit GEMV in packed half pairs (f16x2): decode, M = 1, fp16 or bf16 activations; int4
+affine codes, or (LUT) a 16-entry code book (NF4/FP4: w = lut[q] * absmax).
 
 At M = 1 the kernel streams the weight once; what keeps it from memory speed is the
 instructions it issues per weight. ``gemv.py`` spends about five (fp32 math, and one
@@ -22,6 +23,10 @@ written in x's dtype. The f16x2 partial sums cover 16 products (q - zero) / 16 *
 before they go to fp32: overflow needs activations in the thousands in several of the 16
 columns a lane sums (one outlier channel of ~3000, as in the demo model, is far from it).
 
+Code books (LUT) take the same layout and loop: a code pair becomes f16x2 (lut[q_j],
+lut[q_j+4]) by two warp shuffles (``half2.dot4_lut``) instead of LOP3 + FMA, there is no
+zero term, and the fp32 scales are the blocks' absmax.
+
 Grid: (column blocks, K splits, rows); split-K partial sums meet in ``store_output``.
 With PDL (``pdl``) the first chunk's weights are loaded before waiting for the kernel ahead.
 """
@@ -31,7 +36,7 @@ import triton
 import triton.language as tl
 
 from .epilogue import store_output
-from .half2 import dot_codes, high_term, pack, pair_quads, pair_quads_bf16, unpack
+from .half2 import dot4_lut, dot_codes, high_term, pack, pair_quads, pair_quads_bf16, unpack
 from .pdl import release, wait
 
 
@@ -135,9 +140,9 @@ def _shr8(w):
 
 @triton.jit
 def int4_gemv_half2_kernel(
-    x_ptr, qw_ptr, s_ptr, zp_ptr, perm_ptr, bias_ptr, y_ptr, ws_ptr, cnt_ptr,
+    x_ptr, qw_ptr, s_ptr, zp_ptr, perm_ptr, lut_ptr, lanes_ptr, bias_ptr, y_ptr, ws_ptr, cnt_ptr,
     M, N, K, KC, G, stride_xm, stride_ym, chunks_per_split, splits,
-    BN: tl.constexpr, PK: tl.constexpr, GS: tl.constexpr, NACC: tl.constexpr, SPLIT_K: tl.constexpr,
+    BN: tl.constexpr, PK: tl.constexpr, GS: tl.constexpr, NACC: tl.constexpr, SPLIT_K: tl.constexpr, LUT: tl.constexpr,
     EVEN_K: tl.constexpr, X_VEC: tl.constexpr, PREFETCH: tl.constexpr, HAS_ZERO: tl.constexpr,
     HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr,
     INTERPRET: tl.constexpr, PDL: tl.constexpr, SILU: tl.constexpr,
@@ -196,25 +201,38 @@ def int4_gemv_half2_kernel(
         for jp in tl.static_range(4):
             # code jp (and jp + 4 in the high halves); codes 2, 3 sit 8 bits up
             x2 = _x_pairs(x_row, perm_ptr, c * 256 + 32 * jp + rr * 4, K, X_VEC, HAS_PERM, EVEN_K, INTERPRET)
-            if jp >= 2:
-                v0, v1, v2, v3 = _shr8(w0), _shr8(w1), _shr8(w2), _shr8(w3)
+            if LUT:  # the accumulator of this code pair's groups
+                if jp * NACC // 4 == 0:
+                    a0 = dot4_lut(a0, w0, w1, w2, w3, x2, lut_ptr, lanes_ptr, jp, INTERPRET)
+                elif jp * NACC // 4 == 1:
+                    a1 = dot4_lut(a1, w0, w1, w2, w3, x2, lut_ptr, lanes_ptr, jp, INTERPRET)
+                elif jp * NACC // 4 == 2:
+                    a2 = dot4_lut(a2, w0, w1, w2, w3, x2, lut_ptr, lanes_ptr, jp, INTERPRET)
+                else:
+                    a3 = dot4_lut(a3, w0, w1, w2, w3, x2, lut_ptr, lanes_ptr, jp, INTERPRET)
             else:
-                v0, v1, v2, v3 = w0, w1, w2, w3
-            if jp * NACC // 4 == 0:  # the accumulator of this code pair's groups
-                a0 = _dot4(a0, v0, v1, v2, v3, x2, zh0 if jp % 2 else zl0, jp % 2 == 1, INTERPRET)
-            elif jp * NACC // 4 == 1:
-                a1 = _dot4(a1, v0, v1, v2, v3, x2, zh1 if jp % 2 else zl1, jp % 2 == 1, INTERPRET)
-            elif jp * NACC // 4 == 2:
-                a2 = _dot4(a2, v0, v1, v2, v3, x2, zh2 if jp % 2 else zl2, jp % 2 == 1, INTERPRET)
-            else:
-                a3 = _dot4(a3, v0, v1, v2, v3, x2, zh3 if jp % 2 else zl3, jp % 2 == 1, INTERPRET)
+                if jp >= 2:
+                    v0, v1, v2, v3 = _shr8(w0), _shr8(w1), _shr8(w2), _shr8(w3)
+                else:
+                    v0, v1, v2, v3 = w0, w1, w2, w3
+                if jp * NACC // 4 == 0:
+                    a0 = _dot4(a0, v0, v1, v2, v3, x2, zh0 if jp % 2 else zl0, jp % 2 == 1, INTERPRET)
+                elif jp * NACC // 4 == 1:
+                    a1 = _dot4(a1, v0, v1, v2, v3, x2, zh1 if jp % 2 else zl1, jp % 2 == 1, INTERPRET)
+                elif jp * NACC // 4 == 2:
+                    a2 = _dot4(a2, v0, v1, v2, v3, x2, zh2 if jp % 2 else zl2, jp % 2 == 1, INTERPRET)
+                else:
+                    a3 = _dot4(a3, v0, v1, v2, v3, x2, zh3 if jp % 2 else zl3, jp % 2 == 1, INTERPRET)
         acc = _flush(acc, a0, sl0, sh0, INTERPRET)
         if NACC > 1:
             acc = _flush(acc, a1, sl1, sh1, INTERPRET)
         if NACC > 2:
             acc = _flush(acc, a2, sl2, sh2, INTERPRET)
             acc = _flush(acc, a3, sl3, sh3, INTERPRET)
-    total = tl.sum(acc, axis=0) * 16.0  # [BN]; the f16x2 values were (q - zero) / 16
+    if LUT:
+        total = tl.sum(acc, axis=0)  # [BN]
+    else:
+        total = tl.sum(acc, axis=0) * 16.0  # [BN]; the f16x2 values were (q - zero) / 16
     rm = m + tl.arange(0, 1)
     cols = pid_n * BN + tl.arange(0, BN)
     store_output(total[None, :], rm, cols, M, N, y_ptr, stride_ym, bias_ptr, ws_ptr, cnt_ptr,

@@ -9,6 +9,16 @@ The values carried are (q - zero) / 16, not q - zero: exact all the same (multip
 below 1), and the fp16 partial sums of (q - zero) * x stay sixteen times further from
 overflow (activations of a few thousand occur in LLMs; |q - zero| reaches 15).
 
+Code-book weights (NF4/FP4: w = lut[q] * absmax) decode by a warp shuffle instead
+(``dot4_lut``): every lane loads lut[lane % 16] as f16x2 from a 32-entry lane table
+(``layout.lane_table``), and ``shfl.sync.idx`` with the word shifted so that the code sits
+in its low bits reads the value from the lane the code names (the hardware uses the low 5
+bits of the index, and lanes l and l + 16 hold the same entry, so the next code's bit 4
+does no harm). Two weights: two shifts, two shuffles, one PRMT and one f16x2 FMA. The
+table register lives only inside the asm that shuffles it: a value tied to the hardware
+lane must never be a Triton tensor, which the compiler may move between threads when it
+changes layouts.
+
 Under TRITON_INTERPRET (CPU tests) PTX cannot run: ``INTERPRET`` selects the same
 arithmetic written with integer and fp32 ops (rounded to fp16 where the PTX rounds).
 """
@@ -27,6 +37,21 @@ ASM_DOT_HIGH = tl.constexpr(_ASM_DOT.replace("MASK", "0x00f000f0").replace("MUL"
 #: Shared with the Gluon kernel (``mma16``): the f16x2 building blocks as PTX.
 ASM_PACK = tl.constexpr("mov.b32 $0, {$1, $2};")
 ASM_HIGH_TERM = tl.constexpr("{ .reg .b32 c; mov.b32 c, 0x53805380; add.rn.f16x2 $0, $1, c; }")
+_LUT_STEP = (
+    "shr.b32 a, $W, SLO; shr.b32 b, $W, SHI; shfl.sync.idx.b32 lo, t, a, 0x1f, -1; "
+    "shfl.sync.idx.b32 hi, t, b, 0x1f, -1; prmt.b32 p, lo, hi, 0x7610; fma.rn.f16x2 r, p, $X, r; "
+)
+_ASM_LUT4 = (
+    "{ .reg .b32 t, a, b, lo, hi, p, r, l; .reg .b64 o; mov.u32 l, %laneid; mul.wide.u32 o, l, 4; "
+    "add.s64 o, o, $10; ld.global.nc.b32 t, [o]; mov.b32 r, $9; "
+    + "".join(_LUT_STEP.replace("$W", f"${i + 1}").replace("$X", f"${i + 5}") for i in range(4))
+    + "mov.b32 $0, r; }"
+)
+#: Code pair (jp, jp + 4) of four words: codes at bits 4 jp and 16 + 4 jp.
+ASM_LUT4_0 = tl.constexpr(_ASM_LUT4.replace("SLO", "0").replace("SHI", "16"))
+ASM_LUT4_1 = tl.constexpr(_ASM_LUT4.replace("SLO", "4").replace("SHI", "20"))
+ASM_LUT4_2 = tl.constexpr(_ASM_LUT4.replace("SLO", "8").replace("SHI", "24"))
+ASM_LUT4_3 = tl.constexpr(_ASM_LUT4.replace("SLO", "12").replace("SHI", "28"))
 ASM_PAIR_QUADS = tl.constexpr(
     "{ .reg .b32 a0, a1, b0, b1; mov.b64 {a0, a1}, $4; mov.b64 {b0, b1}, $5; "
     "prmt.b32 $0, a0, b0, 0x5410; prmt.b32 $1, a0, b0, 0x7632; "
@@ -136,3 +161,36 @@ def dot_codes(src, x2, zt, acc, HIGH: tl.constexpr, INTERPRET: tl.constexpr):
         else:
             return tl.inline_asm_elementwise(ASM_DOT_LOW, "=r,r,r,r,r", [src, x2, zt, acc], dtype=tl.int32,
                                              is_pure=True, pack=1)
+
+
+@triton.jit
+def _lut_pair(w, x2, acc, lut_ptr, JP: tl.constexpr, INTERPRET: tl.constexpr):
+    v_lo = tl.load(lut_ptr + ((w >> (4 * JP)) & 15)).to(tl.float16).to(tl.float32)
+    v_hi = tl.load(lut_ptr + ((w >> (16 + 4 * JP)) & 15)).to(tl.float16).to(tl.float32)
+    x_lo, x_hi = unpack(x2, INTERPRET)
+    a_lo, a_hi = unpack(acc, INTERPRET)
+    return pack((a_lo + v_lo * x_lo).to(tl.float16), (a_hi + v_hi * x_hi).to(tl.float16), INTERPRET)
+
+
+@triton.jit
+def dot4_lut(acc, w0, w1, w2, w3, x2, lut_ptr, lanes_ptr, JP: tl.constexpr, INTERPRET: tl.constexpr):
+    """acc + sum over i of (lut[code JP of w_i], lut[code JP + 4 of w_i]) * x2[i], all f16x2
+    in int32 tensors (codes at bits 4 JP and 16 + 4 JP). lut_ptr: float32 [16] (the
+    interpreter's path); lanes_ptr: int32 [32], f16x2 (lut[l % 16], lut[l % 16]) for lane l."""
+    p0, p1, p2, p3 = x2
+    if INTERPRET:
+        acc = _lut_pair(w0, p0, acc, lut_ptr, JP, INTERPRET)
+        acc = _lut_pair(w1, p1, acc, lut_ptr, JP, INTERPRET)
+        acc = _lut_pair(w2, p2, acc, lut_ptr, JP, INTERPRET)
+        return _lut_pair(w3, p3, acc, lut_ptr, JP, INTERPRET)
+    else:
+        args = [w0, w1, w2, w3, p0, p1, p2, p3, acc, lanes_ptr.to(tl.int64)]
+        cons: tl.constexpr = "=r,r,r,r,r,r,r,r,r,r,l"
+        if JP == 0:
+            return tl.inline_asm_elementwise(ASM_LUT4_0, cons, args, dtype=tl.int32, is_pure=True, pack=1)
+        elif JP == 1:
+            return tl.inline_asm_elementwise(ASM_LUT4_1, cons, args, dtype=tl.int32, is_pure=True, pack=1)
+        elif JP == 2:
+            return tl.inline_asm_elementwise(ASM_LUT4_2, cons, args, dtype=tl.int32, is_pure=True, pack=1)
+        else:
+            return tl.inline_asm_elementwise(ASM_LUT4_3, cons, args, dtype=tl.int32, is_pure=True, pack=1)

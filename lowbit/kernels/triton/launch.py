@@ -202,10 +202,17 @@ def gemv(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: Gemv
     return y
 
 
-def half2_ok(x: torch.Tensor, pw: PackedWeight) -> bool:
-    """Whether ``gemv_half2`` takes this input: int4 affine codes, fp16/bf16 activations."""
+def int4_ok(x: torch.Tensor, pw: PackedWeight) -> bool:
+    """int4 affine codes (zero terms repacked if there are zeros), fp16/bf16 activations."""
     return pw.mode == "int" and pw.bits == 4 and x.dtype in (torch.float16, torch.bfloat16) and (pw.zeros is None) == (
         pw.zero_pairs is None)
+
+
+def half2_ok(x: torch.Tensor, pw: PackedWeight) -> bool:
+    """Whether ``gemv_half2`` takes this input: int4 affine codes or a 16-entry code book
+    (NF4/FP4), fp16/bf16 activations."""
+    lut4 = pw.mode == "lut" and pw.bits == 4 and pw.lanes is not None
+    return int4_ok(x, pw) or (lut4 and x.dtype in (torch.float16, torch.bfloat16))
 
 
 def _x_vec(x: torch.Tensor, pw: PackedWeight) -> bool:
@@ -216,9 +223,10 @@ def _x_vec(x: torch.Tensor, pw: PackedWeight) -> bool:
 
 def gemv_half2(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: GemvConfig,
                out: torch.Tensor | None = None, silu: bool = False) -> torch.Tensor:
-    """y [M, N] = x [M, K] @ W.T (+ bias) in f16x2 arithmetic (``gemv_half2``), one program
-    row per activation row (cfg: split, num_warps, num_stages). ``silu``: W's rows interleave
-    gate and up (N even, block_n even), y [M, N / 2] = silu(gate) * up."""
+    """y [M, N] = x [M, K] @ W.T (+ bias) in f16x2 arithmetic (``gemv_half2``; int4 or a
+    code book), one program row per activation row (cfg: split, num_warps, num_stages).
+    ``silu``: W's rows interleave gate and up (N even, block_n even), y [M, N / 2] =
+    silu(gate) * up."""
     m = x.shape[0]
     y = torch.empty(m, pw.n // 2 if silu else pw.n, dtype=x.dtype, device=x.device) if out is None else out
     nb = pw.qweight.shape[0]
@@ -226,10 +234,11 @@ def gemv_half2(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg
     dummy = pw.qweight
     int4_gemv_half2_kernel[(nb, split, m)](
         x, pw.qweight, pw.scales, pw.zero_pairs if pw.zero_pairs is not None else dummy,
-        pw.perm if pw.perm is not None else dummy, bias if bias is not None else dummy, y, ws, cnt,
+        pw.perm if pw.perm is not None else dummy, pw.lut if pw.lut is not None else dummy,
+        pw.lanes if pw.lanes is not None else dummy, bias if bias is not None else dummy, y, ws, cnt,
         M=m, N=pw.n, K=pw.k, KC=pw.chunks, G=pw.groups, stride_xm=x.stride(0), stride_ym=y.stride(0),
         chunks_per_split=per, splits=split, BN=pw.block_n, PK=PK, GS=pw.group_size,
-        NACC=half2_accumulators(pw.group_size), SPLIT_K=split > 1, EVEN_K=_even_k(pw), X_VEC=_x_vec(x, pw),
+        NACC=half2_accumulators(pw.group_size), SPLIT_K=split > 1, LUT=pw.mode == "lut", EVEN_K=_even_k(pw), X_VEC=_x_vec(x, pw),
         HAS_ZERO=pw.zero_pairs is not None, HAS_PERM=pw.perm is not None, HAS_BIAS=bias is not None,
         PREFETCH=cfg.depth if cfg.prefetch else 0, INTERPRET=INTERPRET, SILU=silu, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **pdl.launch_args(x.device),
@@ -246,7 +255,7 @@ def mma16_ok(x: torch.Tensor, pw: PackedWeight, max_m: int = 16) -> bool:
     """Whether ``mma16`` takes this input: 2..max_m fp16/bf16 rows on a CUDA device (a Gluon
     kernel: no interpreter), int4 affine codes in groups >= 128, no act-order, rows it may
     read 8 bytes at a time, column blocks of 32."""
-    return (_mma16.AVAILABLE and not INTERPRET and x.is_cuda and half2_ok(x, pw) and 2 <= x.shape[0] <= max_m
+    return (_mma16.AVAILABLE and not INTERPRET and x.is_cuda and int4_ok(x, pw) and 2 <= x.shape[0] <= max_m
             and pw.group_size >= 128 and pw.block_n % 32 == 0 and _x_vec(x, pw))
 
 
@@ -285,7 +294,7 @@ def wgmma_ok(x: torch.Tensor, pw: PackedWeight) -> bool:
     """Whether ``wgmma`` takes this input: a Hopper GPU (warpgroup MMA is sm_90 only), int4
     affine codes in groups >= 128, no act-order, fp16/bf16 rows TMA can read (16-byte
     aligned, K a multiple of 8, contiguous)."""
-    return (_wgmma.AVAILABLE and not INTERPRET and x.is_cuda and _hopper(x.device.index) and half2_ok(x, pw)
+    return (_wgmma.AVAILABLE and not INTERPRET and x.is_cuda and _hopper(x.device.index) and int4_ok(x, pw)
             and pw.group_size >= 128 and pw.perm is None and pw.k % 8 == 0 and x.is_contiguous()
             and x.data_ptr() % 16 == 0)
 

@@ -60,6 +60,7 @@ class PackedWeight:
     block_n: int
     mode: str
     zero_pairs: torch.Tensor | None = None
+    lanes: torch.Tensor | None = None  # lut mode: ``lane_table`` for gemv_half2
 
     @property
     def codes_per_word(self) -> int:
@@ -75,7 +76,7 @@ class PackedWeight:
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (self.qweight, self.scales, self.zeros, self.perm, self.lut,
-                                                                   self.zero_pairs)
+                                                                   self.zero_pairs, self.lanes)
                    if t is not None)
 
 
@@ -187,6 +188,14 @@ def repack_int_group(
     )
 
 
+def lane_table(lut: torch.Tensor) -> torch.Tensor:
+    """16-entry code book -> int32 [32]: entry l is f16x2 (lut[l % 16], lut[l % 16]), the
+    value lane l of a warp holds for ``gemv_half2``'s shuffle lookup."""
+    bits = lut.to(torch.float16).view(torch.int16).to(torch.int32) & 0xFFFF
+    pair = bits | (bits << 16)  # int32 arithmetic: wraps to the same bits as the f16x2 word
+    return pair.repeat(2).contiguous()
+
+
 def repack_nf4(
     weight_4bit: torch.Tensor,
     absmax: torch.Tensor,
@@ -214,4 +223,5 @@ def repack_nf4(
         perm=None,
         lut=code.float().contiguous(),
         n=n, k=k, bits=4, group_size=blocksize, block_n=block_n, mode="lut",
+        lanes=lane_table(code) if code.numel() == 16 else None,
     )

@@ -124,7 +124,7 @@ def run_packed(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None) -> 
     x2 = x.reshape(-1, pw.k)
     m = x2.shape[0]
     if m <= configs.GEMV_MAX_M and launch.half2_ok(x2, pw):
-        cfg = configs.half2_config(pw.n, pw.k, pw.qweight.shape[0], pw.chunks, x.device)
+        cfg = configs.half2_config(pw.n, pw.k, pw.qweight.shape[0], pw.chunks, x.device, pw.mode == "lut")
         y = launch.gemv_half2(x2, pw, bias, cfg)
     elif (configs.prefers_wgmma(m, pw.n, pw.k) and launch.wgmma_ok(x2, pw)
           and (y := _try_wgmma(x2, pw, bias)) is not None):
