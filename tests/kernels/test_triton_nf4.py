@@ -41,7 +41,16 @@ def test_repack_nf4_codes(tk):
     words = pw.qweight.permute(1, 2, 0, 3).reshape(pw.chunks, tk.layout.PK, -1)
     codes = torch.stack([(words >> (4 * j)) & 15 for j in range(8)], dim=1).reshape(-1, words.shape[-1])[:512, :12]
     assert torch.equal(codes.t().to(torch.uint8), nf4.unpack_nibbles(layer.weight_4bit, 12 * 512).view(12, 512))
-    assert torch.equal(pw.scales, layer.absmax_float().view(12, 8).t())
+    assert pw.scales.dtype == torch.float16  # every absmax a normal fp16: half the bytes
+    assert torch.equal(pw.scales, layer.absmax_float().view(12, 8).t().half())
+
+
+def test_repack_nf4_keeps_float32_absmax_outside_the_fp16_range(tk):
+    layer = make_layer(12, 512)
+    absmax = layer.absmax_float().clone()
+    absmax[3] = 1e-6  # a block of near-zero weights: subnormal in fp16
+    pw = tk.layout.repack_nf4(layer.weight_4bit, absmax, layer.code, 12, 512, 64, 16)
+    assert pw.scales.dtype == torch.float32 and torch.equal(pw.scales, absmax.view(12, 8).t())
 
 
 def test_repack_nf4_refuses_straddling_blocks(tk):

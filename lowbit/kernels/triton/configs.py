@@ -92,8 +92,15 @@ GEMV_LUT: dict[tuple[int, int, int], GemvConfig] = {
     (14336, 4096, 4): GemvConfig(chunks=1, split=2, num_warps=4, num_stages=1, prefetch=False, lut_reg=True),  # 24.4, 41.7
     (4096, 14336, 4): GemvConfig(chunks=1, split=8, num_warps=4, num_stages=1, prefetch=False, lut_reg=True),  # 25.6, 43.8
 }
-#: (N, K, bits) -> gemv_half2 config for code-book layers (NF4/FP4, fp16/bf16 activations, M = 1).
-HALF2_LUT: dict[tuple[int, int, int], GemvConfig] = {}
+#: (N, K, bits) -> gemv_half2 config for code-book layers (NF4/FP4, fp16/bf16 activations, M = 1),
+#: at the BLOCK_N above: benchmarks/results/h100_tune_half2_lut_run4.jsonl (NF4 b64 dq, fp16
+#: absmax; our us, fp16 us).
+HALF2_LUT: dict[tuple[int, int, int], GemvConfig] = {
+    (1024, 4096, 4): GemvConfig(split=16, num_warps=2, num_stages=1, prefetch=True, depth=2, half2=True),  # 4.7, 7.5
+    (4096, 4096, 4): GemvConfig(split=16, num_warps=2, num_stages=1, prefetch=True, half2=True),  # 7.9, 15.9
+    (14336, 4096, 4): GemvConfig(split=4, num_warps=2, num_stages=1, prefetch=True, half2=True),  # 17.2, 42.2
+    (4096, 14336, 4): GemvConfig(split=16, num_warps=4, num_stages=1, prefetch=True, half2=True),  # 17.8, 44.1
+}
 GEMM_LUT: dict[tuple[int, int, int, int], GemmConfig | DequantConfig | TcConfig] = {
     (1024, 4096, 4, 16): TcConfig(bm=16, bnt=64, bk=64, split=32, num_warps=4, num_stages=4, swap=True,
                                   scale_after=True),  # 9.6, 7.6

@@ -16,7 +16,8 @@ when PK divides the group size.
     qweight  int32 [NB, KC, PK, BN]   NB = ceil(N / BN) column blocks, KC = ceil(K / KCH)
                                        chunks; one column block is one contiguous stream,
                                        so a program reading BN columns reads one run of memory
-    scales   fp16/fp32 [G, N]          as stored (per group, per output column)
+    scales   fp16/fp32 [G, N]          as stored (per group, per output column); NF4/FP4: the
+                                       blocks' absmax, fp16 when every one is a normal fp16
     zeros    fp16 [G, N] or None       zero points as floats (exact small integers); None
                                        when every zero is 2^(bits-1) (symmetric)
     perm     int32 [K] or None         kernel order -> original column
@@ -188,6 +189,12 @@ def repack_int_group(
     )
 
 
+def _fits_half(t: torch.Tensor) -> bool:
+    """Every value 0 or a normal fp16 number (2^-14 <= |v| <= 65504): exact to fp16 rounding."""
+    a = t.abs()
+    return bool(torch.isfinite(t).all() and (a <= 65504).all() and ((a == 0) | (a >= 2.0**-14)).all())
+
+
 def lane_table(lut: torch.Tensor) -> torch.Tensor:
     """16-entry code book -> int32 [32]: entry l is f16x2 (lut[l % 16], lut[l % 16]), the
     value lane l of a warp holds for ``gemv_half2``'s shuffle lookup."""
@@ -216,6 +223,10 @@ def repack_nf4(
     b = weight_4bit.reshape(n, k // 2)
     q = torch.stack([b >> 4, b & 15], dim=2).reshape(n, k)  # [N, K]: first code in the high nibble
     scales = absmax.float().reshape(n, k // blocksize).t().contiguous()  # [G, N]
+    if _fits_half(scales):
+        # Half the bytes of the absmax stream (1/16 of a block's at 64): it is ~6% of what
+        # the M = 1 GEMV reads, and one more fp16 rounding is within the weight's own.
+        scales = scales.half()
     return PackedWeight(
         qweight=pack_words(q.t(), 4, block_n),
         scales=scales,
