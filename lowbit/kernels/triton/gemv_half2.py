@@ -41,17 +41,17 @@ from .pdl import release, wait
 
 
 @triton.jit
-def _group_pair(s_ptr, zp_ptr, c, a, n, nmask, N, G, GS: tl.constexpr, NACC: tl.constexpr,
+def _group_pair(s_ptr, zp_ptr, c, a, n, mask, N, G, GS: tl.constexpr, NACC: tl.constexpr,
                 HAS_ZERO: tl.constexpr, INTERPRET: tl.constexpr):
     """Accumulator ``a`` of chunk c: (zero term of the low code position, scale of the low
     lanes, of the high lanes), [1, BN] each (groups as layout.half2_group_pairs)."""
     HI: tl.constexpr = 128 // GS if GS <= 128 else 0
     g_lo = tl.minimum((c * 256 + 32 * (a * 4 // NACC)) // GS, G - 1)
     g_hi = tl.minimum(g_lo + HI, G - 1)
-    s_lo = tl.load(s_ptr + g_lo * N + n, mask=nmask, other=0.0).to(tl.float32)
-    s_hi = tl.load(s_ptr + g_hi * N + n, mask=nmask, other=0.0).to(tl.float32)
+    s_lo = tl.load(s_ptr + g_lo * N + n, mask=mask, other=0.0).to(tl.float32)
+    s_hi = tl.load(s_ptr + g_hi * N + n, mask=mask, other=0.0).to(tl.float32)
     if HAS_ZERO:
-        zt = tl.load(zp_ptr + (c * NACC + a) * N + n, mask=nmask, other=0)
+        zt = tl.load(zp_ptr + (c * NACC + a) * N + n, mask=mask, other=0)
     else:
         half = tl.full(n.shape, -64.5, tl.float16)  # zero point 8: -(64 + 8 / 16)
         zt = pack(half, half, INTERPRET)
@@ -59,18 +59,18 @@ def _group_pair(s_ptr, zp_ptr, c, a, n, nmask, N, G, GS: tl.constexpr, NACC: tl.
 
 
 @triton.jit
-def _chunk(w_base, s_ptr, zp_ptr, c, c_end, n, nmask, N, G, PK: tl.constexpr, BN: tl.constexpr,
+def _chunk(w_base, s_ptr, zp_ptr, c, c_end, rr, n, nmask, N, G, PK: tl.constexpr, BN: tl.constexpr,
            GS: tl.constexpr, NACC: tl.constexpr, HAS_ZERO: tl.constexpr, INTERPRET: tl.constexpr):
     """Chunk c's four word tiles (int32 [PR, BN]: row 4 rr + i in tile i) and accumulator 0's
-    group pair (``_group_pair``). A chunk past c_end (loaded ahead, never used) reads chunk
-    c_end - 1 instead: unmasked loads, no zero-filled registers."""
-    c = tl.minimum(c, c_end - 1)
+    group pair (``_group_pair``); zeros past c_end (the interpreter takes no scalar masks)."""
     p = w_base + c * (PK * BN)
-    w0 = tl.load(p)
-    w1 = tl.load(p + BN)
-    w2 = tl.load(p + 2 * BN)
-    w3 = tl.load(p + 3 * BN)
-    zt, s_lo, s_hi = _group_pair(s_ptr, zp_ptr, c, 0, n, nmask, N, G, GS, NACC, HAS_ZERO, INTERPRET)
+    live = rr * 0 + c < c_end
+    w0 = tl.load(p, mask=live, other=0)
+    w1 = tl.load(p + BN, mask=live, other=0)
+    w2 = tl.load(p + 2 * BN, mask=live, other=0)
+    w3 = tl.load(p + 3 * BN, mask=live, other=0)
+    zt, s_lo, s_hi = _group_pair(s_ptr, zp_ptr, c, 0, n, nmask & (n * 0 + c < c_end), N, G, GS, NACC, HAS_ZERO,
+                                 INTERPRET)
     return w0, w1, w2, w3, zt, s_lo, s_hi
 
 
@@ -166,24 +166,24 @@ def int4_gemv_half2_kernel(
     # scales and zeros are issued before this chunk's arithmetic, so each program keeps
     # several chunks in flight instead of waiting out a memory round trip per chunk.
     if PREFETCH >= 1:
-        n0, n1, n2, n3, nz0, nsl0, nsh0 = _chunk(w_base, s_ptr, zp_ptr, c_begin, c_end, n, nmask, N, G, PK, BN, GS,
+        n0, n1, n2, n3, nz0, nsl0, nsh0 = _chunk(w_base, s_ptr, zp_ptr, c_begin, c_end, rr, n, nmask, N, G, PK, BN, GS,
                                                  NACC, HAS_ZERO, INTERPRET)
     if PREFETCH >= 2:
-        nn0, nn1, nn2, nn3, nnz0, nnsl0, nnsh0 = _chunk(w_base, s_ptr, zp_ptr, c_begin + 1, c_end, n, nmask, N,
+        nn0, nn1, nn2, nn3, nnz0, nnsl0, nnsh0 = _chunk(w_base, s_ptr, zp_ptr, c_begin + 1, c_end, rr, n, nmask, N,
                                                         G, PK, BN, GS, NACC, HAS_ZERO, INTERPRET)
     wait(PDL)  # x comes from the kernel ahead; only weights were read so far
     for c in range(c_begin, c_end):
         if PREFETCH >= 2:
             w0, w1, w2, w3, zl0, sl0, sh0 = n0, n1, n2, n3, nz0, nsl0, nsh0
             n0, n1, n2, n3, nz0, nsl0, nsh0 = nn0, nn1, nn2, nn3, nnz0, nnsl0, nnsh0
-            nn0, nn1, nn2, nn3, nnz0, nnsl0, nnsh0 = _chunk(w_base, s_ptr, zp_ptr, c + 2, c_end, n, nmask, N, G,
+            nn0, nn1, nn2, nn3, nnz0, nnsl0, nnsh0 = _chunk(w_base, s_ptr, zp_ptr, c + 2, c_end, rr, n, nmask, N, G,
                                                             PK, BN, GS, NACC, HAS_ZERO, INTERPRET)
         elif PREFETCH == 1:
             w0, w1, w2, w3, zl0, sl0, sh0 = n0, n1, n2, n3, nz0, nsl0, nsh0
-            n0, n1, n2, n3, nz0, nsl0, nsh0 = _chunk(w_base, s_ptr, zp_ptr, c + 1, c_end, n, nmask, N, G, PK, BN,
+            n0, n1, n2, n3, nz0, nsl0, nsh0 = _chunk(w_base, s_ptr, zp_ptr, c + 1, c_end, rr, n, nmask, N, G, PK, BN,
                                                      GS, NACC, HAS_ZERO, INTERPRET)
         else:
-            w0, w1, w2, w3, zl0, sl0, sh0 = _chunk(w_base, s_ptr, zp_ptr, c, c_end, n, nmask, N, G, PK, BN, GS,
+            w0, w1, w2, w3, zl0, sl0, sh0 = _chunk(w_base, s_ptr, zp_ptr, c, c_end, rr, n, nmask, N, G, PK, BN, GS,
                                                    NACC, HAS_ZERO, INTERPRET)
         zh0 = high_term(zl0, INTERPRET)
         a0 = zero2
@@ -203,13 +203,13 @@ def int4_gemv_half2_kernel(
             x2 = _x_pairs(x_row, perm_ptr, c * 256 + 32 * jp + rr * 4, K, X_VEC, HAS_PERM, EVEN_K, INTERPRET)
             if LUT:  # the accumulator of this code pair's groups
                 if jp * NACC // 4 == 0:
-                    a0 = dot4_lut(a0, w0, w1, w2, w3, x2, lut_ptr, lanes_ptr, jp, jp * NACC % 4 == 0, INTERPRET)
+                    a0 = dot4_lut(a0, w0, w1, w2, w3, x2, lut_ptr, lanes_ptr, jp, INTERPRET)
                 elif jp * NACC // 4 == 1:
-                    a1 = dot4_lut(a1, w0, w1, w2, w3, x2, lut_ptr, lanes_ptr, jp, jp * NACC % 4 == 0, INTERPRET)
+                    a1 = dot4_lut(a1, w0, w1, w2, w3, x2, lut_ptr, lanes_ptr, jp, INTERPRET)
                 elif jp * NACC // 4 == 2:
-                    a2 = dot4_lut(a2, w0, w1, w2, w3, x2, lut_ptr, lanes_ptr, jp, jp * NACC % 4 == 0, INTERPRET)
+                    a2 = dot4_lut(a2, w0, w1, w2, w3, x2, lut_ptr, lanes_ptr, jp, INTERPRET)
                 else:
-                    a3 = dot4_lut(a3, w0, w1, w2, w3, x2, lut_ptr, lanes_ptr, jp, jp * NACC % 4 == 0, INTERPRET)
+                    a3 = dot4_lut(a3, w0, w1, w2, w3, x2, lut_ptr, lanes_ptr, jp, INTERPRET)
             else:
                 if jp >= 2:
                     v0, v1, v2, v3 = _shr8(w0), _shr8(w1), _shr8(w2), _shr8(w3)

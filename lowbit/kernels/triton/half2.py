@@ -41,33 +41,17 @@ _LUT_STEP = (
     "shr.b32 a, $W, SLO; shr.b32 b, $W, SHI; shfl.sync.idx.b32 lo, t, a, 0x1f, -1; "
     "shfl.sync.idx.b32 hi, t, b, 0x1f, -1; prmt.b32 p, lo, hi, 0x7610; fma.rn.f16x2 r, p, $X, r; "
 )
-
-
-def _asm_lut4(shift: int, first: bool) -> str:
-    """Four words' code pair at bits (shift, 16 + shift) looked up and multiplied by their x
-    pairs ($1-$4 words, $5-$8 x pairs), added to the acc $9 (or, ``first``, to nothing: no
-    zeroed register each chunk); the lane-table pointer is the last operand."""
-    steps = "".join(_LUT_STEP.replace("$W", f"${i + 1}").replace("$X", f"${i + 5}") for i in range(4))
-    ptr = "$9" if first else "$10"
-    head = ("{ .reg .b32 t, a, b, lo, hi, p, r, l; .reg .b64 o; mov.u32 l, %laneid; mul.wide.u32 o, l, 4; "
-            f"add.s64 o, o, {ptr}; ld.global.nc.b32 t, [o]; ")
-    if first:
-        steps = steps.replace("fma.rn.f16x2 r, p, $5, r;", "mul.rn.f16x2 r, p, $5;", 1)
-    else:
-        head += "mov.b32 r, $9; "
-    return (head + steps + "mov.b32 $0, r; }").replace("SLO", str(shift)).replace("SHI", str(16 + shift))
-
-
-#: Code pair (jp, jp + 4) of four words: codes at bits 4 jp and 16 + 4 jp; _F: the first
-#: pair of an accumulator.
-ASM_LUT4_0 = tl.constexpr(_asm_lut4(0, False))
-ASM_LUT4_1 = tl.constexpr(_asm_lut4(4, False))
-ASM_LUT4_2 = tl.constexpr(_asm_lut4(8, False))
-ASM_LUT4_3 = tl.constexpr(_asm_lut4(12, False))
-ASM_LUT4_0F = tl.constexpr(_asm_lut4(0, True))
-ASM_LUT4_1F = tl.constexpr(_asm_lut4(4, True))
-ASM_LUT4_2F = tl.constexpr(_asm_lut4(8, True))
-ASM_LUT4_3F = tl.constexpr(_asm_lut4(12, True))
+_ASM_LUT4 = (
+    "{ .reg .b32 t, a, b, lo, hi, p, r, l; .reg .b64 o; mov.u32 l, %laneid; mul.wide.u32 o, l, 4; "
+    "add.s64 o, o, $10; ld.global.nc.b32 t, [o]; mov.b32 r, $9; "
+    + "".join(_LUT_STEP.replace("$W", f"${i + 1}").replace("$X", f"${i + 5}") for i in range(4))
+    + "mov.b32 $0, r; }"
+)
+#: Code pair (jp, jp + 4) of four words: codes at bits 4 jp and 16 + 4 jp.
+ASM_LUT4_0 = tl.constexpr(_ASM_LUT4.replace("SLO", "0").replace("SHI", "16"))
+ASM_LUT4_1 = tl.constexpr(_ASM_LUT4.replace("SLO", "4").replace("SHI", "20"))
+ASM_LUT4_2 = tl.constexpr(_ASM_LUT4.replace("SLO", "8").replace("SHI", "24"))
+ASM_LUT4_3 = tl.constexpr(_ASM_LUT4.replace("SLO", "12").replace("SHI", "28"))
 ASM_PAIR_QUADS = tl.constexpr(
     "{ .reg .b32 a0, a1, b0, b1; mov.b64 {a0, a1}, $4; mov.b64 {b0, b1}, $5; "
     "prmt.b32 $0, a0, b0, 0x5410; prmt.b32 $1, a0, b0, 0x7632; "
@@ -189,29 +173,16 @@ def _lut_pair(w, x2, acc, lut_ptr, JP: tl.constexpr, INTERPRET: tl.constexpr):
 
 
 @triton.jit
-def dot4_lut(acc, w0, w1, w2, w3, x2, lut_ptr, lanes_ptr, JP: tl.constexpr, FIRST: tl.constexpr,
-             INTERPRET: tl.constexpr):
+def dot4_lut(acc, w0, w1, w2, w3, x2, lut_ptr, lanes_ptr, JP: tl.constexpr, INTERPRET: tl.constexpr):
     """acc + sum over i of (lut[code JP of w_i], lut[code JP + 4 of w_i]) * x2[i], all f16x2
-    in int32 tensors (codes at bits 4 JP and 16 + 4 JP); FIRST: acc is (0, 0), and unread.
-    lut_ptr: float32 [16] (the interpreter's path); lanes_ptr: int32 [32], f16x2
-    (lut[l % 16], lut[l % 16]) for lane l."""
+    in int32 tensors (codes at bits 4 JP and 16 + 4 JP). lut_ptr: float32 [16] (the
+    interpreter's path); lanes_ptr: int32 [32], f16x2 (lut[l % 16], lut[l % 16]) for lane l."""
     p0, p1, p2, p3 = x2
     if INTERPRET:
         acc = _lut_pair(w0, p0, acc, lut_ptr, JP, INTERPRET)
         acc = _lut_pair(w1, p1, acc, lut_ptr, JP, INTERPRET)
         acc = _lut_pair(w2, p2, acc, lut_ptr, JP, INTERPRET)
         return _lut_pair(w3, p3, acc, lut_ptr, JP, INTERPRET)
-    elif FIRST:
-        args = [w0, w1, w2, w3, p0, p1, p2, p3, lanes_ptr.to(tl.int64)]
-        cons: tl.constexpr = "=r,r,r,r,r,r,r,r,r,l"
-        if JP == 0:
-            return tl.inline_asm_elementwise(ASM_LUT4_0F, cons, args, dtype=tl.int32, is_pure=True, pack=1)
-        elif JP == 1:
-            return tl.inline_asm_elementwise(ASM_LUT4_1F, cons, args, dtype=tl.int32, is_pure=True, pack=1)
-        elif JP == 2:
-            return tl.inline_asm_elementwise(ASM_LUT4_2F, cons, args, dtype=tl.int32, is_pure=True, pack=1)
-        else:
-            return tl.inline_asm_elementwise(ASM_LUT4_3F, cons, args, dtype=tl.int32, is_pure=True, pack=1)
     else:
         args = [w0, w1, w2, w3, p0, p1, p2, p3, acc, lanes_ptr.to(tl.int64)]
         cons: tl.constexpr = "=r,r,r,r,r,r,r,r,r,r,l"
