@@ -47,10 +47,8 @@ def jobs_for(k: int, n: int, quick: bool) -> list[tuple]:
                     out.append((bn, "half2", 1, launch.GemvConfig(split=sp, num_warps=w, num_stages=1, prefetch=True,
                                                                   depth=depth, half2=True)))
                     if bn == configs.block_n(n, k, 4):  # code-book layers get the int4 layer's block
-                        for maxnreg in (None, 64):  # 64: a 72-register kernel then fits 16 programs an SM
-                            out.append((bn, "half2_lut", 1, launch.GemvConfig(
-                                split=sp, num_warps=w, num_stages=1, prefetch=True, depth=depth, half2=True,
-                                maxnreg=maxnreg)))
+                        out.append((bn, "half2_lut", 1, launch.GemvConfig(split=sp, num_warps=w, num_stages=1,
+                                                                          prefetch=True, depth=depth, half2=True)))
     for bn in (32, 64):
         nb = -(-n // bn)
         for wr, wh in ((1, 1), (2, 1), (1, 2), (2, 2)):

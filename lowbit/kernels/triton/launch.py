@@ -34,7 +34,6 @@ class GemvConfig:
     lut_reg: bool = False  # lut mode: gather codes from a per-program copy of the code book
     half2: bool = False  # int4 codes, fp16/bf16 rows: the f16x2 kernel (gemv_half2)
     depth: int = 1  # gemv_half2 with prefetch: chunks loaded ahead (1 or 2)
-    maxnreg: int | None = None  # gemv_half2: cap on registers a thread (more programs an SM)
 
 
 @dataclass(frozen=True)
@@ -243,7 +242,6 @@ def gemv_half2(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg
         HAS_ZERO=pw.zero_pairs is not None, HAS_PERM=pw.perm is not None, HAS_BIAS=bias is not None,
         PREFETCH=cfg.depth if cfg.prefetch else 0, INTERPRET=INTERPRET, SILU=silu, num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **pdl.launch_args(x.device),
-        **(dict(maxnreg=cfg.maxnreg) if cfg.maxnreg and not INTERPRET else {}),
     )
     return y
 
