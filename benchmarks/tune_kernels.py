@@ -41,7 +41,7 @@ def jobs_for(k: int, n: int, quick: bool) -> list[tuple]:
     out = []
     for bn in (32, 64):  # 128 measured slower on every shape (run 6)
         nb = -(-n // bn)
-        for w in (1, 2, 4, 8):
+        for w in (2, 4, 8):  # one warp: never faster, up to 20% slower (h100_tune_half2_w1_s7run9.jsonl)
             for depth in (1, 2):  # no prefetch measured slower on every shape (run 6)
                 for sp in splits_around(nb, kc):
                     out.append((bn, "half2", 1, launch.GemvConfig(split=sp, num_warps=w, num_stages=1, prefetch=True,
