@@ -224,6 +224,7 @@ def main(argv=None) -> int:
     p.add_argument("--best", metavar="JSON", help="with --tune: write the best config per shape and M here")
     p.add_argument("--configs", metavar="JSON", nargs="+",
                    help="use these tuned configs (--best files) on top of configs.py")
+    p.add_argument("--no-wgmma", action="store_true", help="leave wgmma out of dispatch (the kernels before it)")
     p.add_argument("--mma16-max-m", type=int, metavar="M",
                    help="run the mma16 kernel up to this M (default: configs.MMA16_MAX_M)")
     args = p.parse_args(argv)
@@ -238,6 +239,10 @@ def main(argv=None) -> int:
 
         for path in args.configs:
             load_table(path)
+    if args.no_wgmma:
+        from lowbit.kernels.triton import launch
+
+        launch.disable_wgmma()
     if args.mma16_max_m is not None:
         from lowbit.kernels.triton import configs
 

@@ -77,3 +77,27 @@ def test_wgmma_heuristic_config_fits_rows_and_fills_the_gpu(tk):
     cfg = tk.configs.wgmma_config(20, 6144, 4096, torch.device("cpu"))  # unmeasured shape, 132 SMs assumed
     assert cfg.bm == 32 and cfg.split == 2  # 96 column tiles: two K splits fill 132 SMs
     assert tk.configs.wgmma_config(512, 6144, 4096, torch.device("cpu")).bm == 128
+
+
+@hopper
+@pytest.mark.parametrize("quant_type,blocksize,m,n,k,bn,bm,codes,split,dtype", [
+    ("nf4", 64, 16, 128, 1024, 64, 16, 4, 1, torch.float16),  # absmax per quarter chunk
+    ("nf4", 64, 100, 200, 768, 32, 64, 2, 1, torch.float16),  # ragged M and N, bias, K % 256 != 0
+    ("fp4", 128, 256, 128, 1024, 64, 128, 8, 2, torch.float16),  # a chunk a stage, split-K
+    ("nf4", 64, 40, 64, 1280, 64, 64, 2, 3, torch.bfloat16),  # uneven splits, bf16
+    ("nf4", 256, 9, 96, 1024, 32, 16, 4, 1, torch.float16),
+])
+def test_wgmma_code_book_matches_reference(tk, quant_type, blocksize, m, n, k, bn, bm, codes, split, dtype):
+    """NF4/FP4 on wgmma: lut[code] by shuffle, times the block's absmax, into the MMA."""
+    from test_triton_nf4 import check as check_nf4
+    from test_triton_nf4 import make_layer as make_nf4
+    from test_triton_nf4 import ref_out as ref_nf4
+
+    layer = make_nf4(n, k, quant_type, blocksize, bias=m == 100, seed=m + k, device=tk.device)
+    x = torch.randn(m, k, device=tk.device).to(dtype)
+    pw = tk.layout.repack_nf4(layer.weight_4bit, layer.absmax_float(), layer.code, n, k, blocksize, bn)
+    assert tk.launch.wgmma_ok(x, pw)
+    cfg = tk.launch.WgmmaConfig(bm=bm, codes=codes, stages=3, split=split, mmas=2)
+    check_nf4(tk.launch.wgmma(x, pw, layer.bias, cfg), ref_nf4(x, layer))
+    if split > 1:
+        check_nf4(tk.launch.wgmma(x, pw, layer.bias, cfg), ref_nf4(x, layer))

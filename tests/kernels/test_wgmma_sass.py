@@ -13,18 +13,18 @@ import pytest
 pytest.importorskip("triton.experimental.gluon._runtime")
 
 
-def _sass(bm: int, codes: int, split: bool) -> str:
+def _sass(bm: int, codes: int, split: bool, lut: bool = False) -> str:
     """SASS for these constexprs, compiled in a fresh process (the test session runs Triton
     in interpreter mode, in which nothing compiles)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     code = (f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import test_wgmma_sass as t; "
-            f"print(t._compile({bm}, {codes}, {split}))")
+            f"print(t._compile({bm}, {codes}, {split}, {lut}))")
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout
 
 
-def _compile(bm: int, codes: int, split: bool) -> str:
+def _compile(bm: int, codes: int, split: bool, lut: bool = False) -> str:
     import torch
     import triton
     from triton.backends.compiler import GPUTarget
@@ -35,11 +35,11 @@ def _compile(bm: int, codes: int, split: bool) -> str:
 
     kernel = wgmma.int4_wgmma_kernel
     desc = wgmma.x_descriptor(torch.empty(512, 4096, dtype=torch.float16), bm, codes)
-    ptrs = dict(qw_ptr="*i32", s_ptr="*fp16", z_ptr="*fp16", bias_ptr="*fp16", y_ptr="*fp16", ws_ptr="*fp32",
-                cnt_ptr="*i32")
+    ptrs = dict(qw_ptr="*i32", s_ptr="*fp16", z_ptr="*fp16", lanes_ptr="*i32", bias_ptr="*fp16", y_ptr="*fp16",
+                ws_ptr="*fp32", cnt_ptr="*i32")
     ints = dict.fromkeys(["M", "N", "KC", "G", "stride_ym", "chunks_per_split", "splits"], "i32")
-    cx = dict(BN=64, BNW=64, BM=bm, GS=128, STAGES=3, CODES=codes, MMAS=2, SPLIT_K=split, PDL=True,
-              HAS_ZERO=True, HAS_BIAS=False, HALF_MATH=True, num_warps=4)
+    cx = dict(BN=64, BNW=64, BM=bm, GS=64 if lut else 128, STAGES=3, CODES=codes, MMAS=2, SPLIT_K=split, PDL=True,
+              HAS_ZERO=not lut, HAS_BIAS=False, HALF_MATH=True, LUT=lut, num_warps=4)
     sig = {"x_desc": mangle_type(desc), **ptrs, **ints, **dict.fromkeys(cx, "constexpr")}
     attrs = {(kernel.arg_names.index(n),): [["tt.divisibility", 16]]
              for n in list(ptrs) + ["N", "KC", "G", "stride_ym"]}
@@ -48,9 +48,10 @@ def _compile(bm: int, codes: int, split: bool) -> str:
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4)).asm["sass"]
 
 
-@pytest.mark.parametrize("bm,codes,split", [(16, 4, True), (128, 2, False)])
-def test_wgmma_takes_the_weights_from_registers(bm, codes, split):
-    sass = _sass(bm, codes, split)
+@pytest.mark.parametrize("bm,codes,split,lut", [(16, 4, True, False), (128, 2, False, False), (16, 4, True, True)])
+def test_wgmma_takes_the_weights_from_registers(bm, codes, split, lut):
+    """int4 and code books (lut: the decode shuffles registers between lanes, no memory)."""
+    sass = _sass(bm, codes, split, lut)
     mmas = re.findall(rf"HGMMA\.64x{bm}x16\.F32 R\d+, (\S+),", sass)
     # A chunk is 8 code positions of two k16 MMAs each; the loop body is emitted once.
     assert len(mmas) == 16

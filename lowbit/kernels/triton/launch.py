@@ -208,11 +208,15 @@ def int4_ok(x: torch.Tensor, pw: PackedWeight) -> bool:
         pw.zero_pairs is None)
 
 
+def lut4_ok(x: torch.Tensor, pw: PackedWeight) -> bool:
+    """A 16-entry code book (NF4/FP4, with its lane table), fp16/bf16 activations."""
+    return pw.mode == "lut" and pw.bits == 4 and pw.lanes is not None and x.dtype in (torch.float16, torch.bfloat16)
+
+
 def half2_ok(x: torch.Tensor, pw: PackedWeight) -> bool:
     """Whether ``gemv_half2`` takes this input: int4 affine codes or a 16-entry code book
     (NF4/FP4), fp16/bf16 activations."""
-    lut4 = pw.mode == "lut" and pw.bits == 4 and pw.lanes is not None
-    return int4_ok(x, pw) or (lut4 and x.dtype in (torch.float16, torch.bfloat16))
+    return int4_ok(x, pw) or lut4_ok(x, pw)
 
 
 def _x_vec(x: torch.Tensor, pw: PackedWeight) -> bool:
@@ -292,11 +296,11 @@ def _hopper(index: int | None) -> bool:
 
 def wgmma_ok(x: torch.Tensor, pw: PackedWeight) -> bool:
     """Whether ``wgmma`` takes this input: a Hopper GPU (warpgroup MMA is sm_90 only), int4
-    affine codes in groups >= 128, no act-order, fp16/bf16 rows TMA can read (16-byte
-    aligned, K a multiple of 8, contiguous)."""
-    return (_wgmma.AVAILABLE and not INTERPRET and x.is_cuda and _hopper(x.device.index) and int4_ok(x, pw)
-            and pw.group_size >= 128 and pw.perm is None and pw.k % 8 == 0 and x.is_contiguous()
-            and x.data_ptr() % 16 == 0)
+    affine codes in groups >= 128 or a code book in blocks >= 64, no act-order, fp16/bf16
+    rows TMA can read (16-byte aligned, K a multiple of 8, contiguous)."""
+    codes = (int4_ok(x, pw) and pw.group_size >= 128) or (lut4_ok(x, pw) and pw.group_size >= 64)
+    return (_wgmma.AVAILABLE and not INTERPRET and x.is_cuda and _hopper(x.device.index) and codes
+            and pw.perm is None and pw.k % 8 == 0 and x.is_contiguous() and x.data_ptr() % 16 == 0)
 
 
 def wgmma(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: WgmmaConfig,
@@ -309,12 +313,14 @@ def wgmma(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: Wgm
     per, split, ws, cnt = _split_k(x, y, m * pw.n, grid[0] * grid[1], pw.chunks, cfg.split, 1)
     _wgmma.int4_wgmma_kernel[grid + (split,)](
         _wgmma.x_descriptor(x, cfg.bm, cfg.codes), pw.qweight, pw.scales,
-        pw.zeros if pw.zeros is not None else dummy, bias if bias is not None else dummy, y, ws, cnt,
+        pw.zeros if pw.zeros is not None else dummy, pw.lanes if pw.lanes is not None else dummy,
+        bias if bias is not None else dummy, y, ws, cnt,
         m, pw.n, pw.chunks, pw.groups, y.stride(0), per, split,
         BN=pw.block_n, BNW=cfg.bnw, BM=cfg.bm, GS=pw.group_size, STAGES=cfg.stages, CODES=cfg.codes,
         MMAS=min(cfg.mmas, cfg.codes), SPLIT_K=split > 1,
         HAS_ZERO=pw.zeros is not None, HAS_BIAS=bias is not None,
-        HALF_MATH=x.dtype == torch.float16 and pw.scales.dtype == torch.float16, num_warps=cfg.num_warps,
+        HALF_MATH=x.dtype == torch.float16 and pw.scales.dtype == torch.float16, LUT=pw.mode == "lut",
+        num_warps=cfg.num_warps,
         **(pdl.launch_args(x.device) if cfg.pdl else dict(PDL=False)),
     )
     return y

@@ -1,4 +1,4 @@
-"""int4 matmul for 8..512 activation rows on Hopper's warpgroup MMA (Gluon).
+"""int4 and NF4/FP4 matmul for 8..512 activation rows on Hopper's warpgroup MMA (Gluon).
 
 The tensor cores do the multiply and the decode must stay off shared memory. wgmma takes
 its left operand from registers: the weights are decoded straight into that operand, and x
@@ -19,6 +19,11 @@ Decode as in ``gemm_tc``: ``code | 0x6400`` is the fp16 1024 + code, minus 1024 
 q - zero exactly, times the scale in fp16 (one rounding, as the reference's weight); bf16
 activations: the product in float32, rounded to bf16. Groups of 128 or more (a step lies in
 one group), no act-order (TMA reads x in order), K a multiple of 8 (TMA row pitch).
+
+Code books (LUT: NF4/FP4, blocks of 64 or more): each code becomes lut[code] by a warp
+shuffle from a 32-entry lane table, as in ``half2.dot4_lut`` (two shifts, two shuffles and
+a PRMT per f16x2 operand register, straight from the words: no pairing step), times the
+absmax of its block, loaded per quarter chunk (64 columns: two steps).
 
 Grid: (row tiles of BM, column tiles of BNW, K splits): the row tiles of one weight tile run
 side by side, so the weights come from DRAM once and from L2 after; split-K partial sums
@@ -100,6 +105,35 @@ if AVAILABLE:
             return (w.to(gl.float32) * s.to(gl.float32)).to(dt)
 
     @gluon.jit
+    def _quarters(s_ptr, c, n2, nmask, N, G, GS: gl.constexpr):
+        """Chunk c's scales (a code book's absmax) for its four quarters of 64 columns (steps
+        2q, 2q + 1), [BNW, 1] each."""
+        s0 = gl.load(s_ptr + gl.minimum((c * 256) // GS, G - 1) * N + n2, mask=nmask, other=0.0)
+        s1 = gl.load(s_ptr + gl.minimum((c * 256 + 64) // GS, G - 1) * N + n2, mask=nmask, other=0.0)
+        s2 = gl.load(s_ptr + gl.minimum((c * 256 + 128) // GS, G - 1) * N + n2, mask=nmask, other=0.0)
+        s3 = gl.load(s_ptr + gl.minimum((c * 256 + 192) // GS, G - 1) * N + n2, mask=nmask, other=0.0)
+        return s0, s1, s2, s3
+
+    @constexpr_function
+    def _lut_asm(j):
+        """PTX for code position j of two words (adjacent k slots, $1 and $2) -> the f16x2
+        (lut[code of $1], lut[code of $2]); $3: the lane table's address (see half2)."""
+        return ("{ .reg .b32 t, a, b, lo, hi, l; .reg .b64 o; mov.u32 l, %laneid; mul.wide.u32 o, l, 4; "
+                f"add.s64 o, o, $3; ld.global.nc.b32 t, [o]; shr.b32 a, $1, {4 * j}; shr.b32 b, $2, {4 * j}; "
+                "shfl.sync.idx.b32 lo, t, a, 0x1f, -1; shfl.sync.idx.b32 hi, t, b, 0x1f, -1; "
+                "prmt.b32 $0, lo, hi, 0x7610; }")
+
+    @gluon.jit
+    def _decode_lut(words, lanes, j: gl.constexpr, s, dt: gl.constexpr, HALF_MATH: gl.constexpr):
+        """Code j of every word -> lut[code] * absmax, in x's dtype (the MMA's left operand)."""
+        v = gl.inline_asm_elementwise(_lut_asm(j), "=r,r,r,l,l", [words, lanes], dtype=gl.float16, is_pure=True,
+                                      pack=2)
+        if HALF_MATH:
+            return v * s
+        else:
+            return (v.to(gl.float32) * s.to(gl.float32)).to(dt)
+
+    @gluon.jit
     def _write(out, rows, cols, mask, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS: gl.constexpr):
         if HAS_BIAS:
             out += gl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(gl.float32)
@@ -115,11 +149,12 @@ if AVAILABLE:
 
     @gluon.jit
     def int4_wgmma_kernel(
-        x_desc, qw_ptr, s_ptr, z_ptr, bias_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, KC, G, stride_ym, chunks_per_split,
-        splits,
+        x_desc, qw_ptr, s_ptr, z_ptr, lanes_ptr, bias_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, KC, G, stride_ym,
+        chunks_per_split, splits,
         BN: gl.constexpr, BNW: gl.constexpr, BM: gl.constexpr, GS: gl.constexpr, STAGES: gl.constexpr,
         CODES: gl.constexpr, MMAS: gl.constexpr, SPLIT_K: gl.constexpr, PDL: gl.constexpr,
-        HAS_ZERO: gl.constexpr, HAS_BIAS: gl.constexpr, HALF_MATH: gl.constexpr, num_warps: gl.constexpr,
+        HAS_ZERO: gl.constexpr, HAS_BIAS: gl.constexpr, HALF_MATH: gl.constexpr, LUT: gl.constexpr,
+        num_warps: gl.constexpr,
     ):
         PK: gl.constexpr = 32
         dt: gl.constexpr = x_desc.dtype
@@ -137,6 +172,8 @@ if AVAILABLE:
         nmask = n2 < N
         w_ptrs = qw_ptr + (n2 // BN).to(gl.int64) * (KC * PK * BN) + r2 * BN + n2 % BN  # [BNW, PK]
         wmask = nmask & (r2 < PK)
+        if LUT:  # the lane table's address, one int64 an element (operand of the decode's asm)
+            lanes = gl.full([BNW, PK], 0, gl.int64, layout=a_l) + lanes_ptr.to(gl.int64)
 
         # A stage is CODES steps of x, [BM, CODES * 32]: BOXES TMA copies of [BM, BOX] (a box
         # row is at most the 128-byte swizzle span) and one barrier.
@@ -157,24 +194,41 @@ if AVAILABLE:
         # The next chunk's words, scales and zeros are in flight while a chunk's MMAs run (two
         # chunks ahead measured no faster at M = 16, run 21).
         wn = gl.load(w_ptrs + c_begin * (PK * BN), mask=wmask, other=0)
-        sn_lo, zn_lo, sn_hi, zn_hi = _groups(s_ptr, z_ptr, c_begin, n2, nmask, N, G, GS, HAS_ZERO)
+        if LUT:
+            sn0, sn1, sn2, sn3 = _quarters(s_ptr, c_begin, n2, nmask, N, G, GS)
+        else:
+            sn_lo, zn_lo, sn_hi, zn_hi = _groups(s_ptr, z_ptr, c_begin, n2, nmask, N, G, GS, HAS_ZERO)
         # Under PDL the weights above load while the kernel ahead finishes; x (its output)
         # and the split-K workspace only after it has.
         gluon_wait(PDL)
         for b in gl.static_range(STAGES - 1):  # the first STAGES - 1 x tiles
             _load_x(x_desc, x_smem, ready, i0 + b, b, row0, b < loads, CODES * PK, BOX, BOXES)
         for c in range(c_begin, c_end):
-            pairs = _pair(wn)
-            s_lo, z_lo, s_hi, z_hi = sn_lo, zn_lo, sn_hi, zn_hi
+            if LUT:
+                words = wn
+                s0, s1, s2, s3 = sn0, sn1, sn2, sn3
+                sn0, sn1, sn2, sn3 = _quarters(s_ptr, gl.minimum(c + 1, c_end - 1), n2, nmask, N, G, GS)
+            else:
+                pairs = _pair(wn)
+                s_lo, z_lo, s_hi, z_hi = sn_lo, zn_lo, sn_hi, zn_hi
+                sn_lo, zn_lo, sn_hi, zn_hi = _groups(s_ptr, z_ptr, gl.minimum(c + 1, c_end - 1), n2, nmask, N, G,
+                                                     GS, HAS_ZERO)
             wn = gl.load(w_ptrs + (c + 1) * (PK * BN), mask=wmask & (c + 1 < c_end), other=0)
-            sn_lo, zn_lo, sn_hi, zn_hi = _groups(s_ptr, z_ptr, gl.minimum(c + 1, c_end - 1), n2, nmask, N, G, GS,
-                                                 HAS_ZERO)
             for u in gl.static_range(PER):
                 i = (c - c_begin) * PER + u
                 st = i % STAGES
                 mbarrier.wait(ready.index(st), (i // STAGES) & 1)
                 for jj in gl.static_range(CODES):
-                    if u * CODES + jj < 4:
+                    if LUT:
+                        if (u * CODES + jj) // 2 == 0:  # the quarter chunk: its absmax
+                            a = _decode_lut(words, lanes, u * CODES + jj, s0, dt, HALF_MATH)
+                        elif (u * CODES + jj) // 2 == 1:
+                            a = _decode_lut(words, lanes, u * CODES + jj, s1, dt, HALF_MATH)
+                        elif (u * CODES + jj) // 2 == 2:
+                            a = _decode_lut(words, lanes, u * CODES + jj, s2, dt, HALF_MATH)
+                        else:
+                            a = _decode_lut(words, lanes, u * CODES + jj, s3, dt, HALF_MATH)
+                    elif u * CODES + jj < 4:
                         a = _decode(pairs, u * CODES + jj, s_lo, z_lo, dt, HALF_MATH)
                     else:
                         a = _decode(pairs, u * CODES + jj, s_hi, z_hi, dt, HALF_MATH)
