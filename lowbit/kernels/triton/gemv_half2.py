@@ -25,7 +25,7 @@ columns a lane sums (one outlier channel of ~3000, as in the demo model, is far 
 
 Code books (LUT) take the same layout and loop: a code pair becomes f16x2 (lut[q_j],
 lut[q_j+4]) by two warp shuffles (``half2.dot4_lut``) instead of LOP3 + FMA, there is no
-zero term, and the fp32 scales are the blocks' absmax.
+zero term, and the scales are the blocks' absmax (fp16, or fp32 outside its range).
 
 Grid: (column blocks, K splits, rows); split-K partial sums meet in ``store_output``.
 With PDL (``pdl``) the first chunk's weights are loaded before waiting for the kernel ahead.

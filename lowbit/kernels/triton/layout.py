@@ -61,7 +61,7 @@ class PackedWeight:
     block_n: int
     mode: str
     zero_pairs: torch.Tensor | None = None
-    lanes: torch.Tensor | None = None  # lut mode: ``lane_table`` for gemv_half2
+    lanes: torch.Tensor | None = None  # lut mode: ``lane_table`` (gemv_half2, wgmma)
 
     @property
     def codes_per_word(self) -> int:
@@ -197,7 +197,7 @@ def _fits_half(t: torch.Tensor) -> bool:
 
 def lane_table(lut: torch.Tensor) -> torch.Tensor:
     """16-entry code book -> int32 [32]: entry l is f16x2 (lut[l % 16], lut[l % 16]), the
-    value lane l of a warp holds for ``gemv_half2``'s shuffle lookup."""
+    value lane l of a warp holds for the shuffle lookup of ``gemv_half2`` and ``wgmma``."""
     bits = lut.to(torch.float16).view(torch.int16).to(torch.int32) & 0xFFFF
     pair = bits | (bits << 16)  # int32 arithmetic: wraps to the same bits as the f16x2 word
     return pair.repeat(2).contiguous()
