@@ -207,13 +207,14 @@ if AVAILABLE:
             if LUT:
                 words = wn
                 s0, s1, s2, s3 = sn0, sn1, sn2, sn3
+                wn = gl.load(w_ptrs + (c + 1) * (PK * BN), mask=wmask & (c + 1 < c_end), other=0)
                 sn0, sn1, sn2, sn3 = _quarters(s_ptr, gl.minimum(c + 1, c_end - 1), n2, nmask, N, G, GS)
             else:
                 pairs = _pair(wn)
                 s_lo, z_lo, s_hi, z_hi = sn_lo, zn_lo, sn_hi, zn_hi
+                wn = gl.load(w_ptrs + (c + 1) * (PK * BN), mask=wmask & (c + 1 < c_end), other=0)
                 sn_lo, zn_lo, sn_hi, zn_hi = _groups(s_ptr, z_ptr, gl.minimum(c + 1, c_end - 1), n2, nmask, N, G,
                                                      GS, HAS_ZERO)
-            wn = gl.load(w_ptrs + (c + 1) * (PK * BN), mask=wmask & (c + 1 < c_end), other=0)
             for u in gl.static_range(PER):
                 i = (c - c_begin) * PER + u
                 st = i % STAGES
