@@ -1,0 +1,71 @@
+"""The f16x2 GEMV on a code book (NF4) compiled offline for sm_90 (no GPU needed).
+
+The shuffle decode is only right if the value each lane shuffles out is the table entry of
+that very lane. A first version held the table as a Triton tensor, and Triton moved it
+between threads through shared memory when it changed layouts: right in the interpreter,
+wrong on the GPU. The compiled kernel must therefore touch shared memory only after its
+loop (the split-K ticket and the reduction over the rows of a column block), and shuffle
+twice per code pair of a word."""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+pytest.importorskip("triton.backends.compiler")
+
+
+def _sass(bn: int, warps: int) -> str:
+    """SASS of the NF4 kernel, compiled in a fresh process: the test session runs Triton in
+    interpreter mode (TRITON_INTERPRET=1), in which nothing compiles."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    code = (f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import test_half2_lut_sass as t; "
+            f"print(t._compile({bn}, {warps}))")
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    return out.stdout
+
+
+def _compile(bn: int, warps: int) -> str:
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from lowbit.kernels.triton.gemv_half2 import int4_gemv_half2_kernel as kernel
+
+    ptrs = dict(x_ptr="*fp16", qw_ptr="*i32", s_ptr="*fp16", zp_ptr="*i32", perm_ptr="*i32", lut_ptr="*fp32",
+                lanes_ptr="*i32", bias_ptr="*fp16", y_ptr="*fp16", ws_ptr="*fp32", cnt_ptr="*i32")
+    ints = dict.fromkeys(["M", "N", "K", "KC", "G", "stride_xm", "stride_ym", "chunks_per_split", "splits"], "i32")
+    cx = dict(BN=bn, PK=32, GS=64, NACC=2, SPLIT_K=True, LUT=True, EVEN_K=True, X_VEC=True, PREFETCH=1,
+              HAS_ZERO=False, HAS_PERM=False, HAS_BIAS=False, INTERPRET=False, PDL=True, SILU=False)
+    sig = {**ptrs, **ints, **dict.fromkeys(cx, "constexpr")}
+    attrs = {(kernel.arg_names.index(n),): [["tt.divisibility", 16]]
+             for n in list(ptrs) + ["N", "K", "KC", "G", "stride_xm", "stride_ym"]}
+    src = ASTSource(fn=kernel, signature=sig, attrs=attrs,
+                    constexprs={(kernel.arg_names.index(k),): v for k, v in cx.items()})
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps)).asm["sass"]
+
+
+def _loop_end(lines: list[str]) -> tuple[int, int]:
+    """(first, last) line of the main loop: a label and the backward branch to it."""
+    labels = {ln.strip().rstrip(":"): i for i, ln in enumerate(lines) if re.match(r"^\s*\.?L\w+:", ln)}
+    for i, ln in enumerate(lines):
+        m = re.search(r"BRA\s+`?\(?\.?(L\w+)", ln)
+        if m and m.group(1) in labels and labels[m.group(1)] < i:
+            return labels[m.group(1)], i
+    raise AssertionError("no loop in the SASS")
+
+
+@pytest.mark.parametrize("bn,warps", [(64, 4), (32, 2)])  # the configs of the H100 table
+def test_code_book_gemv_keeps_lane_values_out_of_shared_memory(bn, warps):
+    lines = _sass(bn, warps).splitlines()
+    first, last = _loop_end(lines)
+    # Nothing goes through shared memory before the loop ends (after it: the split-K ticket
+    # and the sum over the rows of a column block).
+    assert not [ln for ln in lines[:last] if re.search(r"\b(LDS|STS)\b", ln)]
+    # One shuffle a code: a chunk is 32 x bn words over 32 * warps threads, 8 codes a word.
+    shuffles = [ln for ln in lines[first:last] if "SHFL.IDX" in ln]
+    assert len(shuffles) == 8 * (32 * bn // (32 * warps))
