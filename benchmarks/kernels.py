@@ -217,8 +217,8 @@ def main(argv=None) -> int:
     p.add_argument("--dequant-m", type=int, nargs="*", default=[],
                    help="also time the dequantize + cuBLAS path at these M (int4 g128 asym)")
     p.add_argument("--tune", metavar="JSONL", help="sweep kernel configs instead, one JSON line per timing")
-    p.add_argument("--only", nargs="+", choices=["gemv", "half2", "half2_lut", "mma16", "gemm", "wgmma"],
-                   help="--tune: only these kernels (half2_lut: gemv_half2 on an NF4 layer)")
+    p.add_argument("--only", nargs="+", choices=["gemv", "half2", "half2_lut", "mma16", "gemm", "wgmma", "wgmma_lut"],
+                   help="--tune: only these kernels (*_lut: on an NF4 layer)")
     p.add_argument("--tune-m", type=int, nargs="+", metavar="M", help="--tune: only the jobs at these M")
     p.add_argument("--shapes", nargs="+", type=shape, metavar="KxN",
                    help="--tune: these (in x out) shapes instead of Llama-3-8B's four, e.g. 4096x6144")

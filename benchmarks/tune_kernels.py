@@ -20,7 +20,7 @@ from lowbit.kernels.triton import configs, launch
 from lowbit.kernels.triton.layout import repack_int_group, repack_nf4
 
 #: Kinds timed on an NF4 (blocks of 64, double-quantized) layer instead of int4 g128 asym.
-LUT_KINDS = ("half2_lut",)
+LUT_KINDS = ("half2_lut", "wgmma_lut")
 
 
 def fill_split(programs: int, chunks: int) -> int:
@@ -71,9 +71,10 @@ def jobs_for(k: int, n: int, quick: bool) -> list[tuple]:
                             # PDL helped one shape at M = 16 and hurt most at 256 (run 26)
                             for mmas in (1, 2):
                                 for pdl in (False, True) if m < 64 else (False,):
-                                    out.append((bn, "wgmma", m, launch.WgmmaConfig(
-                                        bm=bm, bnw=bnw, codes=codes, stages=st, num_warps=w, split=sp, mmas=mmas,
-                                        pdl=pdl)))
+                                    for kind in ("wgmma", "wgmma_lut"):  # int4 g128, NF4 b64
+                                        out.append((bn, kind, m, launch.WgmmaConfig(
+                                            bm=bm, bnw=bnw, codes=codes, stages=st, num_warps=w, split=sp,
+                                            mmas=mmas, pdl=pdl)))
     for bn in (32, 64):
         nb = -(-n // bn)
         for c, w in ((1, 4), (2, 4), (1, 8), (2, 8), (4, 8)):
@@ -97,7 +98,7 @@ def jobs_for(k: int, n: int, quick: bool) -> list[tuple]:
 
 
 LAUNCH = {"gemv": launch.gemv, "half2": launch.gemv_half2, "half2_lut": launch.gemv_half2, "mma16": launch.mma16,
-          "gemm": launch.gemm, "wgmma": launch.wgmma}
+          "gemm": launch.gemm, "wgmma": launch.wgmma, "wgmma_lut": launch.wgmma}
 
 
 def make_layer(kind: str, k: int, n: int, gen: torch.Generator):
@@ -181,6 +182,6 @@ def tune(args) -> None:
                           f"bn={r['bn']} {r['kind']} {r['cfg']}", flush=True)
             if args.best:  # after every shape, so a run cut short still leaves its results
                 with open(args.best, "w") as f:
-                    # load_table reads a code-book layer's config as kind "half2", mode "lut"
-                    json.dump([dict(r, bits=4, **(dict(kind="half2", mode="lut") if r["kind"] in LUT_KINDS else {}))
-                               for r in best.values()], f, indent=1)
+                    # load_table reads a code-book layer's config as its kernel's, mode "lut"
+                    json.dump([dict(r, bits=4, **(dict(kind=r["kind"][:-4], mode="lut") if r["kind"] in LUT_KINDS
+                                                  else {})) for r in best.values()], f, indent=1)

@@ -107,3 +107,18 @@ def test_wgmma_code_book_matches_reference(tk, quant_type, blocksize, m, n, k, b
         y = tk.launch.wgmma(x, pw, layer.bias, cfg)
         err = (y.float() - ref).abs().max().item() / ref.abs().max().item()
         assert err < (2e-2 if dtype == torch.bfloat16 else 4e-3), err
+
+
+def test_code_book_layers_get_their_own_measured_wgmma_config_else_int4s(tk, tmp_path, monkeypatch):
+    monkeypatch.setattr(tk.configs, "WGMMA_LUT", {})
+    int4 = tk.configs.wgmma_config(16, 4096, 4096, torch.device("cpu"))
+    assert tk.configs.wgmma_config(16, 4096, 4096, torch.device("cpu"), lut=True) == int4
+    best = tmp_path / "best.json"  # as benchmarks/kernels.py --tune --only wgmma_lut --best writes it
+    best.write_text('[{"k": 4096, "n": 4096, "bits": 4, "kind": "wgmma", "mode": "lut", "m": 16, '
+                    '"cfg": {"bm": 16, "bnw": 64, "codes": 8, "stages": 5, "num_warps": 4, "split": 2, "mmas": 2, '
+                    '"pdl": false}}]')
+    monkeypatch.setattr(tk.configs, "WGMMA", dict(tk.configs.WGMMA))
+    tk.configs.load_table(str(best))
+    lut = tk.configs.wgmma_config(16, 4096, 4096, torch.device("cpu"), lut=True)
+    assert (lut.codes, lut.stages, lut.split) == (8, 5, 2)
+    assert tk.configs.wgmma_config(16, 4096, 4096, torch.device("cpu")) == int4  # int4 layers keep theirs

@@ -117,6 +117,8 @@ GEMM_LUT: dict[tuple[int, int, int, int], GemmConfig | DequantConfig | TcConfig]
 #: results/h100_tune_wgmma_m64_256_run18.jsonl, h100_tune_wgmma_m16_32_128_run19.jsonl and
 #: h100_tune_wgmma_m16_256_run21.jsonl (our us, fp16 us). PDL (``pdl``) only where it measured
 #: faster: it made 4096x14336 (N = 14336) at M = 16 40% slower (run 26).
+#: (N, K, bits, M bucket) -> wgmma config for code-book layers (NF4/FP4) where measured apart.
+WGMMA_LUT: dict[tuple[int, int, int, int], WgmmaConfig] = {}
 WGMMA: dict[tuple[int, int, int, int], WgmmaConfig] = {
     (4096, 4096, 4, 16): WgmmaConfig(bm=16, codes=4, stages=3, split=4),  # 9.7, 16.1 (mma16 11.8)
     (4096, 4096, 4, 32): WgmmaConfig(bm=32, codes=4, stages=3, split=4),  # 11.2, 14.6
@@ -174,7 +176,7 @@ def load_table(path: str) -> None:
             lut = e.get("mode") == "lut"
             gemm = GEMM_LUT if lut else GEMM
             if e["kind"] == "wgmma":
-                WGMMA[key + (m_bucket(e["m"]),)] = WgmmaConfig(**e["cfg"])
+                (WGMMA_LUT if lut else WGMMA)[key + (m_bucket(e["m"]),)] = WgmmaConfig(**e["cfg"])
             elif e["kind"] == "mma16":
                 MMA16[key] = Mma16Config(**e["cfg"])
                 if "bn" in e:
@@ -261,11 +263,13 @@ def prefers_wgmma(m: int, n: int, k: int) -> bool:
     return m >= WGMMA_MIN_M and (key in WGMMA or (key not in GEMM and m <= WGMMA_MAX_M))
 
 
-def wgmma_config(m: int, n: int, k: int, device: torch.device) -> WgmmaConfig:
-    """wgmma config: measured, else what won on the measured shapes: one row tile of >= M
-    rows under 64 rows, 128-row tiles when they fill the SMs (else 64), and a K split
-    until they do."""
+def wgmma_config(m: int, n: int, k: int, device: torch.device, lut: bool = False) -> WgmmaConfig:
+    """wgmma config: measured (``lut``: on a code-book layer if measured there, else int4's),
+    else what won on the measured shapes: one row tile of >= M rows under 64 rows, 128-row
+    tiles when they fill the SMs (else 64), and a K split until they do."""
     b = m_bucket(m)
+    if lut and (n, k, 4, b) in WGMMA_LUT:
+        return WGMMA_LUT[(n, k, 4, b)]
     if (n, k, 4, b) in WGMMA:
         return WGMMA[(n, k, 4, b)]
     if m < 64:

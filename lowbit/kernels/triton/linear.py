@@ -114,7 +114,7 @@ def _try_mma16(x2: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None) ->
 
 
 def _try_wgmma(x2: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None) -> torch.Tensor | None:
-    cfg = configs.wgmma_config(x2.shape[0], pw.n, pw.k, x2.device)
+    cfg = configs.wgmma_config(x2.shape[0], pw.n, pw.k, x2.device, pw.mode == "lut")
     return _try_gluon("wgmma", lambda: launch.wgmma(x2, pw, bias, cfg), launch.disable_wgmma,
                       f"M = {configs.WGMMA_MIN_M}..{configs.WGMMA_MAX_M}")
 
