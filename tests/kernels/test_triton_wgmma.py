@@ -110,7 +110,7 @@ def test_wgmma_code_book_matches_reference(tk, quant_type, blocksize, m, n, k, b
 
 
 def test_code_book_layers_get_their_own_measured_wgmma_config_else_int4s(tk, tmp_path, monkeypatch):
-    monkeypatch.setattr(tk.configs, "WGMMA_LUT", {})
+    monkeypatch.setattr(tk.configs, "WGMMA_LUT", {})  # the measured entries aside
     int4 = tk.configs.wgmma_config(16, 4096, 4096, torch.device("cpu"))
     assert tk.configs.wgmma_config(16, 4096, 4096, torch.device("cpu"), lut=True) == int4
     best = tmp_path / "best.json"  # as benchmarks/kernels.py --tune --only wgmma_lut --best writes it
