@@ -8,25 +8,16 @@ loop (the split-K ticket and the reduction over the rows of a column block), and
 twice per code pair of a word."""
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 
+import offline_sass
 import pytest
 
 pytest.importorskip("triton.backends.compiler")
 
 
 def _sass(bn: int, warps: int) -> str:
-    """SASS of the NF4 kernel, compiled in a fresh process: the test session runs Triton in
-    interpreter mode (TRITON_INTERPRET=1), in which nothing compiles."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = (f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import test_half2_lut_sass as t; "
-            f"print(t._compile({bn}, {warps}))")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    return out.stdout
+    return offline_sass.sass(__file__, bn=bn, warps=warps)
 
 
 def _compile(bn: int, warps: int) -> str:

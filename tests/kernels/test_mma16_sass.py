@@ -5,26 +5,16 @@ slow and wrong; with the lane layout fixed in Gluon, only the epilogue's cross-w
 use shared memory."""
 from __future__ import annotations
 
-import json
-import os
 import re
-import subprocess
-import sys
 
+import offline_sass
 import pytest
 
 pytest.importorskip("triton.experimental.gluon._runtime")
 
 
 def _sass(**constexprs) -> str:
-    """SASS of the kernel for these constexprs, compiled in a fresh process: the test session
-    runs Triton in interpreter mode (TRITON_INTERPRET=1), in which nothing compiles."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = f"import json, sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import test_mma16_sass as t; " \
-           f"print(t._compile(**json.loads({json.dumps(json.dumps(constexprs))})))"
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    return out.stdout
+    return offline_sass.sass(__file__, **constexprs)
 
 
 def _compile(**constexprs) -> str:

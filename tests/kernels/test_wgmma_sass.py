@@ -3,25 +3,16 @@ tensor cores from registers. Shared memory is for x (written by TMA, read by the
 no thread stores to or loads from it between the first and the last MMA of the loop."""
 from __future__ import annotations
 
-import os
 import re
-import subprocess
-import sys
 
+import offline_sass
 import pytest
 
 pytest.importorskip("triton.experimental.gluon._runtime")
 
 
 def _sass(bm: int, codes: int, split: bool, lut: bool = False) -> str:
-    """SASS for these constexprs, compiled in a fresh process (the test session runs Triton
-    in interpreter mode, in which nothing compiles)."""
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    code = (f"import sys; sys.path.insert(0, {os.path.dirname(__file__)!r}); import test_wgmma_sass as t; "
-            f"print(t._compile({bm}, {codes}, {split}, {lut}))")
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 0, out.stderr[-2000:]
-    return out.stdout
+    return offline_sass.sass(__file__, bm=bm, codes=codes, split=split, lut=lut)
 
 
 def _compile(bm: int, codes: int, split: bool, lut: bool = False) -> str:
