@@ -183,5 +183,5 @@ def tune(args) -> None:
             if args.best:  # after every shape, so a run cut short still leaves its results
                 with open(args.best, "w") as f:
                     # load_table reads a code-book layer's config as its kernel's, mode "lut"
-                    json.dump([dict(r, bits=4, **(dict(kind=r["kind"][:-4], mode="lut") if r["kind"] in LUT_KINDS
+                    json.dump([dict(r, bits=4, **(dict(kind=r["kind"].removesuffix("_lut"), mode="lut") if r["kind"] in LUT_KINDS
                                                   else {})) for r in best.values()], f, indent=1)

@@ -117,14 +117,6 @@ GEMM_LUT: dict[tuple[int, int, int, int], GemmConfig | DequantConfig | TcConfig]
 #: results/h100_tune_wgmma_m64_256_run18.jsonl, h100_tune_wgmma_m16_32_128_run19.jsonl and
 #: h100_tune_wgmma_m16_256_run21.jsonl (our us, fp16 us). PDL (``pdl``) only where it measured
 #: faster: it made 4096x14336 (N = 14336) at M = 16 40% slower (run 26).
-#: (N, K, bits, M bucket) -> wgmma config for code-book layers (NF4/FP4) where measured apart:
-#: results/h100_tune_wgmma_lut_m16_s7run12/13.jsonl (NF4 b64 dq, --quick sweep; our us, fp16
-#: us; with int4's configs 12.5 / 33.7 / 24.2 us, run 11). 4096x1024 keeps int4's (6.3 us).
-WGMMA_LUT: dict[tuple[int, int, int, int], WgmmaConfig] = {
-    (4096, 4096, 4, 16): WgmmaConfig(bm=16, codes=8, stages=4, split=8, mmas=2, pdl=True),  # 10.1, 16.1
-    (14336, 4096, 4, 16): WgmmaConfig(bm=16, codes=8, stages=4, split=1, mmas=1),  # 31.9, 43.1
-    (4096, 14336, 4, 16): WgmmaConfig(bm=16, codes=8, stages=4, split=8, mmas=2, pdl=True),  # 23.7, 44.8
-}
 WGMMA: dict[tuple[int, int, int, int], WgmmaConfig] = {
     (4096, 4096, 4, 16): WgmmaConfig(bm=16, codes=4, stages=3, split=4),  # 9.7, 16.1 (mma16 11.8)
     (4096, 4096, 4, 32): WgmmaConfig(bm=32, codes=4, stages=3, split=4),  # 11.2, 14.6
@@ -152,6 +144,14 @@ WGMMA: dict[tuple[int, int, int, int], WgmmaConfig] = {
     # block 64; without PDL 11.5 and 31.2 us)
     (6144, 4096, 4, 16): WgmmaConfig(bm=16, codes=4, stages=3, split=4, pdl=True),  # 10.1, 21.1
     (28672, 4096, 4, 16): WgmmaConfig(bm=16, codes=4, stages=3, split=1, pdl=True),  # 29.9, 83.4
+}
+#: (N, K, bits, M bucket) -> wgmma config for code-book layers (NF4/FP4) where measured apart:
+#: results/h100_tune_wgmma_lut_m16_s7run12/13.jsonl (NF4 b64 dq, --quick sweep; our us, fp16
+#: us; with int4's configs 12.5 / 33.7 / 24.2 us, run 11). 4096x1024 keeps int4's (6.3 us).
+WGMMA_LUT: dict[tuple[int, int, int, int], WgmmaConfig] = {
+    (4096, 4096, 4, 16): WgmmaConfig(bm=16, codes=8, stages=4, split=8, mmas=2, pdl=True),  # 10.1, 16.1
+    (14336, 4096, 4, 16): WgmmaConfig(bm=16, codes=8, stages=4, split=1, mmas=1),  # 31.9, 43.1
+    (4096, 14336, 4, 16): WgmmaConfig(bm=16, codes=8, stages=4, split=8, mmas=2, pdl=True),  # 23.7, 44.8
 }
 
 #: Largest M that runs on the CUDA-core GEMV (above it the tensor-core kernel wins).
