@@ -128,6 +128,20 @@ def _dot4(acc2, w0, w1, w2, w3, x2, zt, HIGH: tl.constexpr, INTERPRET: tl.conste
 
 
 @triton.jit
+def _pair_dot(acc2, w0, w1, w2, w3, x2, zl, zh, lut_ptr, lanes_ptr, JP: tl.constexpr, LUT: tl.constexpr,
+              INTERPRET: tl.constexpr):
+    """acc2 + code pair (JP, JP + 4) of the thread's four rows (words w_i, activations x2[i]):
+    looked up in the code book (LUT), else int4 with the zero terms of the low (zl) and high
+    (zh) code position."""
+    if LUT:
+        return dot4_lut(acc2, w0, w1, w2, w3, x2, lut_ptr, lanes_ptr, JP, INTERPRET)
+    else:
+        if JP >= 2:  # codes 2, 3 sit 8 bits up
+            w0, w1, w2, w3 = _shr8(w0), _shr8(w1), _shr8(w2), _shr8(w3)
+        return _dot4(acc2, w0, w1, w2, w3, x2, zh if JP % 2 else zl, JP % 2 == 1, INTERPRET)
+
+
+@triton.jit
 def _flush(acc, acc2, s_lo, s_hi, INTERPRET: tl.constexpr):
     lo, hi = unpack(acc2, INTERPRET)
     return acc + lo * s_lo + hi * s_hi
@@ -199,30 +213,17 @@ def int4_gemv_half2_kernel(
             a2 = zero2
             a3 = zero2
         for jp in tl.static_range(4):
-            # code jp (and jp + 4 in the high halves); codes 2, 3 sit 8 bits up
+            # code jp (and jp + 4 in the high halves)
             x2 = _x_pairs(x_row, perm_ptr, c * 256 + 32 * jp + rr * 4, K, X_VEC, HAS_PERM, EVEN_K, INTERPRET)
-            if LUT:  # the accumulator of this code pair's groups
-                if jp * NACC // 4 == 0:
-                    a0 = dot4_lut(a0, w0, w1, w2, w3, x2, lut_ptr, lanes_ptr, jp, INTERPRET)
-                elif jp * NACC // 4 == 1:
-                    a1 = dot4_lut(a1, w0, w1, w2, w3, x2, lut_ptr, lanes_ptr, jp, INTERPRET)
-                elif jp * NACC // 4 == 2:
-                    a2 = dot4_lut(a2, w0, w1, w2, w3, x2, lut_ptr, lanes_ptr, jp, INTERPRET)
-                else:
-                    a3 = dot4_lut(a3, w0, w1, w2, w3, x2, lut_ptr, lanes_ptr, jp, INTERPRET)
+            # the accumulator of this code pair's groups
+            if jp * NACC // 4 == 0:
+                a0 = _pair_dot(a0, w0, w1, w2, w3, x2, zl0, zh0, lut_ptr, lanes_ptr, jp, LUT, INTERPRET)
+            elif jp * NACC // 4 == 1:
+                a1 = _pair_dot(a1, w0, w1, w2, w3, x2, zl1, zh1, lut_ptr, lanes_ptr, jp, LUT, INTERPRET)
+            elif jp * NACC // 4 == 2:
+                a2 = _pair_dot(a2, w0, w1, w2, w3, x2, zl2, zh2, lut_ptr, lanes_ptr, jp, LUT, INTERPRET)
             else:
-                if jp >= 2:
-                    v0, v1, v2, v3 = _shr8(w0), _shr8(w1), _shr8(w2), _shr8(w3)
-                else:
-                    v0, v1, v2, v3 = w0, w1, w2, w3
-                if jp * NACC // 4 == 0:
-                    a0 = _dot4(a0, v0, v1, v2, v3, x2, zh0 if jp % 2 else zl0, jp % 2 == 1, INTERPRET)
-                elif jp * NACC // 4 == 1:
-                    a1 = _dot4(a1, v0, v1, v2, v3, x2, zh1 if jp % 2 else zl1, jp % 2 == 1, INTERPRET)
-                elif jp * NACC // 4 == 2:
-                    a2 = _dot4(a2, v0, v1, v2, v3, x2, zh2 if jp % 2 else zl2, jp % 2 == 1, INTERPRET)
-                else:
-                    a3 = _dot4(a3, v0, v1, v2, v3, x2, zh3 if jp % 2 else zl3, jp % 2 == 1, INTERPRET)
+                a3 = _pair_dot(a3, w0, w1, w2, w3, x2, zl3, zh3, lut_ptr, lanes_ptr, jp, LUT, INTERPRET)
         acc = _flush(acc, a0, sl0, sh0, INTERPRET)
         if NACC > 1:
             acc = _flush(acc, a1, sl1, sh1, INTERPRET)
