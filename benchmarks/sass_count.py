@@ -65,10 +65,8 @@ def kernels(bn: int, warps: int):
                 **flags))
     ptrs = {k: v for k, v in PTRS_COMMON.items()}
     ptrs["zp_ptr"] = "*i32"
-    ptrs["lut_ptr"] = "*fp32"
     ptrs["lanes_ptr"] = "*i32"
-    order = ["x_ptr", "qw_ptr", "s_ptr", "zp_ptr", "perm_ptr", "lut_ptr", "lanes_ptr", "bias_ptr", "y_ptr", "ws_ptr",
-             "cnt_ptr"]
+    order = ["x_ptr", "qw_ptr", "s_ptr", "zp_ptr", "perm_ptr", "lanes_ptr", "bias_ptr", "y_ptr", "ws_ptr", "cnt_ptr"]
     yield ("gemv_half2 (f16x2)", int4_gemv_half2_kernel, {k: ptrs[k] for k in order}, ints,
            dict(BN=bn, PK=32, GS=128, NACC=1, X_VEC=True, PREFETCH=True, INTERPRET=False, PDL=False, SILU=False,
                 LUT=False, **flags))

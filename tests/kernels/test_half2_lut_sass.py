@@ -27,8 +27,8 @@ def _compile(bn: int, warps: int) -> str:
 
     from lowbit.kernels.triton.gemv_half2 import int4_gemv_half2_kernel as kernel
 
-    ptrs = dict(x_ptr="*fp16", qw_ptr="*i32", s_ptr="*fp16", zp_ptr="*i32", perm_ptr="*i32", lut_ptr="*fp32",
-                lanes_ptr="*i32", bias_ptr="*fp16", y_ptr="*fp16", ws_ptr="*fp32", cnt_ptr="*i32")
+    ptrs = dict(x_ptr="*fp16", qw_ptr="*i32", s_ptr="*fp16", zp_ptr="*i32", perm_ptr="*i32", lanes_ptr="*i32",
+                bias_ptr="*fp16", y_ptr="*fp16", ws_ptr="*fp32", cnt_ptr="*i32")
     ints = dict.fromkeys(["M", "N", "K", "KC", "G", "stride_xm", "stride_ym", "chunks_per_split", "splits"], "i32")
     cx = dict(BN=bn, PK=32, GS=64, NACC=2, SPLIT_K=True, LUT=True, EVEN_K=True, X_VEC=True, PREFETCH=1,
               HAS_ZERO=False, HAS_PERM=False, HAS_BIAS=False, INTERPRET=False, PDL=True, SILU=False)

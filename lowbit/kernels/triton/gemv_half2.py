@@ -128,13 +128,13 @@ def _dot4(acc2, w0, w1, w2, w3, x2, zt, HIGH: tl.constexpr, INTERPRET: tl.conste
 
 
 @triton.jit
-def _pair_dot(acc2, w0, w1, w2, w3, x2, zl, zh, lut_ptr, lanes_ptr, JP: tl.constexpr, LUT: tl.constexpr,
+def _pair_dot(acc2, w0, w1, w2, w3, x2, zl, zh, lanes_ptr, JP: tl.constexpr, LUT: tl.constexpr,
               INTERPRET: tl.constexpr):
     """acc2 + code pair (JP, JP + 4) of the thread's four rows (words w_i, activations x2[i]):
     looked up in the code book (LUT), else int4 with the zero terms of the low (zl) and high
     (zh) code position."""
     if LUT:
-        return dot4_lut(acc2, w0, w1, w2, w3, x2, lut_ptr, lanes_ptr, JP, INTERPRET)
+        return dot4_lut(acc2, w0, w1, w2, w3, x2, lanes_ptr, JP, INTERPRET)
     else:
         if JP >= 2:  # codes 2, 3 sit 8 bits up
             w0, w1, w2, w3 = _shr8(w0), _shr8(w1), _shr8(w2), _shr8(w3)
@@ -154,7 +154,7 @@ def _shr8(w):
 
 @triton.jit
 def int4_gemv_half2_kernel(
-    x_ptr, qw_ptr, s_ptr, zp_ptr, perm_ptr, lut_ptr, lanes_ptr, bias_ptr, y_ptr, ws_ptr, cnt_ptr,
+    x_ptr, qw_ptr, s_ptr, zp_ptr, perm_ptr, lanes_ptr, bias_ptr, y_ptr, ws_ptr, cnt_ptr,
     M, N, K, KC, G, stride_xm, stride_ym, chunks_per_split, splits,
     BN: tl.constexpr, PK: tl.constexpr, GS: tl.constexpr, NACC: tl.constexpr, SPLIT_K: tl.constexpr, LUT: tl.constexpr,
     EVEN_K: tl.constexpr, X_VEC: tl.constexpr, PREFETCH: tl.constexpr, HAS_ZERO: tl.constexpr,
@@ -217,13 +217,13 @@ def int4_gemv_half2_kernel(
             x2 = _x_pairs(x_row, perm_ptr, c * 256 + 32 * jp + rr * 4, K, X_VEC, HAS_PERM, EVEN_K, INTERPRET)
             # the accumulator of this code pair's groups
             if jp * NACC // 4 == 0:
-                a0 = _pair_dot(a0, w0, w1, w2, w3, x2, zl0, zh0, lut_ptr, lanes_ptr, jp, LUT, INTERPRET)
+                a0 = _pair_dot(a0, w0, w1, w2, w3, x2, zl0, zh0, lanes_ptr, jp, LUT, INTERPRET)
             elif jp * NACC // 4 == 1:
-                a1 = _pair_dot(a1, w0, w1, w2, w3, x2, zl1, zh1, lut_ptr, lanes_ptr, jp, LUT, INTERPRET)
+                a1 = _pair_dot(a1, w0, w1, w2, w3, x2, zl1, zh1, lanes_ptr, jp, LUT, INTERPRET)
             elif jp * NACC // 4 == 2:
-                a2 = _pair_dot(a2, w0, w1, w2, w3, x2, zl2, zh2, lut_ptr, lanes_ptr, jp, LUT, INTERPRET)
+                a2 = _pair_dot(a2, w0, w1, w2, w3, x2, zl2, zh2, lanes_ptr, jp, LUT, INTERPRET)
             else:
-                a3 = _pair_dot(a3, w0, w1, w2, w3, x2, zl3, zh3, lut_ptr, lanes_ptr, jp, LUT, INTERPRET)
+                a3 = _pair_dot(a3, w0, w1, w2, w3, x2, zl3, zh3, lanes_ptr, jp, LUT, INTERPRET)
         acc = _flush(acc, a0, sl0, sh0, INTERPRET)
         if NACC > 1:
             acc = _flush(acc, a1, sl1, sh1, INTERPRET)

@@ -164,25 +164,25 @@ def dot_codes(src, x2, zt, acc, HIGH: tl.constexpr, INTERPRET: tl.constexpr):
 
 
 @triton.jit
-def _lut_pair(w, x2, acc, lut_ptr, JP: tl.constexpr, INTERPRET: tl.constexpr):
-    v_lo = tl.load(lut_ptr + ((w >> (4 * JP)) & 15)).to(tl.float16).to(tl.float32)
-    v_hi = tl.load(lut_ptr + ((w >> (16 + 4 * JP)) & 15)).to(tl.float16).to(tl.float32)
+def _lut_pair(w, x2, acc, lanes_ptr, JP: tl.constexpr, INTERPRET: tl.constexpr):
+    v_lo = unpack(tl.load(lanes_ptr + ((w >> (4 * JP)) & 15)), INTERPRET)[0]  # lane l holds lut[l % 16]
+    v_hi = unpack(tl.load(lanes_ptr + ((w >> (16 + 4 * JP)) & 15)), INTERPRET)[0]
     x_lo, x_hi = unpack(x2, INTERPRET)
     a_lo, a_hi = unpack(acc, INTERPRET)
     return pack((a_lo + v_lo * x_lo).to(tl.float16), (a_hi + v_hi * x_hi).to(tl.float16), INTERPRET)
 
 
 @triton.jit
-def dot4_lut(acc, w0, w1, w2, w3, x2, lut_ptr, lanes_ptr, JP: tl.constexpr, INTERPRET: tl.constexpr):
+def dot4_lut(acc, w0, w1, w2, w3, x2, lanes_ptr, JP: tl.constexpr, INTERPRET: tl.constexpr):
     """acc + sum over i of (lut[code JP of w_i], lut[code JP + 4 of w_i]) * x2[i], all f16x2
-    in int32 tensors (codes at bits 4 JP and 16 + 4 JP). lut_ptr: float32 [16] (the
-    interpreter's path); lanes_ptr: int32 [32], f16x2 (lut[l % 16], lut[l % 16]) for lane l."""
+    in int32 tensors (codes at bits 4 JP and 16 + 4 JP). lanes_ptr: int32 [32], f16x2
+    (lut[l % 16], lut[l % 16]) for lane l (the interpreter reads entry q for code q)."""
     p0, p1, p2, p3 = x2
     if INTERPRET:
-        acc = _lut_pair(w0, p0, acc, lut_ptr, JP, INTERPRET)
-        acc = _lut_pair(w1, p1, acc, lut_ptr, JP, INTERPRET)
-        acc = _lut_pair(w2, p2, acc, lut_ptr, JP, INTERPRET)
-        return _lut_pair(w3, p3, acc, lut_ptr, JP, INTERPRET)
+        acc = _lut_pair(w0, p0, acc, lanes_ptr, JP, INTERPRET)
+        acc = _lut_pair(w1, p1, acc, lanes_ptr, JP, INTERPRET)
+        acc = _lut_pair(w2, p2, acc, lanes_ptr, JP, INTERPRET)
+        return _lut_pair(w3, p3, acc, lanes_ptr, JP, INTERPRET)
     else:
         args = [w0, w1, w2, w3, p0, p1, p2, p3, acc, lanes_ptr.to(tl.int64)]
         cons: tl.constexpr = "=r,r,r,r,r,r,r,r,r,r,l"

@@ -238,8 +238,8 @@ def gemv_half2(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg
     dummy = pw.qweight
     int4_gemv_half2_kernel[(nb, split, m)](
         x, pw.qweight, pw.scales, pw.zero_pairs if pw.zero_pairs is not None else dummy,
-        pw.perm if pw.perm is not None else dummy, pw.lut if pw.lut is not None else dummy,
-        pw.lanes if pw.lanes is not None else dummy, bias if bias is not None else dummy, y, ws, cnt,
+        pw.perm if pw.perm is not None else dummy, pw.lanes if pw.lanes is not None else dummy,
+        bias if bias is not None else dummy, y, ws, cnt,
         M=m, N=pw.n, K=pw.k, KC=pw.chunks, G=pw.groups, stride_xm=x.stride(0), stride_ym=y.stride(0),
         chunks_per_split=per, splits=split, BN=pw.block_n, PK=PK, GS=pw.group_size,
         NACC=half2_accumulators(pw.group_size), SPLIT_K=split > 1, LUT=pw.mode == "lut", EVEN_K=_even_k(pw),
