@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import pytest
 import torch
+import nf4_layers
 from int_layers import check, make_layer, ref_out, repack
-
-from lowbit.kernels import reference
-from lowbit.nn import Linear4bit
 
 
 @pytest.mark.parametrize("bits,gs,sym,act,n,k,m,bn,cfg", [
@@ -46,19 +44,11 @@ def test_gemm_tc_splitk_leaves_workspace_zero(tk):
 @pytest.mark.parametrize("quant_type,scale_after,flat", [("nf4", True, False), ("fp4", False, True),
                                                          ("nf4", False, False)])
 def test_gemm_tc_nf4(tk, quant_type, scale_after, flat):
-    g = torch.Generator().manual_seed(3)
-    lin = torch.nn.Linear(512, 40, bias=True)
-    with torch.no_grad():
-        lin.weight.copy_(torch.randn(40, 512, generator=g) * 0.05)
-    layer = Linear4bit.from_linear(lin, quant_type, 64, True).to(tk.device)
-    pw = tk.layout.repack_nf4(layer.weight_4bit, layer.absmax_float(), layer.code, 40, 512, 64, 16)
+    layer = nf4_layers.make_layer(40, 512, quant_type, 64, bias=True, seed=3, device=tk.device)
     x = torch.randn(18, 512, device=tk.device).half()
-    y = tk.launch.gemm_tc(x, pw, layer.bias, tk.launch.TcConfig(bm=16, bnt=32, bk=128 if flat else 64, scale_after=scale_after,
-                                                                      flat=flat))
-    ref = reference.nf4_linear(x.float(), layer.weight_4bit, layer.absmax_float(), quant_type, 64, torch.float32,
-                               layer.bias)
-    err = (y.float() - ref).abs().max().item() / ref.abs().max().item()
-    assert err < 4e-3, err
+    y = tk.launch.gemm_tc(x, nf4_layers.repack(tk, layer), layer.bias,
+                          tk.launch.TcConfig(bm=16, bnt=32, bk=128 if flat else 64, scale_after=scale_after, flat=flat))
+    nf4_layers.check(y, nf4_layers.ref_out(x, layer))
 
 
 def test_tc_shape_rounds_to_the_layout(tk):

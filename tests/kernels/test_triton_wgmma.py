@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import nf4_layers
 from int_layers import check, make_layer, ref_out, repack
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -89,25 +90,13 @@ def test_wgmma_heuristic_config_fits_rows_and_fills_the_gpu(tk):
 ])
 def test_wgmma_code_book_matches_reference(tk, quant_type, blocksize, m, n, k, bn, bm, codes, split, dtype):
     """NF4/FP4 on wgmma: lut[code] by shuffle, times the block's absmax, into the MMA."""
-    from lowbit.kernels import reference
-    from lowbit.nn import Linear4bit
-
-    g = torch.Generator().manual_seed(m + k)
-    lin = torch.nn.Linear(k, n, bias=m == 100)
-    with torch.no_grad():
-        lin.weight.copy_(torch.randn(n, k, generator=g) * 0.05)
-    layer = Linear4bit.from_linear(lin, quant_type, blocksize, True).to(tk.device)
+    layer = nf4_layers.make_layer(n, k, quant_type, blocksize, bias=m == 100, seed=m + k, device=tk.device)
     x = torch.randn(m, k, device=tk.device).to(dtype)
-    pw = tk.layout.repack_nf4(layer.weight_4bit, layer.absmax_float(), layer.code, n, k, blocksize, bn)
+    pw = nf4_layers.repack(tk, layer, bn)
     assert tk.launch.wgmma_ok(x, pw)
     cfg = tk.launch.WgmmaConfig(bm=bm, codes=codes, stages=3, split=split, mmas=2)
-    ref = reference.nf4_linear(x.float(), layer.weight_4bit, layer.absmax_float(), layer.quant_type, blocksize,
-                               torch.float32, layer.bias)
     for _ in range(2 if split > 1 else 1):  # split-K: the workspace is left zeroed for a second call
-        y = tk.launch.wgmma(x, pw, layer.bias, cfg)
-        err = (y.float() - ref).abs().max().item() / ref.abs().max().item()
-        assert err < (2e-2 if dtype == torch.bfloat16 else 4e-3), err
-
+        nf4_layers.check(tk.launch.wgmma(x, pw, layer.bias, cfg), nf4_layers.ref_out(x, layer))
 
 def test_code_book_layers_get_their_own_measured_wgmma_config_else_int4s(tk, tmp_path, monkeypatch):
     monkeypatch.setattr(tk.configs, "WGMMA_LUT", {})  # the measured entries aside
