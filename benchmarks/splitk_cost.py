@@ -1,0 +1,126 @@
+"""What the split-K protocol and the launch chain cost the M = 1 GEMV (``gemv_half2``), on a
+CUDA GPU, timed as ``benchmarks/kernels.py`` times (L2-rotating copies, one CUDA graph).
+
+    PYTHONPATH=.:benchmarks python benchmarks/splitk_cost.py
+
+Per shape and split: the GEMV as dispatch runs it (each split adds its sums into the
+workspace, takes a ticket, the last one reads the sums back and writes y), and the same
+launch with the protocol left out (every split writes its own partial sums straight to y:
+a wrong result, timed only to see what the protocol's atomics and round trips cost). Then
+the read floor with and without PDL: a graphed kernel that loads the bytes, and with PDL
+loads them before waiting for the kernel ahead, as the GEMV does.
+"""
+from __future__ import annotations
+
+import sys
+
+import torch
+import triton
+import triton.language as tl
+
+from kernels import copies_for, graph_us, random_linear4bit, random_quant_linear
+from lowbit.kernels import load_fast_kernels
+from lowbit.kernels.triton import configs, launch, pdl
+from lowbit.kernels.triton.layout import repack_int_group, repack_nf4
+
+SHAPES = [(4096, 4096), (4096, 1024), (4096, 14336)]
+
+
+class _WithoutProtocol:
+    """The kernel, launched with SPLIT_K off whatever the grid (timing only)."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+
+    def __getitem__(self, grid):
+        run = self.kernel[grid]
+        return lambda *a, **kw: run(*a, **{**kw, "SPLIT_K": False})
+
+
+def _packed(kind: str, k: int, n: int, gen: torch.Generator) -> list:
+    bn = configs.block_n(n, k, 4)
+    out = []
+    for _ in range(copies_for(k * n // 2)):
+        if kind == "nf4":
+            lay = random_linear4bit(k, n, "nf4", gen)
+            out.append(repack_nf4(lay.weight_4bit, lay.absmax_float(), lay.code, n, k, lay.blocksize, bn))
+        else:
+            lay = random_quant_linear(k, n, 4, 128, False, gen)
+            out.append(repack_int_group(lay.qweight, lay.qzeros, lay.scales, lay.g_idx, 4, 128, bn))
+    return out
+
+
+def gemv_rows(gen: torch.Generator) -> None:
+    print(f"{'kind':<6}{'K x N':>12}{'split':>7}{'warps':>7}{'protocol us':>13}{'without us':>12}{'cost us':>9}")
+    kernel = launch.int4_gemv_half2_kernel
+    for kind in ("int4", "nf4"):
+        for k, n in SHAPES:
+            pws = _packed(kind, k, n, gen)
+            x = torch.randn(1, k, device="cuda", dtype=torch.float16)
+            tuned = configs.half2_config(n, k, pws[0].qweight.shape[0], pws[0].chunks, x.device, lut=kind == "nf4")
+            for split in (1, 2, 4, 8, 16, 32):
+                if split > pws[0].chunks:
+                    continue
+                cfg = launch.GemvConfig(split=split, num_warps=tuned.num_warps, num_stages=1, prefetch=True,
+                                        depth=tuned.depth, half2=True)
+                calls = [lambda pw=pw: launch.gemv_half2(x, pw, None, cfg) for pw in pws]
+                with_us = graph_us(calls)
+                launch.int4_gemv_half2_kernel = _WithoutProtocol(kernel)
+                try:
+                    without_us = graph_us(calls)
+                finally:
+                    launch.int4_gemv_half2_kernel = kernel
+                mark = " (tuned)" if split == tuned.split else ""
+                print(f"{kind:<6}{f'{k}x{n}':>12}{split:>7}{cfg.num_warps:>7}{with_us:>13.2f}{without_us:>12.2f}"
+                      f"{with_us - without_us:>9.2f}{mark}", flush=True)
+            del pws
+            torch.cuda.empty_cache()
+
+
+@triton.jit
+def _read_kernel(src, out, n_words, per_prog, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    """Sum of this program's words (up to 8 loads of BLOCK in flight), then one store."""
+    pdl.release(PDL)
+    pid = tl.program_id(0)
+    acc = tl.zeros([BLOCK], dtype=tl.int32)
+    start = pid * per_prog
+    for off in range(start, start + per_prog, BLOCK):
+        idx = off + tl.arange(0, BLOCK)
+        acc ^= tl.load(src + idx, mask=idx < n_words, other=0)
+    pdl.wait(PDL)
+    tl.store(out + pid, tl.sum(acc, axis=0))
+
+
+def floor_rows() -> None:
+    print(f"\n{'MB read':>8}{'programs':>10}{'no PDL us':>11}{'PDL us':>9}")
+    for mb in (2.2, 8.7, 30.4):
+        words = int(mb * 1e6) // 4
+        bufs = [torch.randint(0, 1 << 30, (words,), dtype=torch.int32, device="cuda")
+                for _ in range(copies_for(words * 4))]
+        for programs in (264, 528, 1056):
+            out = torch.empty(programs, dtype=torch.int32, device="cuda")
+            block = 128 * 4 * 4
+            per = triton.cdiv(triton.cdiv(words, programs), block) * block
+            grid = (triton.cdiv(words, per),)
+            us = []
+            for use_pdl in (False, True):
+                extra = dict(launch_pdl=True) if use_pdl else {}
+                us.append(graph_us([lambda b=b: _read_kernel[grid](b, out, words, per, BLOCK=block, PDL=use_pdl,
+                                                                   num_warps=4, **extra) for b in bufs]))
+            print(f"{mb:>8.1f}{programs:>10}{us[0]:>11.2f}{us[1]:>9.2f}", flush=True)
+
+
+def main() -> int:
+    if not torch.cuda.is_available():
+        print("benchmarks/splitk_cost.py needs a CUDA GPU", file=sys.stderr)
+        return 2
+    load_fast_kernels()
+    print(f"device: {torch.cuda.get_device_name()}")
+    gen = torch.Generator().manual_seed(0)
+    gemv_rows(gen)
+    floor_rows()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
