@@ -1,18 +1,22 @@
 """What the split-K protocol and the launch chain cost the M = 1 GEMV (``gemv_half2``), on a
 CUDA GPU, timed as ``benchmarks/kernels.py`` times (L2-rotating copies, one CUDA graph).
 
-    PYTHONPATH=.:benchmarks python benchmarks/splitk_cost.py
+    PYTHONPATH=.:benchmarks python benchmarks/splitk_cost.py [--only gemv wgmma floor]
 
 Per shape and split: the GEMV as dispatch runs it (each split adds its sums into the
 workspace, takes a ticket, the last one reads the sums back and writes y), and the same
 launch with the protocol left out (every split writes its own partial sums straight to y:
 a wrong result, timed only to see what the protocol's atomics and round trips cost). Then
 the read floor with and without PDL: a graphed kernel that loads the bytes, and with PDL
-loads them before waiting for the kernel ahead, as the GEMV does.
+loads them before waiting for the kernel ahead, as the GEMV does. ``wgmma`` rows: the same
+comparison for the tensor-core kernel at M = 16 and 256 (int4 g128, its tuned config's tile
+at several splits).
 """
 from __future__ import annotations
 
+import argparse
 import sys
+from dataclasses import replace
 
 import torch
 import triton
@@ -24,6 +28,7 @@ from lowbit.kernels.triton import configs, launch, pdl
 from lowbit.kernels.triton.layout import repack_int_group, repack_nf4
 
 SHAPES = [(4096, 4096), (4096, 1024), (4096, 14336)]
+WGMMA_SHAPES = [(4096, 4096), (4096, 1024), (4096, 14336), (14336, 4096)]
 
 
 class _WithoutProtocol:
@@ -52,7 +57,6 @@ def _packed(kind: str, k: int, n: int, gen: torch.Generator) -> list:
 
 def gemv_rows(gen: torch.Generator) -> None:
     print(f"{'kind':<6}{'K x N':>12}{'split':>7}{'warps':>7}{'protocol us':>13}{'without us':>12}{'cost us':>9}")
-    kernel = launch.int4_gemv_half2_kernel
     for kind in ("int4", "nf4"):
         for k, n in SHAPES:
             pws = _packed(kind, k, n, gen)
@@ -64,17 +68,43 @@ def gemv_rows(gen: torch.Generator) -> None:
                 cfg = launch.GemvConfig(split=split, num_warps=tuned.num_warps, num_stages=1, prefetch=True,
                                         depth=tuned.depth, half2=True)
                 calls = [lambda pw=pw: launch.gemv_half2(x, pw, None, cfg) for pw in pws]
-                with_us = graph_us(calls)
-                launch.int4_gemv_half2_kernel = _WithoutProtocol(kernel)
-                try:
-                    without_us = graph_us(calls)
-                finally:
-                    launch.int4_gemv_half2_kernel = kernel
+                with_us, without_us = _timed_both(calls, launch, "int4_gemv_half2_kernel")
                 mark = " (tuned)" if split == tuned.split else ""
                 print(f"{kind:<6}{f'{k}x{n}':>12}{split:>7}{cfg.num_warps:>7}{with_us:>13.2f}{without_us:>12.2f}"
                       f"{with_us - without_us:>9.2f}{mark}", flush=True)
             del pws
             torch.cuda.empty_cache()
+
+
+def _timed_both(calls: list, module, name: str) -> tuple[float, float]:
+    """(us with the protocol, us with the kernel ``module.name`` launched without it)."""
+    kernel = getattr(module, name)
+    with_us = graph_us(calls)
+    setattr(module, name, _WithoutProtocol(kernel))
+    try:
+        return with_us, graph_us(calls)
+    finally:
+        setattr(module, name, kernel)
+
+
+def wgmma_rows(gen: torch.Generator) -> None:
+    from lowbit.kernels.triton import wgmma as wgmma_module
+
+    print(f"\n{'kind':<6}{'K x N':>12}{'M':>5}{'split':>7}{'protocol us':>13}{'without us':>12}{'cost us':>9}")
+    for k, n in WGMMA_SHAPES:
+        pws = _packed("int4", k, n, gen)
+        for m in (16, 256):
+            x = torch.randn(m, k, device="cuda", dtype=torch.float16)
+            tuned = configs.wgmma_config(m, n, k, x.device)
+            for split in sorted({1, 2, 4, 8, tuned.split}):
+                cfg = replace(tuned, split=split)
+                calls = [lambda pw=pw: launch.wgmma(x, pw, None, cfg) for pw in pws]
+                with_us, without_us = _timed_both(calls, wgmma_module, "int4_wgmma_kernel")
+                mark = " (tuned)" if split == tuned.split else ""
+                print(f"{'int4':<6}{f'{k}x{n}':>12}{m:>5}{split:>7}{with_us:>13.2f}{without_us:>12.2f}"
+                      f"{with_us - without_us:>9.2f}{mark}", flush=True)
+        del pws
+        torch.cuda.empty_cache()
 
 
 @triton.jit
@@ -110,15 +140,23 @@ def floor_rows() -> None:
             print(f"{mb:>8.1f}{programs:>10}{us[0]:>11.2f}{us[1]:>9.2f}", flush=True)
 
 
-def main() -> int:
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--only", nargs="+", choices=["gemv", "wgmma", "floor"], help="only these sections")
+    args = p.parse_args(argv)
+    only = set(args.only or ["gemv", "wgmma", "floor"])
     if not torch.cuda.is_available():
         print("benchmarks/splitk_cost.py needs a CUDA GPU", file=sys.stderr)
         return 2
     load_fast_kernels()
     print(f"device: {torch.cuda.get_device_name()}")
     gen = torch.Generator().manual_seed(0)
-    gemv_rows(gen)
-    floor_rows()
+    if "gemv" in only:
+        gemv_rows(gen)
+    if "wgmma" in only:
+        wgmma_rows(gen)
+    if "floor" in only:
+        floor_rows()
     return 0
 
 
