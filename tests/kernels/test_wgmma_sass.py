@@ -30,7 +30,7 @@ def _compile(bm: int, codes: int, split: bool, lut: bool = False) -> str:
                 ws_ptr="*fp32", cnt_ptr="*i32")
     ints = dict.fromkeys(["M", "N", "KC", "G", "stride_ym", "chunks_per_split", "splits"], "i32")
     cx = dict(BN=64, BNW=64, BM=bm, GS=64 if lut else 128, STAGES=3, CODES=codes, MMAS=2, SPLIT_K=split, PDL=True,
-              HAS_ZERO=not lut, HAS_BIAS=False, HALF_MATH=True, LUT=lut, num_warps=4)
+              HAS_ZERO=not lut, HAS_BIAS=False, HALF_MATH=True, LUT=lut, RED4=True, num_warps=4)
     sig = {"x_desc": mangle_type(desc), **ptrs, **ints, **dict.fromkeys(cx, "constexpr")}
     attrs = {(kernel.arg_names.index(n),): [["tt.divisibility", 16]]
              for n in list(ptrs) + ["N", "KC", "G", "stride_ym"]}

@@ -318,7 +318,7 @@ def wgmma(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: Wgm
         bias if bias is not None else dummy, y, ws, cnt,
         m, pw.n, pw.chunks, pw.groups, y.stride(0), per, split,
         BN=pw.block_n, BNW=cfg.bnw, BM=cfg.bm, GS=pw.group_size, STAGES=cfg.stages, CODES=cfg.codes,
-        MMAS=min(cfg.mmas, cfg.codes), SPLIT_K=split > 1,
+        MMAS=min(cfg.mmas, cfg.codes), SPLIT_K=split > 1, RED4=pw.n % 4 == 0,
         HAS_ZERO=pw.zeros is not None, HAS_BIAS=bias is not None,
         HALF_MATH=x.dtype == torch.float16 and pw.scales.dtype == torch.float16, LUT=pw.mode == "lut",
         num_warps=cfg.num_warps,

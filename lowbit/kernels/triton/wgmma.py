@@ -80,6 +80,12 @@ if AVAILABLE:
         return s_lo, z_lo, s_hi, z_hi
 
     @constexpr_function
+    def _red_threads(bnw):
+        """A warp's threads over [bnw, rows] in groups of four columns (no column twice)."""
+        along = min(32, bnw // 4)
+        return [along, 32 // along]
+
+    @constexpr_function
     def _decode_asm(j):
         """PTX for code position j of a pair from ``_pair``: code | 0x6400 in each half, the
         fp16 1024 + code."""
@@ -133,6 +139,15 @@ if AVAILABLE:
         else:
             return (v.to(gl.float32) * s.to(gl.float32)).to(dt)
 
+    #: Split-K: add four float32 sums at consecutive addresses ($4, 16-byte aligned) where the
+    #: first's mask ($12) is set, in one vector atomic (sm_90).
+    _RED4 = gl.constexpr("{ .reg .pred p; setp.ne.b32 p, $12, 0; "
+                         "@p red.relaxed.gpu.global.add.v4.f32 [$4], {$8, $9, $10, $11}; "
+                         "mov.b32 $0, 0; mov.b32 $1, 0; mov.b32 $2, 0; mov.b32 $3, 0; }")
+    #: A gpu-scope relaxed load of a float32 ($1) where the mask ($2) is set, else 0.
+    _LOAD_RELAXED = gl.constexpr("{ .reg .pred p; setp.ne.b32 p, $2, 0; mov.b32 $0, 0; "
+                                 "@p ld.relaxed.gpu.global.f32 $0, [$1]; }")
+
     @gluon.jit
     def _write(out, rows, cols, mask, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS: gl.constexpr):
         if HAS_BIAS:
@@ -153,7 +168,7 @@ if AVAILABLE:
         chunks_per_split, splits,
         BN: gl.constexpr, BNW: gl.constexpr, BM: gl.constexpr, GS: gl.constexpr, STAGES: gl.constexpr,
         CODES: gl.constexpr, MMAS: gl.constexpr, SPLIT_K: gl.constexpr, PDL: gl.constexpr,
-        HAS_ZERO: gl.constexpr, HAS_BIAS: gl.constexpr, HALF_MATH: gl.constexpr, LUT: gl.constexpr,
+        HAS_ZERO: gl.constexpr, HAS_BIAS: gl.constexpr, HALF_MATH: gl.constexpr, LUT: gl.constexpr, RED4: gl.constexpr,
         num_warps: gl.constexpr,
     ):
         PK: gl.constexpr = 32
@@ -256,16 +271,32 @@ if AVAILABLE:
         rows = gl.expand_dims(row0 + gl.arange(0, BM, layout=gl.SliceLayout(0, acc_l)), 0)  # [1, BM]
         mask = (rows < M) & (cols < N)
         if SPLIT_K:  # the protocol of ``epilogue.store_output``: float32 [M, N] sums, a ticket a tile
-            ws = ws_ptr + rows * N + cols
-            gl.atomic_add(ws, acc, mask=mask, sem="relaxed")
-            cta_barrier()  # every thread's sums issued before the ticket releases them
             tile = gl.program_id(0) * gl.num_programs(1) + pid_n
+            if RED4:
+                # Four adjacent columns a thread, one vector atomic for them: the atomics set
+                # the cost of split-K here (benchmarks/splitk_cost.py), and this is 4x fewer.
+                red_l: gl.constexpr = gl.BlockedLayout(size_per_thread=[4, 1], threads_per_warp=_red_threads(BNW),
+                                                       warps_per_cta=[1, num_warps], order=[0, 1])
+                acc = gl.convert_layout(acc, red_l)
+                cols = gl.expand_dims(pid_n * BNW + gl.arange(0, BNW, layout=gl.SliceLayout(1, red_l)), 1)
+                rows = gl.expand_dims(row0 + gl.arange(0, BM, layout=gl.SliceLayout(0, red_l)), 0)
+                mask = (rows < M) & (cols < N)  # whole groups of four: N % 4 == 0
+                ws = ws_ptr + rows * N + cols
+                gl.inline_asm_elementwise(_RED4, "=r,=r,=r,=r,l,l,l,l,f,f,f,f,r,r,r,r",
+                                          [ws.to(gl.int64), acc, mask.to(gl.int32)], dtype=gl.int32,
+                                          is_pure=False, pack=4)
+            else:
+                ws = ws_ptr + rows * N + cols
+                gl.atomic_add(ws, acc, mask=mask, sem="relaxed")
+            cta_barrier()  # every thread's sums issued before the ticket releases them
             ticket = gl.atomic_add(cnt_ptr + tile, 1, sem="acq_rel")
             if ticket == splits - 1:
-                # The ticket's acquire orders these after every split's sums; acq_rel on each
-                # of a thread's BNW * BM / 128 reads would fence each (measured: 3x the kernel).
+                # The ticket's acquire orders these after every split's sums: plain gpu-scope
+                # loads then see them (acq_rel on each would fence each: 3x the kernel; an
+                # atomic add of 0 per sum costs as much as the sums' atomics).
                 zero = gl.zeros_like(acc)
-                total = gl.where(mask, gl.atomic_add(ws, zero, mask=mask, sem="relaxed"), 0.0)
+                total = gl.inline_asm_elementwise(_LOAD_RELAXED, "=f,l,r", [ws.to(gl.int64), mask.to(gl.int32)],
+                                                  dtype=gl.float32, is_pure=False, pack=1)
                 gl.store(ws, zero, mask=mask)
                 gl.atomic_xchg(cnt_ptr + tile, 0)
                 _write(total, rows, cols, mask, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS)
