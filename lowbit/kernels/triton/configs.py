@@ -134,7 +134,8 @@ WGMMA: dict[tuple[int, int, int, int], WgmmaConfig] = {
     (4096, 14336, 4, 32): WgmmaConfig(bm=32, codes=2, stages=5, split=8),  # 20.7, 45.7
     (4096, 14336, 4, 64): WgmmaConfig(bm=64, codes=2, stages=5, split=4),  # 27.4, 46.8
     (4096, 14336, 4, 128): WgmmaConfig(bm=128, codes=4, stages=3, split=4),  # 38.1, 52.5
-    (4096, 14336, 4, 256): WgmmaConfig(bm=128, codes=2, stages=5, split=1),  # 60.1, 60.8
+    # split 2 since the vector-atomic split-K (56.1 us against 59.4 at split 1, s8 run 7)
+    (4096, 14336, 4, 256): WgmmaConfig(bm=128, codes=2, stages=5, split=2),  # 56.1, 59.3
     (1024, 4096, 4, 16): WgmmaConfig(bm=16, codes=4, stages=3, split=16),  # 6.0, 7.6 (mma16 8.1)
     (1024, 4096, 4, 32): WgmmaConfig(bm=32, codes=4, stages=3, split=8),  # 6.7, 7.8
     (1024, 4096, 4, 64): WgmmaConfig(bm=64, codes=4, stages=3, split=4),  # 9.2, 8.2
