@@ -16,22 +16,27 @@ import triton
 import triton.language as tl
 
 from kernels import copies_for, graph_us
+from lowbit.kernels.triton import pdl
 
 SIZES_MB = (0.0, 2.2, 8.7, 30.4)  # nothing, then the int4 g128 weights of 4096x1024, 4096x4096, 4096x14336
 
 
 @triton.jit
-def _read_kernel(src, out, n_words, per_prog, BLOCK: tl.constexpr):
+def _read_kernel(src, out, n_words, per_prog, BLOCK: tl.constexpr, PDL: tl.constexpr):
+    """XOR of this program's words, stored once; with PDL the loads come before the wait for
+    the kernel ahead, as the GEMV's weight loads do."""
+    pdl.release(PDL)
     pid = tl.program_id(0)
     acc = tl.zeros([BLOCK], dtype=tl.int32)
     start = pid * per_prog
     for off in range(start, start + per_prog, BLOCK):
         idx = off + tl.arange(0, BLOCK)
         acc ^= tl.load(src + idx, mask=idx < n_words, other=0)
+    pdl.wait(PDL)
     tl.store(out + pid, tl.sum(acc, axis=0))
 
 
-def read_us(nbytes: float, programs: int, warps: int) -> float:
+def read_us(nbytes: float, programs: int, warps: int, use_pdl: bool = False) -> float:
     words = max(1, int(nbytes) // 4)
     bufs = [torch.randint(0, 1 << 30, (words,), dtype=torch.int32, device="cuda")
             for _ in range(copies_for(max(words * 4, 1)))]
@@ -39,8 +44,9 @@ def read_us(nbytes: float, programs: int, warps: int) -> float:
     block = 128 * warps * 4
     per = triton.cdiv(triton.cdiv(words, programs), block) * block
     grid = (triton.cdiv(words, per),)
-    return graph_us([lambda b=b: _read_kernel[grid](b, out, words, per, BLOCK=block, num_warps=warps)
-                     for b in bufs])
+    extra = dict(launch_pdl=True) if use_pdl else {}
+    return graph_us([lambda b=b: _read_kernel[grid](b, out, words, per, BLOCK=block, PDL=use_pdl, num_warps=warps,
+                                                    **extra) for b in bufs])
 
 
 def main() -> int:

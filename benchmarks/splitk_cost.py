@@ -19,12 +19,11 @@ import sys
 from dataclasses import replace
 
 import torch
-import triton
-import triton.language as tl
 
 from kernels import copies_for, graph_us, random_linear4bit, random_quant_linear
+from read_floor import read_us
 from lowbit.kernels import load_fast_kernels
-from lowbit.kernels.triton import configs, launch, pdl
+from lowbit.kernels.triton import configs, launch
 from lowbit.kernels.triton.layout import repack_int_group, repack_nf4
 
 SHAPES = [(4096, 4096), (4096, 1024), (4096, 14336)]
@@ -69,11 +68,15 @@ def gemv_rows(gen: torch.Generator) -> None:
                                         depth=tuned.depth, half2=True)
                 calls = [lambda pw=pw: launch.gemv_half2(x, pw, None, cfg) for pw in pws]
                 with_us, without_us = _timed_both(calls, launch, "int4_gemv_half2_kernel")
-                mark = " (tuned)" if split == tuned.split else ""
-                print(f"{kind:<6}{f'{k}x{n}':>12}{split:>7}{cfg.num_warps:>7}{with_us:>13.2f}{without_us:>12.2f}"
-                      f"{with_us - without_us:>9.2f}{mark}", flush=True)
+                _row(f"{kind:<6}{f'{k}x{n}':>12}{split:>7}{cfg.num_warps:>7}", with_us, without_us,
+                     split == tuned.split)
             del pws
             torch.cuda.empty_cache()
+
+
+def _row(head: str, with_us: float, without_us: float, tuned: bool) -> None:
+    print(f"{head}{with_us:>13.2f}{without_us:>12.2f}{with_us - without_us:>9.2f}{' (tuned)' if tuned else ''}",
+          flush=True)
 
 
 def _timed_both(calls: list, module, name: str) -> tuple[float, float]:
@@ -100,43 +103,16 @@ def wgmma_rows(gen: torch.Generator) -> None:
                 cfg = replace(tuned, split=split)
                 calls = [lambda pw=pw: launch.wgmma(x, pw, None, cfg) for pw in pws]
                 with_us, without_us = _timed_both(calls, wgmma_module, "int4_wgmma_kernel")
-                mark = " (tuned)" if split == tuned.split else ""
-                print(f"{'int4':<6}{f'{k}x{n}':>12}{m:>5}{split:>7}{with_us:>13.2f}{without_us:>12.2f}"
-                      f"{with_us - without_us:>9.2f}{mark}", flush=True)
+                _row(f"{'int4':<6}{f'{k}x{n}':>12}{m:>5}{split:>7}", with_us, without_us, split == tuned.split)
         del pws
         torch.cuda.empty_cache()
-
-
-@triton.jit
-def _read_kernel(src, out, n_words, per_prog, BLOCK: tl.constexpr, PDL: tl.constexpr):
-    """Sum of this program's words (up to 8 loads of BLOCK in flight), then one store."""
-    pdl.release(PDL)
-    pid = tl.program_id(0)
-    acc = tl.zeros([BLOCK], dtype=tl.int32)
-    start = pid * per_prog
-    for off in range(start, start + per_prog, BLOCK):
-        idx = off + tl.arange(0, BLOCK)
-        acc ^= tl.load(src + idx, mask=idx < n_words, other=0)
-    pdl.wait(PDL)
-    tl.store(out + pid, tl.sum(acc, axis=0))
 
 
 def floor_rows() -> None:
     print(f"\n{'MB read':>8}{'programs':>10}{'no PDL us':>11}{'PDL us':>9}")
     for mb in (2.2, 8.7, 30.4):
-        words = int(mb * 1e6) // 4
-        bufs = [torch.randint(0, 1 << 30, (words,), dtype=torch.int32, device="cuda")
-                for _ in range(copies_for(words * 4))]
         for programs in (264, 528, 1056):
-            out = torch.empty(programs, dtype=torch.int32, device="cuda")
-            block = 128 * 4 * 4
-            per = triton.cdiv(triton.cdiv(words, programs), block) * block
-            grid = (triton.cdiv(words, per),)
-            us = []
-            for use_pdl in (False, True):
-                extra = dict(launch_pdl=True) if use_pdl else {}
-                us.append(graph_us([lambda b=b: _read_kernel[grid](b, out, words, per, BLOCK=block, PDL=use_pdl,
-                                                                   num_warps=4, **extra) for b in bufs]))
+            us = [read_us(mb * 1e6, programs, 4, use_pdl) for use_pdl in (False, True)]
             print(f"{mb:>8.1f}{programs:>10}{us[0]:>11.2f}{us[1]:>9.2f}", flush=True)
 
 
