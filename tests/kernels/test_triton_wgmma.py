@@ -30,7 +30,7 @@ hopper = pytest.mark.skipif(not (torch.cuda.is_available() and torch.cuda.get_de
     (65, 128, False, 64, 1280, 32, 64, 64, 2, 4, 4, 3, torch.bfloat16),  # split-K, uneven splits (5 chunks)
     (16, 128, False, 128, 2048, 64, 16, 64, 8, 3, 4, 2, torch.float16),  # 16-row tiles, a chunk a stage
     (40, 128, False, 90, 1024, 32, 64, 64, 2, 3, 4, 4, torch.float16),  # split-K, N % 4 != 0: one atomic a sum
-    (33, 128, False, 192, 2048, 64, 64, 64, 2, 3, 4, 8, torch.float16),  # split-K, 8 splits of one chunk, four sums an atomic
+    (33, 128, False, 192, 2048, 64, 64, 64, 2, 3, 4, 8, torch.float16),  # split-K, 8 splits of a chunk, red.v4
     (9, 128, True, 96, 1024, 32, 16, 64, 2, 5, 4, 1, torch.bfloat16),
     (30, 256, False, 64, 768, 64, 32, 64, 2, 3, 4, 1, torch.float16),
 ])
