@@ -49,6 +49,18 @@ def jobs_for(k: int, n: int, quick: bool) -> list[tuple]:
                     if bn == configs.block_n(n, k, 4):  # code-book layers get the int4 layer's block
                         out.append((bn, "half2_lut", 1, launch.GemvConfig(split=sp, num_warps=w, num_stages=1,
                                                                           prefetch=True, depth=depth, half2=True)))
+    # Several chunks a step over part of the layer's block: the K splits then meet in the
+    # program's own sum, so one or two splits (the programs come from the narrower columns).
+    bn = configs.block_n(n, k, 4)
+    for c in (2, 4, 8):
+        for cols in (bn // 2, bn // 4, bn // 8):
+            for w in (4, 8):
+                for depth in (1, 2):
+                    for sp in (1, 2):
+                        for kind in ("half2", "half2_lut"):
+                            out.append((bn, kind, 1, launch.GemvConfig(split=sp, chunks=c, cols=cols, num_warps=w,
+                                                                       num_stages=1, prefetch=True, depth=depth,
+                                                                       half2=True)))
     for bn in (32, 64):
         nb = -(-n // bn)
         for wr, wh in ((1, 1), (2, 1), (1, 2), (2, 2)):

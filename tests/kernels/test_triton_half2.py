@@ -29,6 +29,25 @@ def test_gemv_half2(tk, gs, sym, act, n, k, bn, depth, split):
     check(y, ref_out(x, layer), x)
 
 
+@pytest.mark.parametrize("gs,sym,act,n,k,bn,chunks,cols,depth,split", [
+    (128, False, False, 40, 1280, 32, 2, 16, 2, 1),  # 5 chunks in steps of 2: the last step half empty
+    (128, True, False, 64, 2048, 64, 4, 32, 1, 2),  # 8 chunks: two splits of one 4-chunk step
+    (64, False, True, 24, 1088, 16, 4, 8, 1, 1),  # two group pairs a chunk, act-order, ragged K
+    (32, False, False, 16, 768, 16, 2, 0, 0, 1),  # four group pairs a chunk, no prefetch
+])
+def test_gemv_half2_chunks_side_by_side(tk, gs, sym, act, n, k, bn, chunks, cols, depth, split):
+    """Several chunks a loop step (summed across the program at the end) over part of a
+    layout block's columns: the same sums as one chunk a step over the whole block."""
+    layer = make_layer(n, k, 4, gs, sym, act, bias=split == 2, seed=gs + k + chunks, device=tk.device)
+    x = torch.randn(1, k, device=tk.device).half()
+    pw = repack(tk, layer, bn)
+    cfg = tk.launch.GemvConfig(split=split, chunks=chunks, cols=cols, prefetch=depth > 0, depth=max(depth, 1),
+                               half2=True)
+    assert tk.launch.half2_step(cfg, pw) == (chunks, cols or bn)
+    y = tk.launch.gemv_half2(x, pw, layer.bias, cfg)
+    check(y, ref_out(x, layer), x)
+
+
 def test_gemv_half2_large_activations_stay_finite(tk):
     """Activations of a few thousand (LLM outlier features) must not overflow the fp16
     partial sums: the kernel carries (q - zero) / 16."""
@@ -57,12 +76,13 @@ def test_half2_refuses_other_inputs(tk):
                                   repack(tk, make_layer(16, 256, 8, 128, False, device=tk.device), 16))
 
 
-@pytest.mark.parametrize("n,bn,split", [(64, 32, 1), (40, 16, 2)])  # 40: a ragged last block of 4 pairs
-def test_gemv_half2_silu_epilogue(tk, n, bn, split):
+@pytest.mark.parametrize("n,bn,split,cols", [(64, 32, 1, 0), (40, 16, 2, 0), (64, 32, 1, 8)])  # 40: a ragged last
+def test_gemv_half2_silu_epilogue(tk, n, bn, split, cols):  # block of 4 pairs; 8: four programs a block
     """silu=True: outputs 2i, 2i + 1 are gate and up of feature i; y holds silu(gate) * up,
     with and without split-K (the product then comes from the last program of a tile)."""
     layer = make_layer(n, 512, 4, 128, False, seed=n, device=tk.device)
     x = torch.randn(1, 512, device=tk.device).half()
-    y = tk.launch.gemv_half2(x, repack(tk, layer, bn), None, tk.launch.GemvConfig(split=split, half2=True), silu=True)
+    y = tk.launch.gemv_half2(x, repack(tk, layer, bn), None,
+                             tk.launch.GemvConfig(split=split, cols=cols, chunks=2, half2=True), silu=True)
     full = ref_out(x, layer)
     check(y, torch.nn.functional.silu(full[:, 0::2]) * full[:, 1::2], x)

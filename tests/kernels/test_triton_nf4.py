@@ -66,21 +66,23 @@ def test_gpu_dispatch_nf4(tk, quant_type):
             assert err < (2e-2 if dtype == torch.bfloat16 else 4e-3), (n, k, m, err)
 
 
-@pytest.mark.parametrize("quant_type,blocksize,n,k,bn,split,dtype", [
-    ("nf4", 64, 40, 512, 32, 2, torch.float16),  # two group pairs a chunk
-    ("nf4", 32, 24, 768, 16, 3, torch.float16),  # four group pairs a chunk, K % 256 == 0 over 3 chunks
-    ("fp4", 128, 48, 512, 16, 1, torch.float16),  # one group pair
-    ("nf4", 128, 48, 512, 16, 1, torch.bfloat16),  # bf16 rounded to fp16 as it is paired, bf16 out
-    ("nf4", 256, 20, 1280, 16, 2, torch.float16),  # ragged last column block, block over two chunks
+@pytest.mark.parametrize("quant_type,blocksize,n,k,bn,split,chunks,cols,dtype", [
+    ("nf4", 64, 40, 512, 32, 2, 1, 0, torch.float16),  # two group pairs a chunk
+    ("nf4", 32, 24, 768, 16, 3, 1, 0, torch.float16),  # four group pairs a chunk, K % 256 == 0 over 3 chunks
+    ("fp4", 128, 48, 512, 16, 1, 1, 0, torch.float16),  # one group pair
+    ("nf4", 128, 48, 512, 16, 1, 1, 0, torch.bfloat16),  # bf16 rounded to fp16 as it is paired, bf16 out
+    ("nf4", 256, 20, 1280, 16, 2, 1, 0, torch.float16),  # ragged last column block, block over two chunks
+    ("nf4", 64, 40, 1280, 32, 1, 4, 16, torch.float16),  # 4 chunks a step (5 in all) over half a block
 ])
-def test_gemv_half2_code_book(tk, quant_type, blocksize, n, k, bn, split, dtype):
+def test_gemv_half2_code_book(tk, quant_type, blocksize, n, k, bn, split, chunks, cols, dtype):
     """The f16x2 GEMV on a code book (lut[q] by warp shuffle) agrees with the reference."""
     layer = make_layer(n, k, quant_type, blocksize, double_quant=quant_type == "nf4", bias=split == 2, seed=k,
                        device=tk.device)
     x = torch.randn(1, k, device=tk.device, dtype=dtype)
     pw = repack(tk, layer, bn)
     assert tk.launch.half2_ok(x, pw)
-    y = tk.launch.gemv_half2(x, pw, layer.bias, tk.launch.GemvConfig(split=split, half2=True, depth=2))
+    y = tk.launch.gemv_half2(x, pw, layer.bias, tk.launch.GemvConfig(split=split, chunks=chunks, cols=cols,
+                                                                     half2=True, depth=2))
     assert y.dtype == dtype
     check(y, ref_out(x, layer))
 

@@ -43,8 +43,9 @@ from .pdl import release, wait
 @triton.jit
 def _group_pair(s_ptr, zp_ptr, c, a, n, mask, N, G, GS: tl.constexpr, NACC: tl.constexpr,
                 HAS_ZERO: tl.constexpr, INTERPRET: tl.constexpr):
-    """Accumulator ``a`` of chunk c: (zero term of the low code position, scale of the low
-    lanes, of the high lanes), [1, BN] each (groups as layout.half2_group_pairs)."""
+    """Accumulator ``a`` of chunk c (a scalar, or [C * PR, 1] per row slot): (zero term of the
+    low code position, scale of the low lanes, of the high lanes), [1 or C * PR, BNP] each
+    (groups as layout.half2_group_pairs)."""
     HI: tl.constexpr = 128 // GS if GS <= 128 else 0
     g_lo = tl.minimum((c * 256 + 32 * (a * 4 // NACC)) // GS, G - 1)
     g_hi = tl.minimum(g_lo + HI, G - 1)
@@ -59,17 +60,30 @@ def _group_pair(s_ptr, zp_ptr, c, a, n, mask, N, G, GS: tl.constexpr, NACC: tl.c
 
 
 @triton.jit
+def _rows_chunk(c, rr, C: tl.constexpr, PR: tl.constexpr):
+    """The chunk of each row slot in the step starting at chunk c: c itself (a scalar) for one
+    chunk a step, else c + rr // PR ([C * PR, 1])."""
+    if C == 1:
+        return c
+    else:
+        return c + rr // PR
+
+
+@triton.jit
 def _chunk(w_base, s_ptr, zp_ptr, c, c_end, rr, n, nmask, N, G, PK: tl.constexpr, BN: tl.constexpr,
-           GS: tl.constexpr, NACC: tl.constexpr, HAS_ZERO: tl.constexpr, INTERPRET: tl.constexpr):
-    """Chunk c's four word tiles (int32 [PR, BN]: row 4 rr + i in tile i) and accumulator 0's
-    group pair (``_group_pair``); zeros past c_end (the interpreter takes no scalar masks)."""
+           GS: tl.constexpr, NACC: tl.constexpr, C: tl.constexpr, HAS_ZERO: tl.constexpr, INTERPRET: tl.constexpr):
+    """The four word tiles of the C chunks from c (int32 [C * PR, BNP]: chunk c + rr // PR,
+    row 4 (rr % PR) + i in tile i; chunks lie one after the other, so slot rr's words are at
+    rr * 4 BN) and accumulator 0's group pair (``_group_pair``); zeros past c_end (the
+    interpreter takes no scalar masks)."""
     p = w_base + c * (PK * BN)
-    live = rr * 0 + c < c_end
+    cr = _rows_chunk(c, rr, C, PK // 4)
+    live = rr * 0 + cr < c_end
     w0 = tl.load(p, mask=live, other=0)
     w1 = tl.load(p + BN, mask=live, other=0)
     w2 = tl.load(p + 2 * BN, mask=live, other=0)
     w3 = tl.load(p + 3 * BN, mask=live, other=0)
-    zt, s_lo, s_hi = _group_pair(s_ptr, zp_ptr, c, 0, n, nmask & (n * 0 + c < c_end), N, G, GS, NACC, HAS_ZERO,
+    zt, s_lo, s_hi = _group_pair(s_ptr, zp_ptr, cr, 0, n, nmask & (n * 0 + cr < c_end), N, G, GS, NACC, HAS_ZERO,
                                  INTERPRET)
     return w0, w1, w2, w3, zt, s_lo, s_hi
 
@@ -156,7 +170,8 @@ def _shr8(w):
 def int4_gemv_half2_kernel(
     x_ptr, qw_ptr, s_ptr, zp_ptr, perm_ptr, lanes_ptr, bias_ptr, y_ptr, ws_ptr, cnt_ptr,
     M, N, K, KC, G, stride_xm, stride_ym, chunks_per_split, splits,
-    BN: tl.constexpr, PK: tl.constexpr, GS: tl.constexpr, NACC: tl.constexpr, SPLIT_K: tl.constexpr, LUT: tl.constexpr,
+    BN: tl.constexpr, BNP: tl.constexpr, C: tl.constexpr, PK: tl.constexpr, GS: tl.constexpr, NACC: tl.constexpr,
+    SPLIT_K: tl.constexpr, LUT: tl.constexpr,
     EVEN_K: tl.constexpr, X_VEC: tl.constexpr, PREFETCH: tl.constexpr, HAS_ZERO: tl.constexpr,
     HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr,
     INTERPRET: tl.constexpr, PDL: tl.constexpr, SILU: tl.constexpr,
@@ -165,56 +180,62 @@ def int4_gemv_half2_kernel(
     pid_n = tl.program_id(0)
     pid_k = tl.program_id(1)
     m = tl.program_id(2)
-    PR: tl.constexpr = PK // 4  # threads' row slots: slot rr holds chunk rows 4 rr .. 4 rr + 3
-    rr = tl.arange(0, PR)[:, None]
-    rn = tl.arange(0, BN)[None, :]
-    n = pid_n * BN + rn
+    PR: tl.constexpr = PK // 4  # a chunk's row slots: slot r holds chunk rows 4 r .. 4 r + 3
+    # C chunks a step, side by side in the tile (slot rr: chunk rr // PR of the step; they meet
+    # in the CTA's sum at the end, not through split-K), over BNP of a layout block's BN columns
+    rr = tl.arange(0, C * PR)[:, None]
+    rn = tl.arange(0, BNP)[None, :]
+    n = pid_n * BNP + rn
     nmask = n < N
     c_begin = pid_k * chunks_per_split
     c_end = tl.minimum(c_begin + chunks_per_split, KC)
-    w_base = qw_ptr + pid_n.to(tl.int64) * KC * (PK * BN) + rr * (4 * BN) + rn
+    PB: tl.constexpr = BN // BNP  # programs a layout block
+    w_base = qw_ptr + (pid_n // PB).to(tl.int64) * KC * (PK * BN) + rr * (4 * BN) + (pid_n % PB) * BNP + rn
+    k_off = (rr // PR) * 256 + (rr % PR) * 4  # slot rr's first activation column in a step
     x_row = x_ptr + m.to(tl.int64) * stride_xm
-    acc = tl.zeros([PR, BN], dtype=tl.float32)
-    zero2 = tl.zeros([PR, BN], dtype=tl.int32)  # f16x2 (0, 0)
+    acc = tl.zeros([C * PR, BNP], dtype=tl.float32)
+    zero2 = tl.zeros([C * PR, BNP], dtype=tl.int32)  # f16x2 (0, 0)
     # PREFETCH chunks ahead (0, 1 or 2; n* the next chunk, nn* the one after): their words,
     # scales and zeros are issued before this chunk's arithmetic, so each program keeps
     # several chunks in flight instead of waiting out a memory round trip per chunk.
     if PREFETCH >= 1:
         n0, n1, n2, n3, nz0, nsl0, nsh0 = _chunk(w_base, s_ptr, zp_ptr, c_begin, c_end, rr, n, nmask, N, G, PK, BN, GS,
-                                                 NACC, HAS_ZERO, INTERPRET)
+                                                 NACC, C, HAS_ZERO, INTERPRET)
     if PREFETCH >= 2:
-        nn0, nn1, nn2, nn3, nnz0, nnsl0, nnsh0 = _chunk(w_base, s_ptr, zp_ptr, c_begin + 1, c_end, rr, n, nmask, N,
-                                                        G, PK, BN, GS, NACC, HAS_ZERO, INTERPRET)
+        nn0, nn1, nn2, nn3, nnz0, nnsl0, nnsh0 = _chunk(w_base, s_ptr, zp_ptr, c_begin + C, c_end, rr, n, nmask, N,
+                                                        G, PK, BN, GS, NACC, C, HAS_ZERO, INTERPRET)
     wait(PDL)  # x comes from the kernel ahead; only weights were read so far
-    for c in range(c_begin, c_end):
+    for c in range(c_begin, c_end, C):
         if PREFETCH >= 2:
             w0, w1, w2, w3, zl0, sl0, sh0 = n0, n1, n2, n3, nz0, nsl0, nsh0
             n0, n1, n2, n3, nz0, nsl0, nsh0 = nn0, nn1, nn2, nn3, nnz0, nnsl0, nnsh0
-            nn0, nn1, nn2, nn3, nnz0, nnsl0, nnsh0 = _chunk(w_base, s_ptr, zp_ptr, c + 2, c_end, rr, n, nmask, N, G,
-                                                            PK, BN, GS, NACC, HAS_ZERO, INTERPRET)
+            nn0, nn1, nn2, nn3, nnz0, nnsl0, nnsh0 = _chunk(w_base, s_ptr, zp_ptr, c + 2 * C, c_end, rr, n, nmask, N,
+                                                            G, PK, BN, GS, NACC, C, HAS_ZERO, INTERPRET)
         elif PREFETCH == 1:
             w0, w1, w2, w3, zl0, sl0, sh0 = n0, n1, n2, n3, nz0, nsl0, nsh0
-            n0, n1, n2, n3, nz0, nsl0, nsh0 = _chunk(w_base, s_ptr, zp_ptr, c + 1, c_end, rr, n, nmask, N, G, PK, BN,
-                                                     GS, NACC, HAS_ZERO, INTERPRET)
+            n0, n1, n2, n3, nz0, nsl0, nsh0 = _chunk(w_base, s_ptr, zp_ptr, c + C, c_end, rr, n, nmask, N, G, PK, BN,
+                                                     GS, NACC, C, HAS_ZERO, INTERPRET)
         else:
             w0, w1, w2, w3, zl0, sl0, sh0 = _chunk(w_base, s_ptr, zp_ptr, c, c_end, rr, n, nmask, N, G, PK, BN, GS,
-                                                   NACC, HAS_ZERO, INTERPRET)
+                                                   NACC, C, HAS_ZERO, INTERPRET)
         zh0 = high_term(zl0, INTERPRET)
         a0 = zero2
+        cr = _rows_chunk(c, rr, C, PR)
+        gmask = nmask if C == 1 else nmask & (cr < c_end)  # one chunk a step: c < c_end here
         if NACC > 1:
-            zl1, sl1, sh1 = _group_pair(s_ptr, zp_ptr, c, 1, n, nmask, N, G, GS, NACC, HAS_ZERO, INTERPRET)
+            zl1, sl1, sh1 = _group_pair(s_ptr, zp_ptr, cr, 1, n, gmask, N, G, GS, NACC, HAS_ZERO, INTERPRET)
             zh1 = high_term(zl1, INTERPRET)
             a1 = zero2
         if NACC > 2:
-            zl2, sl2, sh2 = _group_pair(s_ptr, zp_ptr, c, 2, n, nmask, N, G, GS, NACC, HAS_ZERO, INTERPRET)
-            zl3, sl3, sh3 = _group_pair(s_ptr, zp_ptr, c, 3, n, nmask, N, G, GS, NACC, HAS_ZERO, INTERPRET)
+            zl2, sl2, sh2 = _group_pair(s_ptr, zp_ptr, cr, 2, n, gmask, N, G, GS, NACC, HAS_ZERO, INTERPRET)
+            zl3, sl3, sh3 = _group_pair(s_ptr, zp_ptr, cr, 3, n, gmask, N, G, GS, NACC, HAS_ZERO, INTERPRET)
             zh2 = high_term(zl2, INTERPRET)
             zh3 = high_term(zl3, INTERPRET)
             a2 = zero2
             a3 = zero2
         for jp in tl.static_range(4):
             # code jp (and jp + 4 in the high halves)
-            x2 = _x_pairs(x_row, perm_ptr, c * 256 + 32 * jp + rr * 4, K, X_VEC, HAS_PERM, EVEN_K, INTERPRET)
+            x2 = _x_pairs(x_row, perm_ptr, c * 256 + 32 * jp + k_off, K, X_VEC, HAS_PERM, EVEN_K, INTERPRET)
             # the accumulator of this code pair's groups
             if jp * NACC // 4 == 0:
                 a0 = _pair_dot(a0, w0, w1, w2, w3, x2, zl0, zh0, lanes_ptr, jp, LUT, INTERPRET)
@@ -231,10 +252,10 @@ def int4_gemv_half2_kernel(
             acc = _flush(acc, a2, sl2, sh2, INTERPRET)
             acc = _flush(acc, a3, sl3, sh3, INTERPRET)
     if LUT:
-        total = tl.sum(acc, axis=0)  # [BN]
+        total = tl.sum(acc, axis=0)  # [BNP]
     else:
-        total = tl.sum(acc, axis=0) * 16.0  # [BN]; the f16x2 values were (q - zero) / 16
+        total = tl.sum(acc, axis=0) * 16.0  # [BNP]; the f16x2 values were (q - zero) / 16
     rm = m + tl.arange(0, 1)
-    cols = pid_n * BN + tl.arange(0, BN)
+    cols = pid_n * BNP + tl.arange(0, BNP)
     store_output(total[None, :], rm, cols, M, N, y_ptr, stride_ym, bias_ptr, ws_ptr, cnt_ptr,
                  m * tl.num_programs(0) + pid_n, splits, SPLIT_K, HAS_BIAS, SILU)

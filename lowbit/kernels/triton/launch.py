@@ -26,14 +26,15 @@ from .layout import PK, PackedWeight, half2_accumulators
 
 @dataclass(frozen=True)
 class GemvConfig:
-    chunks: int = 1  # C: chunks of PK words decoded per loop step
+    chunks: int = 1  # C: chunks of PK words decoded per loop step (gemv_half2: a power of two)
     split: int = 1  # K splits (programs per column block)
     num_warps: int = 4
     num_stages: int = 3
     prefetch: bool = True  # load the next step's words before decoding this step's
     lut_reg: bool = False  # lut mode: gather codes from a per-program copy of the code book
     half2: bool = False  # int4 codes, fp16/bf16 rows: the f16x2 kernel (gemv_half2)
-    depth: int = 1  # gemv_half2 with prefetch: chunks loaded ahead (1 or 2)
+    depth: int = 1  # gemv_half2 with prefetch: steps loaded ahead (1 or 2)
+    cols: int = 0  # gemv_half2: output columns a program, a divisor of block_n (0: block_n)
 
 
 @dataclass(frozen=True)
@@ -225,24 +226,37 @@ def _x_vec(x: torch.Tensor, pw: PackedWeight) -> bool:
     return pw.perm is None and pw.k % 4 == 0 and x.stride(0) % 4 == 0 and x.data_ptr() % 8 == 0
 
 
+def half2_step(cfg: GemvConfig, pw: PackedWeight) -> tuple[int, int]:
+    """(chunks a loop step, columns a program) of ``gemv_half2`` as it can take them: a power
+    of two, at most the layer's chunks; a divisor of block_n that keeps gate|up pairs whole
+    (even), else the whole block."""
+    c = 1
+    while c * 2 <= min(cfg.chunks, pw.chunks):
+        c *= 2
+    bnp = cfg.cols if cfg.cols and pw.block_n % cfg.cols == 0 and cfg.cols % 2 == 0 else pw.block_n
+    return c, bnp
+
+
 def gemv_half2(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: GemvConfig,
                out: torch.Tensor | None = None, silu: bool = False) -> torch.Tensor:
     """y [M, N] = x [M, K] @ W.T (+ bias) in f16x2 arithmetic (``gemv_half2``; int4 or a
-    code book), one program row per activation row (cfg: split, num_warps, num_stages).
-    ``silu``: W's rows interleave gate and up (N even, block_n even), y [M, N / 2] =
-    silu(gate) * up."""
+    code book), one program row per activation row (cfg: split, chunks, cols, num_warps,
+    num_stages, prefetch depth). ``silu``: W's rows interleave gate and up (N even, block_n
+    even), y [M, N / 2] = silu(gate) * up."""
     m = x.shape[0]
     y = torch.empty(m, pw.n // 2 if silu else pw.n, dtype=x.dtype, device=x.device) if out is None else out
-    nb = pw.qweight.shape[0]
-    per, split, ws, cnt = _split_k(x, y, m * pw.n, m * nb, pw.chunks, cfg.split, 1)
+    c, bnp = half2_step(cfg, pw)
+    programs = pw.qweight.shape[0] * (pw.block_n // bnp)
+    per, split, ws, cnt = _split_k(x, y, m * pw.n, m * programs, pw.chunks, cfg.split, c)
     dummy = pw.qweight
-    int4_gemv_half2_kernel[(nb, split, m)](
+    int4_gemv_half2_kernel[(programs, split, m)](
         x, pw.qweight, pw.scales, pw.zero_pairs if pw.zero_pairs is not None else dummy,
         pw.perm if pw.perm is not None else dummy, pw.lanes if pw.lanes is not None else dummy,
         bias if bias is not None else dummy, y, ws, cnt,
         M=m, N=pw.n, K=pw.k, KC=pw.chunks, G=pw.groups, stride_xm=x.stride(0), stride_ym=y.stride(0),
-        chunks_per_split=per, splits=split, BN=pw.block_n, PK=PK, GS=pw.group_size,
-        NACC=half2_accumulators(pw.group_size), SPLIT_K=split > 1, LUT=pw.mode == "lut", EVEN_K=_even_k(pw),
+        chunks_per_split=per, splits=split, BN=pw.block_n, BNP=bnp, C=c, PK=PK, GS=pw.group_size,
+        NACC=half2_accumulators(pw.group_size), SPLIT_K=split > 1, LUT=pw.mode == "lut",
+        EVEN_K=_even_k(pw) and pw.chunks % c == 0,  # else the last step's extra chunks mask x
         X_VEC=_x_vec(x, pw),
         HAS_ZERO=pw.zero_pairs is not None, HAS_PERM=pw.perm is not None, HAS_BIAS=bias is not None,
         PREFETCH=cfg.depth if cfg.prefetch else 0, INTERPRET=INTERPRET, SILU=silu, num_warps=cfg.num_warps,
