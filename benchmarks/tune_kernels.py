@@ -52,9 +52,9 @@ def jobs_for(k: int, n: int, quick: bool) -> list[tuple]:
     # Several chunks a step over part of the layer's block: the K splits then meet in the
     # program's own sum, so one or two splits (the programs come from the narrower columns).
     bn = configs.block_n(n, k, 4)
-    for c in (2, 4, 8):
+    for c in (2, 4, 8, 16):
         for cols in (bn // 2, bn // 4, bn // 8):
-            for w in (4, 8):
+            for w in (4, 8, 16):
                 for depth in (1, 2):
                     for sp in (1, 2):
                         for kind in ("half2", "half2_lut"):
