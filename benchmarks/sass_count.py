@@ -54,7 +54,7 @@ def main_loop(sass: str) -> collections.Counter:
     return best
 
 
-def kernels(bn: int, warps: int):
+def kernels(bn: int, warps: int, chunks: int, cols: int):
     from lowbit.kernels.triton.gemv import int_gemv_kernel
     from lowbit.kernels.triton.gemv_half2 import int4_gemv_half2_kernel
 
@@ -68,10 +68,10 @@ def kernels(bn: int, warps: int):
     ptrs["lanes_ptr"] = "*i32"
     order = ["x_ptr", "qw_ptr", "s_ptr", "zp_ptr", "perm_ptr", "lanes_ptr", "bias_ptr", "y_ptr", "ws_ptr", "cnt_ptr"]
     yield ("gemv_half2 (f16x2)", int4_gemv_half2_kernel, {k: ptrs[k] for k in order}, ints,
-           dict(BN=bn, PK=32, GS=128, NACC=1, X_VEC=True, PREFETCH=True, INTERPRET=False, PDL=False, SILU=False,
+           dict(BN=bn, BNP=cols, C=chunks, PK=32, GS=128, NACC=1, X_VEC=True, PREFETCH=True, INTERPRET=False, PDL=False, SILU=False,
                 LUT=False, **flags))
     yield ("half2 NF4 b64", int4_gemv_half2_kernel, {**{k: ptrs[k] for k in order}, "s_ptr": "*fp32"}, ints,
-           dict(BN=bn, PK=32, GS=64, NACC=2, X_VEC=True, PREFETCH=True, INTERPRET=False, PDL=False, SILU=False,
+           dict(BN=bn, BNP=cols, C=chunks, PK=32, GS=64, NACC=2, X_VEC=True, PREFETCH=True, INTERPRET=False, PDL=False, SILU=False,
                 LUT=True, **{**flags, "HAS_ZERO": False}))
 
 
@@ -79,11 +79,16 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--bn", type=int, default=64, help="layout column block")
     p.add_argument("--warps", type=int, default=4)
+    p.add_argument("--chunks", type=int, default=1, help="f16x2 GEMVs: chunks a loop step")
+    p.add_argument("--cols", type=int, help="f16x2 GEMVs: columns a program (default: --bn)")
     args = p.parse_args(argv)
+    cols = args.cols or args.bn
     print(f"{'kernel':<20}{'loop instr':>11}{'weights':>9}{'per weight':>11}  top opcodes")
-    for name, fn, ptrs, ints, cx in kernels(args.bn, args.warps):
+    for name, fn, ptrs, ints, cx in kernels(args.bn, args.warps, args.chunks, cols):
         loop = main_loop(compile_sass(fn, ptrs, ints, cx, args.warps))
-        weights = 32 * args.bn * 8 // (32 * args.warps)  # one chunk per iteration, spread over the threads
+        # a loop step's words (the fp32 gemv: one chunk of bn columns), spread over the threads
+        step = 32 * args.chunks * cols if "BNP" in cx else 32 * args.bn
+        weights = step * 8 // (32 * args.warps)
         total = sum(loop.values())
         top = ", ".join(f"{op} {c}" for op, c in loop.most_common(6))
         print(f"{name:<20}{total:>11}{weights:>9}{total / weights:>11.2f}  {top}")

@@ -64,8 +64,7 @@ def gemv_rows(gen: torch.Generator) -> None:
             for split in (1, 2, 4, 8, 16, 32):
                 if split > pws[0].chunks:
                     continue
-                cfg = launch.GemvConfig(split=split, num_warps=tuned.num_warps, num_stages=1, prefetch=True,
-                                        depth=tuned.depth, half2=True)
+                cfg = replace(tuned, split=split)
                 calls = [lambda pw=pw: launch.gemv_half2(x, pw, None, cfg) for pw in pws]
                 with_us, without_us = _timed_both(calls, launch, "int4_gemv_half2_kernel")
                 _row(f"{kind:<6}{f'{k}x{n}':>12}{split:>7}{cfg.num_warps:>7}", with_us, without_us,

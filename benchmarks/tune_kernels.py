@@ -50,13 +50,14 @@ def jobs_for(k: int, n: int, quick: bool) -> list[tuple]:
                         out.append((bn, "half2_lut", 1, launch.GemvConfig(split=sp, num_warps=w, num_stages=1,
                                                                           prefetch=True, depth=depth, half2=True)))
     # Several chunks a step over part of the layer's block: the K splits then meet in the
-    # program's own sum, so one or two splits (the programs come from the narrower columns).
+    # program's own sum, without split-K (the programs come from the narrower columns; two
+    # splits and steps of 2 chunks were never the best, h100_tune_half2_steps_s9run1/2).
     bn = configs.block_n(n, k, 4)
-    for c in (2, 4, 8, 16):
-        for cols in (bn // 2, bn // 4, bn // 8):
-            for w in (4, 8, 16):
+    for c in (4, 8, 16):
+        for cols in (bn // 2, bn // 4, bn // 8, bn // 16):
+            for w in (4, 8, 16, 32):
                 for depth in (1, 2):
-                    for sp in (1, 2):
+                    for sp in (1,):
                         for kind in ("half2", "half2_lut"):
                             out.append((bn, kind, 1, launch.GemvConfig(split=sp, chunks=c, cols=cols, num_warps=w,
                                                                        num_stages=1, prefetch=True, depth=depth,

@@ -16,11 +16,11 @@ import pytest
 pytest.importorskip("triton.backends.compiler")
 
 
-def _sass(bn: int, warps: int) -> str:
-    return offline_sass.sass(__file__, bn=bn, warps=warps)
+def _sass(bn: int, warps: int, chunks: int, cols: int) -> str:
+    return offline_sass.sass(__file__, bn=bn, warps=warps, chunks=chunks, cols=cols)
 
 
-def _compile(bn: int, warps: int) -> str:
+def _compile(bn: int, warps: int, chunks: int, cols: int) -> str:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -30,7 +30,7 @@ def _compile(bn: int, warps: int) -> str:
     ptrs = dict(x_ptr="*fp16", qw_ptr="*i32", s_ptr="*fp16", zp_ptr="*i32", perm_ptr="*i32", lanes_ptr="*i32",
                 bias_ptr="*fp16", y_ptr="*fp16", ws_ptr="*fp32", cnt_ptr="*i32")
     ints = dict.fromkeys(["M", "N", "K", "KC", "G", "stride_xm", "stride_ym", "chunks_per_split", "splits"], "i32")
-    cx = dict(BN=bn, PK=32, GS=64, NACC=2, SPLIT_K=True, LUT=True, EVEN_K=True, X_VEC=True, PREFETCH=1,
+    cx = dict(BN=bn, BNP=cols, C=chunks, PK=32, GS=64, NACC=2, SPLIT_K=True, LUT=True, EVEN_K=True, X_VEC=True, PREFETCH=1,
               HAS_ZERO=False, HAS_PERM=False, HAS_BIAS=False, INTERPRET=False, PDL=True, SILU=False)
     sig = {**ptrs, **ints, **dict.fromkeys(cx, "constexpr")}
     attrs = {(kernel.arg_names.index(n),): [["tt.divisibility", 16]]
@@ -50,13 +50,13 @@ def _loop_end(lines: list[str]) -> tuple[int, int]:
     raise AssertionError("no loop in the SASS")
 
 
-@pytest.mark.parametrize("bn,warps", [(64, 4), (32, 2)])  # the configs of the H100 table
-def test_code_book_gemv_keeps_lane_values_out_of_shared_memory(bn, warps):
-    lines = _sass(bn, warps).splitlines()
+@pytest.mark.parametrize("bn,warps,chunks,cols", [(64, 4, 1, 64), (32, 2, 1, 32), (64, 16, 8, 16)])  # H100 table
+def test_code_book_gemv_keeps_lane_values_out_of_shared_memory(bn, warps, chunks, cols):
+    lines = _sass(bn, warps, chunks, cols).splitlines()
     first, last = _loop_end(lines)
     # Nothing goes through shared memory before the loop ends (after it: the split-K ticket
     # and the sum over the rows of a column block).
     assert not [ln for ln in lines[:last] if re.search(r"\b(LDS|STS)\b", ln)]
-    # One shuffle a code: a chunk is 32 x bn words over 32 * warps threads, 8 codes a word.
+    # One shuffle a code: a step is chunks x 32 x cols words over 32 * warps threads, 8 codes a word.
     shuffles = [ln for ln in lines[first:last] if "SHFL.IDX" in ln]
-    assert len(shuffles) == 8 * (32 * bn // (32 * warps))
+    assert len(shuffles) == 8 * (chunks * 32 * cols // (32 * warps))
