@@ -41,18 +41,40 @@ from .pdl import release, wait
 
 
 @triton.jit
-def _group_pair(s_ptr, zp_ptr, c, a, n, mask, N, G, GS: tl.constexpr, NACC: tl.constexpr,
-                HAS_ZERO: tl.constexpr, INTERPRET: tl.constexpr):
-    """Accumulator ``a`` of chunk c (a scalar, or [C * PR, 1] per row slot): (zero term of the
-    low code position, scale of the low lanes, of the high lanes), [1 or C * PR, BNP] each
-    (groups as layout.half2_group_pairs)."""
+def _row_pointers(s_ptr, zp_ptr, rr, n, N, C: tl.constexpr, PR: tl.constexpr, GS: tl.constexpr,
+                  NACC: tl.constexpr):
+    """Each row slot's scales and zero pairs in the step from chunk 0 ([1 or C * PR, BNP]
+    pointers, columns n included): computed once, so a step adds one uniform offset instead
+    of recomputing 64-bit addresses from per-row indices."""
+    if C == 1:
+        return s_ptr + n, zp_ptr + n
+    else:
+        GPC: tl.constexpr = 256 // GS if GS <= 256 else 0  # groups a chunk (_group_pair's FAST_G)
+        return s_ptr + ((rr // PR) * GPC * N + n), zp_ptr + ((rr // PR) * NACC * N + n)
+
+
+@triton.jit
+def _group_pair(s_ptr, zp_ptr, c, cr, a, n, rows, mask, N, G, GS: tl.constexpr, NACC: tl.constexpr,
+                HAS_ZERO: tl.constexpr, FAST_G: tl.constexpr, INTERPRET: tl.constexpr):
+    """Accumulator ``a`` of the step from chunk c, row slots in chunks cr (c, or [C * PR, 1]):
+    (zero term of the low code position, scale of the low lanes, of the high lanes), [1 or
+    C * PR, BNP] each (groups as layout.half2_group_pairs). FAST_G: K a multiple of 256 and
+    GS a divisor of 256, so no group lies past the last (no clamp) and ``rows``
+    (``_row_pointers``) place the row slots."""
     HI: tl.constexpr = 128 // GS if GS <= 128 else 0
-    g_lo = tl.minimum((c * 256 + 32 * (a * 4 // NACC)) // GS, G - 1)
-    g_hi = tl.minimum(g_lo + HI, G - 1)
-    s_lo = tl.load(s_ptr + g_lo * N + n, mask=mask, other=0.0).to(tl.float32)
-    s_hi = tl.load(s_ptr + g_hi * N + n, mask=mask, other=0.0).to(tl.float32)
+    s_rows, z_rows = rows
+    if FAST_G:
+        g = c * (256 // GS) + (32 * (a * 4 // NACC)) // GS
+        sp = s_rows + g * N
+        s_lo = tl.load(sp, mask=mask, other=0.0).to(tl.float32)
+        s_hi = tl.load(sp + HI * N, mask=mask, other=0.0).to(tl.float32)
+    else:
+        g_lo = tl.minimum((cr * 256 + 32 * (a * 4 // NACC)) // GS, G - 1)
+        g_hi = tl.minimum(g_lo + HI, G - 1)
+        s_lo = tl.load(s_ptr + g_lo * N + n, mask=mask, other=0.0).to(tl.float32)
+        s_hi = tl.load(s_ptr + g_hi * N + n, mask=mask, other=0.0).to(tl.float32)
     if HAS_ZERO:
-        zt = tl.load(zp_ptr + (c * NACC + a) * N + n, mask=mask, other=0)
+        zt = tl.load(z_rows + (c * NACC + a) * N, mask=mask, other=0)
     else:
         half = tl.full(n.shape, -64.5, tl.float16)  # zero point 8: -(64 + 8 / 16)
         zt = pack(half, half, INTERPRET)
@@ -70,12 +92,15 @@ def _rows_chunk(c, rr, C: tl.constexpr, PR: tl.constexpr):
 
 
 @triton.jit
-def _chunk(w_base, s_ptr, zp_ptr, c, c_end, rr, n, nmask, N, G, PK: tl.constexpr, BN: tl.constexpr,
-           GS: tl.constexpr, NACC: tl.constexpr, C: tl.constexpr, HAS_ZERO: tl.constexpr, INTERPRET: tl.constexpr):
+def _chunk(src, c, c_end, at, PK: tl.constexpr, BN: tl.constexpr, GS: tl.constexpr, NACC: tl.constexpr,
+           C: tl.constexpr, HAS_ZERO: tl.constexpr, FAST_G: tl.constexpr, INTERPRET: tl.constexpr):
     """The four word tiles of the C chunks from c (int32 [C * PR, BNP]: chunk c + rr // PR,
     row 4 (rr % PR) + i in tile i; chunks lie one after the other, so slot rr's words are at
     rr * 4 BN) and accumulator 0's group pair (``_group_pair``); zeros past c_end (the
-    interpreter takes no scalar masks)."""
+    interpreter takes no scalar masks). ``src``: (w_base, s_ptr, zp_ptr); ``at``: the
+    program's (rr, n, rows, nmask, N, G)."""
+    w_base, s_ptr, zp_ptr = src
+    rr, n, rows, nmask, N, G = at
     p = w_base + c * (PK * BN)
     cr = _rows_chunk(c, rr, C, PK // 4)
     live = rr * 0 + cr < c_end
@@ -83,24 +108,23 @@ def _chunk(w_base, s_ptr, zp_ptr, c, c_end, rr, n, nmask, N, G, PK: tl.constexpr
     w1 = tl.load(p + BN, mask=live, other=0)
     w2 = tl.load(p + 2 * BN, mask=live, other=0)
     w3 = tl.load(p + 3 * BN, mask=live, other=0)
-    zt, s_lo, s_hi = _group_pair(s_ptr, zp_ptr, cr, 0, n, nmask & (n * 0 + cr < c_end), N, G, GS, NACC, HAS_ZERO,
-                                 INTERPRET)
+    zt, s_lo, s_hi = _group_pair(s_ptr, zp_ptr, c, cr, 0, n, rows, nmask & (n * 0 + cr < c_end), N, G, GS, NACC,
+                                 HAS_ZERO, FAST_G, INTERPRET)
     return w0, w1, w2, w3, zt, s_lo, s_hi
 
 
 @triton.jit
-def _x_pairs(x_row, perm_ptr, kk, K, X_VEC: tl.constexpr, HAS_PERM: tl.constexpr, EVEN_K: tl.constexpr,
+def _x_pairs(x_row, x_quads, perm_ptr, kk, K, X_VEC: tl.constexpr, HAS_PERM: tl.constexpr, EVEN_K: tl.constexpr,
              INTERPRET: tl.constexpr):
     """f16x2 of the activations at kernel-order columns (kk + i, kk + 128 + i), i = 0..3;
-    kk [PR, 1] a multiple of 4."""
+    kk [C * PR, 1] a multiple of 4; X_VEC: x_quads points at kk's four (int64 pointers)."""
     if X_VEC:
-        x64 = x_row.to(tl.pointer_type(tl.int64))
         if EVEN_K:
-            xa = tl.load(x64 + kk // 4)
-            xb = tl.load(x64 + (kk + 128) // 4)
+            xa = tl.load(x_quads)
+            xb = tl.load(x_quads + 32)
         else:
-            xa = tl.load(x64 + kk // 4, mask=kk < K, other=0)
-            xb = tl.load(x64 + (kk + 128) // 4, mask=kk + 128 < K, other=0)
+            xa = tl.load(x_quads, mask=kk < K, other=0)
+            xb = tl.load(x_quads + 32, mask=kk + 128 < K, other=0)
         if x_row.dtype.element_ty == tl.bfloat16:
             return pair_quads_bf16(xa, xb, INTERPRET)
         else:
@@ -192,50 +216,60 @@ def int4_gemv_half2_kernel(
     PB: tl.constexpr = BN // BNP  # programs a layout block
     w_base = qw_ptr + (pid_n // PB).to(tl.int64) * KC * (PK * BN) + rr * (4 * BN) + (pid_n % PB) * BNP + rn
     k_off = (rr // PR) * 256 + (rr % PR) * 4  # slot rr's first activation column in a step
+    FAST_G: tl.constexpr = EVEN_K and GS <= 256 and 256 % GS == 0
+    rows = _row_pointers(s_ptr, zp_ptr, rr, n, N, C, PR, GS, NACC)
+    src = (w_base, s_ptr, zp_ptr)
+    at = (rr, n, rows, nmask, N, G)
     x_row = x_ptr + m.to(tl.int64) * stride_xm
+    x_quads = x_row.to(tl.pointer_type(tl.int64)) + k_off // 4  # slot rr's first four activations (X_VEC)
     acc = tl.zeros([C * PR, BNP], dtype=tl.float32)
     zero2 = tl.zeros([C * PR, BNP], dtype=tl.int32)  # f16x2 (0, 0)
     # PREFETCH chunks ahead (0, 1 or 2; n* the next chunk, nn* the one after): their words,
     # scales and zeros are issued before this chunk's arithmetic, so each program keeps
     # several chunks in flight instead of waiting out a memory round trip per chunk.
     if PREFETCH >= 1:
-        n0, n1, n2, n3, nz0, nsl0, nsh0 = _chunk(w_base, s_ptr, zp_ptr, c_begin, c_end, rr, n, nmask, N, G, PK, BN, GS,
-                                                 NACC, C, HAS_ZERO, INTERPRET)
+        n0, n1, n2, n3, nz0, nsl0, nsh0 = _chunk(src, c_begin, c_end, at, PK, BN, GS, NACC, C, HAS_ZERO,
+                                                 FAST_G, INTERPRET)
     if PREFETCH >= 2:
-        nn0, nn1, nn2, nn3, nnz0, nnsl0, nnsh0 = _chunk(w_base, s_ptr, zp_ptr, c_begin + C, c_end, rr, n, nmask, N,
-                                                        G, PK, BN, GS, NACC, C, HAS_ZERO, INTERPRET)
+        nn0, nn1, nn2, nn3, nnz0, nnsl0, nnsh0 = _chunk(src, c_begin + C, c_end, at, PK, BN, GS, NACC, C, HAS_ZERO,
+                                                        FAST_G, INTERPRET)
     wait(PDL)  # x comes from the kernel ahead; only weights were read so far
     for c in range(c_begin, c_end, C):
         if PREFETCH >= 2:
             w0, w1, w2, w3, zl0, sl0, sh0 = n0, n1, n2, n3, nz0, nsl0, nsh0
             n0, n1, n2, n3, nz0, nsl0, nsh0 = nn0, nn1, nn2, nn3, nnz0, nnsl0, nnsh0
-            nn0, nn1, nn2, nn3, nnz0, nnsl0, nnsh0 = _chunk(w_base, s_ptr, zp_ptr, c + 2 * C, c_end, rr, n, nmask, N,
-                                                            G, PK, BN, GS, NACC, C, HAS_ZERO, INTERPRET)
+            nn0, nn1, nn2, nn3, nnz0, nnsl0, nnsh0 = _chunk(src, c + 2 * C, c_end, at, PK, BN, GS, NACC, C, HAS_ZERO,
+                                                            FAST_G, INTERPRET)
         elif PREFETCH == 1:
             w0, w1, w2, w3, zl0, sl0, sh0 = n0, n1, n2, n3, nz0, nsl0, nsh0
-            n0, n1, n2, n3, nz0, nsl0, nsh0 = _chunk(w_base, s_ptr, zp_ptr, c + C, c_end, rr, n, nmask, N, G, PK, BN,
-                                                     GS, NACC, C, HAS_ZERO, INTERPRET)
+            n0, n1, n2, n3, nz0, nsl0, nsh0 = _chunk(src, c + C, c_end, at, PK, BN, GS, NACC, C, HAS_ZERO,
+                                                     FAST_G, INTERPRET)
         else:
-            w0, w1, w2, w3, zl0, sl0, sh0 = _chunk(w_base, s_ptr, zp_ptr, c, c_end, rr, n, nmask, N, G, PK, BN, GS,
-                                                   NACC, C, HAS_ZERO, INTERPRET)
+            w0, w1, w2, w3, zl0, sl0, sh0 = _chunk(src, c, c_end, at, PK, BN, GS, NACC, C, HAS_ZERO,
+                                                   FAST_G, INTERPRET)
         zh0 = high_term(zl0, INTERPRET)
         a0 = zero2
         cr = _rows_chunk(c, rr, C, PR)
         gmask = nmask if C == 1 else nmask & (cr < c_end)  # one chunk a step: c < c_end here
         if NACC > 1:
-            zl1, sl1, sh1 = _group_pair(s_ptr, zp_ptr, cr, 1, n, gmask, N, G, GS, NACC, HAS_ZERO, INTERPRET)
+            zl1, sl1, sh1 = _group_pair(s_ptr, zp_ptr, c, cr, 1, n, rows, gmask, N, G, GS, NACC, HAS_ZERO, FAST_G,
+                                        INTERPRET)
             zh1 = high_term(zl1, INTERPRET)
             a1 = zero2
         if NACC > 2:
-            zl2, sl2, sh2 = _group_pair(s_ptr, zp_ptr, cr, 2, n, gmask, N, G, GS, NACC, HAS_ZERO, INTERPRET)
-            zl3, sl3, sh3 = _group_pair(s_ptr, zp_ptr, cr, 3, n, gmask, N, G, GS, NACC, HAS_ZERO, INTERPRET)
+            zl2, sl2, sh2 = _group_pair(s_ptr, zp_ptr, c, cr, 2, n, rows, gmask, N, G, GS, NACC, HAS_ZERO, FAST_G,
+                                        INTERPRET)
+            zl3, sl3, sh3 = _group_pair(s_ptr, zp_ptr, c, cr, 3, n, rows, gmask, N, G, GS, NACC, HAS_ZERO, FAST_G,
+                                        INTERPRET)
             zh2 = high_term(zl2, INTERPRET)
             zh3 = high_term(zl3, INTERPRET)
             a2 = zero2
             a3 = zero2
+        x_step = x_quads + c * 64  # one 64-bit add a step; the code pairs' offsets are immediates
         for jp in tl.static_range(4):
             # code jp (and jp + 4 in the high halves)
-            x2 = _x_pairs(x_row, perm_ptr, c * 256 + 32 * jp + k_off, K, X_VEC, HAS_PERM, EVEN_K, INTERPRET)
+            x2 = _x_pairs(x_row, x_step + 8 * jp, perm_ptr, c * 256 + 32 * jp + k_off, K, X_VEC, HAS_PERM, EVEN_K,
+                          INTERPRET)
             # the accumulator of this code pair's groups
             if jp * NACC // 4 == 0:
                 a0 = _pair_dot(a0, w0, w1, w2, w3, x2, zl0, zh0, lanes_ptr, jp, LUT, INTERPRET)
