@@ -33,18 +33,19 @@ GEMV: dict[tuple[int, int, int], GemvConfig] = {
     (14336, 4096, 4): GemvConfig(chunks=2, split=1, num_warps=4, num_stages=1, prefetch=False),  # 19.7 us, fp16 42.2
 }
 #: (N, K, bits) -> f16x2 GEMV config (gemv_half2: int4 codes, fp16/bf16 activations) at M = 1.
-#: benchmarks/results/h100_tune_half2_run9.jsonl (PDL on; at the BLOCK_N above, default 64
-#: for the decoder's merged q|k|v and gate|up; our us, fp16 us); several chunks a step over
-#: part of a block (``chunks``, ``cols``, no split-K): h100_tune_half2_steps_s9run3.jsonl.
+#: Several chunks a step over part of a block (``chunks``, ``cols``; no split-K):
+#: benchmarks/results/h100_tune_half2_steps_s9run4.jsonl (at the BLOCK_N above; our us, fp16 us,
+#: and the split-K config's before). The decoder's merged q|k|v and gate|up (block 64):
+#: h100_tune_half2_run9.jsonl.
 HALF2: dict[tuple[int, int, int], GemvConfig] = {
     (1024, 4096, 4): GemvConfig(chunks=16, cols=16, num_warps=8, num_stages=1, prefetch=True, depth=2,
-                                half2=True),  # 2.3, 7.5 (split-K 16: 3.7)
+                                half2=True),  # 2.5, 7.5 (split-K 16: 3.7)
     (4096, 4096, 4): GemvConfig(chunks=8, cols=32, num_warps=16, num_stages=1, prefetch=True,
-                                half2=True),  # 5.1, 16.0 (split-K 8: 6.5)
+                                half2=True),  # 5.1, 15.9 (split-K 8: 6.5)
     (14336, 4096, 4): GemvConfig(chunks=4, cols=16, num_warps=4, num_stages=1, prefetch=True,
-                                 half2=True),  # 13.2, 42.2 (split-K 4: 14.3)
-    (4096, 14336, 4): GemvConfig(split=16, num_warps=4, num_stages=1, prefetch=True, half2=True),  # 14.3, 44.5
-    # (steps of 8 chunks over 32 columns: 13.6 us, the same)
+                                 half2=True),  # 13.2, 42.0 (split-K 4: 14.3)
+    (4096, 14336, 4): GemvConfig(chunks=16, cols=32, num_warps=16, num_stages=1, prefetch=True,
+                                 half2=True),  # 13.4, 43.6 (split-K 16: 13.8)
     (6144, 4096, 4): GemvConfig(split=8, num_warps=4, num_stages=1, prefetch=True, half2=True),  # 8.0, 20.8
     (28672, 4096, 4): GemvConfig(split=1, num_warps=4, num_stages=1, prefetch=True, depth=2, half2=True),  # 25.0, 82.0
 }
@@ -97,17 +98,17 @@ GEMV_LUT: dict[tuple[int, int, int], GemvConfig] = {
     (4096, 14336, 4): GemvConfig(chunks=1, split=8, num_warps=4, num_stages=1, prefetch=False, lut_reg=True),  # 25.6, 43.8
 }
 #: (N, K, bits) -> gemv_half2 config for code-book layers (NF4/FP4, fp16/bf16 activations, M = 1),
-#: at the BLOCK_N above: benchmarks/results/h100_tune_half2_lut_run4.jsonl (NF4 b64 dq, fp16
-#: absmax; our us, fp16 us); several chunks a step: h100_tune_half2_steps_s9run3.jsonl.
+#: at the BLOCK_N above: benchmarks/results/h100_tune_half2_steps_s9run4.jsonl (NF4 b64 dq, fp16
+#: absmax; our us, fp16 us, and the split-K config's before, h100_tune_half2_lut_run4.jsonl).
 HALF2_LUT: dict[tuple[int, int, int], GemvConfig] = {
-    (1024, 4096, 4): GemvConfig(chunks=16, cols=8, num_warps=32, num_stages=1, prefetch=True,
+    (1024, 4096, 4): GemvConfig(chunks=16, cols=8, num_warps=32, num_stages=1, prefetch=True, depth=2,
                                 half2=True),  # 3.1, 7.5 (split-K 16: 4.7)
     (4096, 4096, 4): GemvConfig(chunks=8, cols=16, num_warps=16, num_stages=1, prefetch=True,
-                                half2=True),  # 6.6, 16.0 (split-K 16: 7.7)
-    (14336, 4096, 4): GemvConfig(chunks=4, cols=16, num_warps=4, num_stages=1, prefetch=True,
-                                 half2=True),  # 16.6, 42.2 (split-K 4: 17.2)
-    (4096, 14336, 4): GemvConfig(chunks=8, cols=16, num_warps=16, num_stages=1, prefetch=True, depth=2,
-                                 half2=True),  # 17.0, 44.1 (split-K 16: 17.8)
+                                half2=True),  # 6.4, 15.9 (split-K 16: 7.7)
+    (14336, 4096, 4): GemvConfig(chunks=4, cols=16, num_warps=8, num_stages=1, prefetch=True,
+                                 half2=True),  # 17.0, 42.0 (split-K 4: 17.2)
+    (4096, 14336, 4): GemvConfig(chunks=8, cols=16, num_warps=16, num_stages=1, prefetch=True,
+                                 half2=True),  # 16.4, 43.6 (split-K 16: 17.8)
 }
 GEMM_LUT: dict[tuple[int, int, int, int], GemmConfig | DequantConfig | TcConfig] = {
     (1024, 4096, 4, 16): TcConfig(bm=16, bnt=64, bk=64, split=32, num_warps=4, num_stages=4, swap=True,
