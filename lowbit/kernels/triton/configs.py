@@ -36,7 +36,7 @@ GEMV: dict[tuple[int, int, int], GemvConfig] = {
 #: Several chunks a step over part of a block (``chunks``, ``cols``; no split-K):
 #: benchmarks/results/h100_tune_half2_steps_s9run4.jsonl (at the BLOCK_N above; our us, fp16 us,
 #: and the split-K config's before). The decoder's merged q|k|v and gate|up (block 64):
-#: h100_tune_half2_run9.jsonl.
+#: h100_tune_half2_merged_s9run6.jsonl.
 HALF2: dict[tuple[int, int, int], GemvConfig] = {
     (1024, 4096, 4): GemvConfig(chunks=16, cols=16, num_warps=8, num_stages=1, prefetch=True, depth=2,
                                 half2=True),  # 2.5, 7.5 (split-K 16: 3.7)
@@ -46,8 +46,10 @@ HALF2: dict[tuple[int, int, int], GemvConfig] = {
                                  half2=True),  # 13.2, 42.0 (split-K 4: 14.3)
     (4096, 14336, 4): GemvConfig(chunks=16, cols=32, num_warps=16, num_stages=1, prefetch=True,
                                  half2=True),  # 13.4, 43.6 (split-K 16: 13.8)
-    (6144, 4096, 4): GemvConfig(split=8, num_warps=4, num_stages=1, prefetch=True, half2=True),  # 8.0, 20.8
-    (28672, 4096, 4): GemvConfig(split=1, num_warps=4, num_stages=1, prefetch=True, depth=2, half2=True),  # 25.0, 82.0
+    (6144, 4096, 4): GemvConfig(chunks=8, cols=32, num_warps=8, num_stages=1, prefetch=True,
+                                half2=True),  # 6.5, 21.1 (split-K 4: 8.1; h100_tune_half2_merged_s9run6.jsonl)
+    # (steps of 4 chunks over 16 columns: 25.1 us, the same)
+    (28672, 4096, 4): GemvConfig(split=1, num_warps=4, num_stages=1, prefetch=True, depth=2, half2=True),  # 25.2, 82.6
 }
 #: (N, K, bits) -> mma16 config (int4 groups >= 128, fp16 activations, 2 <= M <= 16), at the
 #: BLOCK_N above (the layout is shared with the M = 1 GEMV). benchmarks/results/
