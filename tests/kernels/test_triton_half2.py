@@ -34,6 +34,8 @@ def test_gemv_half2(tk, gs, sym, act, n, k, bn, depth, split):
     (128, True, False, 64, 2048, 64, 4, 32, 1, 2),  # 8 chunks: two splits of one 4-chunk step
     (64, False, True, 24, 1088, 16, 4, 8, 1, 1),  # two group pairs a chunk, act-order, ragged K
     (32, False, False, 16, 768, 16, 2, 0, 0, 1),  # four group pairs a chunk, no prefetch
+    (64, False, False, 32, 1024, 32, 2, 16, 1, 1),  # K % (256 * chunks) == 0: scales by row pointers
+    (32, True, False, 16, 512, 16, 2, 8, 2, 1),  # the same with four group pairs a chunk
 ])
 def test_gemv_half2_chunks_side_by_side(tk, gs, sym, act, n, k, bn, chunks, cols, depth, split):
     """Several chunks a loop step (summed across the program at the end) over part of a

@@ -73,6 +73,7 @@ def test_gpu_dispatch_nf4(tk, quant_type):
     ("nf4", 128, 48, 512, 16, 1, 1, 0, torch.bfloat16),  # bf16 rounded to fp16 as it is paired, bf16 out
     ("nf4", 256, 20, 1280, 16, 2, 1, 0, torch.float16),  # ragged last column block, block over two chunks
     ("nf4", 64, 40, 1280, 32, 1, 4, 16, torch.float16),  # 4 chunks a step (5 in all) over half a block
+    ("nf4", 64, 40, 1024, 32, 1, 2, 8, torch.float16),  # 2 chunks a step (4 in all): scales by row pointers
 ])
 def test_gemv_half2_code_book(tk, quant_type, blocksize, n, k, bn, split, chunks, cols, dtype):
     """The f16x2 GEMV on a code book (lut[q] by warp shuffle) agrees with the reference."""
