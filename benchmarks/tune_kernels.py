@@ -57,11 +57,9 @@ def jobs_for(k: int, n: int, quick: bool) -> list[tuple]:
         for cols in (bn // 2, bn // 4, bn // 8, bn // 16):
             for w in (4, 8, 16, 32):
                 for depth in (1, 2):
-                    for sp in (1,):
-                        for kind in ("half2", "half2_lut"):
-                            out.append((bn, kind, 1, launch.GemvConfig(split=sp, chunks=c, cols=cols, num_warps=w,
-                                                                       num_stages=1, prefetch=True, depth=depth,
-                                                                       half2=True)))
+                    for kind in ("half2", "half2_lut"):
+                        out.append((bn, kind, 1, launch.GemvConfig(chunks=c, cols=cols, num_warps=w, num_stages=1,
+                                                                   prefetch=True, depth=depth, half2=True)))
     for bn in (32, 64):
         nb = -(-n // bn)
         for wr, wh in ((1, 1), (2, 1), (1, 2), (2, 2)):
