@@ -57,9 +57,11 @@ def jobs_for(k: int, n: int, quick: bool) -> list[tuple]:
         for cols in (bn // 2, bn // 4, bn // 8, bn // 16):
             for w in (4, 8, 16, 32):
                 for depth in (1, 2):
-                    for kind in ("half2", "half2_lut"):
+                    # also with the first step decoded before the PDL wait
+                    for kind, pre in (("half2", False), ("half2", True), ("half2_lut", False), ("half2_lut", True)):
                         out.append((bn, kind, 1, launch.GemvConfig(chunks=c, cols=cols, num_warps=w, num_stages=1,
-                                                                   prefetch=True, depth=depth, half2=True)))
+                                                                   prefetch=True, depth=depth, half2=True,
+                                                                   predecode=pre)))
     for bn in (32, 64):
         nb = -(-n // bn)
         for wr, wh in ((1, 1), (2, 1), (1, 2), (2, 2)):
@@ -67,6 +69,21 @@ def jobs_for(k: int, n: int, quick: bool) -> list[tuple]:
                 for sp in splits_around(nb, kc):
                     for depth in (1, 2):
                         out.append((bn, "mma16", 16, launch.Mma16Config(split=sp, wr=wr, wh=wh, depth=depth)))
+    # Several chunks a step over part of the layer's block (as the M = 1 GEMV's steps): the
+    # warps split the step's chunks and their row halves, and sum them at the end.
+    bn = configs.block_n(n, k, 4)
+    nb = -(-n // bn)
+    for v, cols in ((4, bn), (4, bn // 2), (2, bn // 2), (2, bn // 4), (1, bn // 4), (1, bn // 8)):
+        if cols < 8 * v:
+            continue
+        programs = nb * (bn // cols)
+        for c in (4, 8, 16):
+            for wc, wr in ((4, 1), (8, 1), (16, 1), (2, 2), (4, 2), (8, 2)):
+                if wc <= c:
+                    for depth in (1, 2):
+                        for sp in (1, 2, 4) if programs < 100 else (1,):
+                            out.append((bn, "mma16", 16, launch.Mma16Config(
+                                chunks=c, wc=wc, wr=wr, v=v, cols=cols, split=sp, depth=depth)))
     bn = configs.block_n(n, k, 4)  # the layout the layer gets (shared with the M = 1 GEMV)
     for m in (2, 8, 16, 32, 64, 128, 256):
         # one row tile of >= M rows (from 16) below 64 rows; from 64 on, tiles of 64 up to M

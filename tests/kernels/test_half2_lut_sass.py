@@ -16,11 +16,11 @@ import pytest
 pytest.importorskip("triton.backends.compiler")
 
 
-def _sass(bn: int, warps: int, chunks: int, cols: int) -> str:
-    return offline_sass.sass(__file__, bn=bn, warps=warps, chunks=chunks, cols=cols)
+def _sass(bn: int, warps: int, chunks: int, cols: int, predecode: bool = False) -> str:
+    return offline_sass.sass(__file__, bn=bn, warps=warps, chunks=chunks, cols=cols, predecode=predecode)
 
 
-def _compile(bn: int, warps: int, chunks: int, cols: int) -> str:
+def _compile(bn: int, warps: int, chunks: int, cols: int, predecode: bool = False) -> str:
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -31,7 +31,7 @@ def _compile(bn: int, warps: int, chunks: int, cols: int) -> str:
                 bias_ptr="*fp16", y_ptr="*fp16", ws_ptr="*fp32", cnt_ptr="*i32")
     ints = dict.fromkeys(["M", "N", "K", "KC", "G", "stride_xm", "stride_ym", "chunks_per_split", "splits"], "i32")
     cx = dict(BN=bn, BNP=cols, C=chunks, PK=32, GS=64, NACC=2, SPLIT_K=True, LUT=True, EVEN_K=True, X_VEC=True, PREFETCH=1,
-              HAS_ZERO=False, HAS_PERM=False, HAS_BIAS=False, INTERPRET=False, PDL=True, SILU=False)
+              HAS_ZERO=False, HAS_PERM=False, HAS_BIAS=False, INTERPRET=False, PDL=True, SILU=False, PREDECODE=predecode)
     sig = {**ptrs, **ints, **dict.fromkeys(cx, "constexpr")}
     attrs = {(kernel.arg_names.index(n),): [["tt.divisibility", 16]]
              for n in list(ptrs) + ["N", "K", "KC", "G", "stride_xm", "stride_ym"]}
@@ -50,9 +50,12 @@ def _loop_end(lines: list[str]) -> tuple[int, int]:
     raise AssertionError("no loop in the SASS")
 
 
-@pytest.mark.parametrize("bn,warps,chunks,cols", [(64, 4, 1, 64), (32, 2, 1, 32), (64, 16, 8, 16)])  # H100 table
-def test_code_book_gemv_keeps_lane_values_out_of_shared_memory(bn, warps, chunks, cols):
-    lines = _sass(bn, warps, chunks, cols).splitlines()
+@pytest.mark.parametrize("bn,warps,chunks,cols,predecode", [
+    (64, 4, 1, 64, False), (32, 2, 1, 32, False), (64, 16, 8, 16, False),  # H100 table
+    (64, 8, 8, 16, True),  # the first step decoded before the PDL wait
+])
+def test_code_book_gemv_keeps_lane_values_out_of_shared_memory(bn, warps, chunks, cols, predecode):
+    lines = _sass(bn, warps, chunks, cols, predecode).splitlines()
     first, last = _loop_end(lines)
     # Nothing goes through shared memory before the loop ends (after it: the split-K ticket
     # and the sum over the rows of a column block).
@@ -60,3 +63,6 @@ def test_code_book_gemv_keeps_lane_values_out_of_shared_memory(bn, warps, chunks
     # One shuffle a code: a step is chunks x 32 x cols words over 32 * warps threads, 8 codes a word.
     shuffles = [ln for ln in lines[first:last] if "SHFL.IDX" in ln]
     assert len(shuffles) == 8 * (chunks * 32 * cols // (32 * warps))
+    if predecode:  # the first step's shuffles come before the PDL wait (ACQBULK), so before the loop
+        wait = next(i for i, ln in enumerate(lines) if "ACQBULK" in ln)
+        assert len([ln for ln in lines[:wait] if "SHFL.IDX" in ln]) == len(shuffles)

@@ -32,18 +32,24 @@ def _compile(**constexprs) -> str:
              for n in list(ptrs) + ["N", "K", "KC", "G", "stride_xm", "stride_ym"]}
     src = runtime.GluonASTSource(fn=kernel, signature=sig, attrs=attrs,
                                  constexprs={(kernel.arg_names.index(k),): v for k, v in constexprs.items()})
-    warps = constexprs["WR"] * constexprs["WH"]
+    warps = constexprs["WC"] * constexprs["WR"] * constexprs["WH"]
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=warps)).asm["sass"]
 
 
-@pytest.mark.parametrize("wr,wh,depth", [(1, 2, 2), (2, 1, 1)])
-def test_mma16_loop_has_no_shared_memory_traffic(wr, wh, depth):
-    sass = _sass(BN=64, PK=32, GS=128, SPLIT_K=True, EVEN_K=True, HAS_ZERO=True, HAS_BIAS=False, PDL=True,
-                 WR=wr, WH=wh, DEPTH=depth, X_BF16=False)
+@pytest.mark.parametrize("c,v,bnp,wc,wr,wh,depth", [
+    (1, 4, 64, 1, 1, 2, 2),  # one chunk a step over the whole block
+    (1, 4, 64, 1, 2, 1, 1),
+    (8, 4, 32, 8, 2, 1, 2),  # 8 chunks a step over half the block, a warp per chunk half
+    (4, 2, 16, 2, 2, 1, 1),  # 2 columns a lane
+])
+def test_mma16_loop_has_no_shared_memory_traffic(c, v, bnp, wc, wr, wh, depth):
+    sass = _sass(BN=64, BNP=bnp, C=c, V=v, PK=32, GS=128, SPLIT_K=True, EVEN_K=True, HAS_ZERO=True, HAS_BIAS=False,
+                 PDL=True, WC=wc, WR=wr, WH=wh, DEPTH=depth, X_BF16=False)
     ops = re.findall(r"\b(HMMA\.16816\.F32|STS|LDS|LDSM|BAR\.SYNC)\b", sass)
     last_mma = max(i for i, op in enumerate(ops) if op.startswith("HMMA"))
     assert not [op for op in ops[:last_mma] if not op.startswith("HMMA")]
-    # Per chunk a thread decodes 4 rows x (2 / WR) row halves x (BN / 32 / WH) quads x 4
-    # columns of words, two MMAs each; the loop body is emitted once.
-    words = 4 * (2 // wr) * (64 // 32 // wh) * 4
+    # Per step a thread decodes 4 rows x (C / WC) chunks x (2 / WR) row halves x
+    # (BNP / 8 v / WH) column groups x v columns of words, two MMAs each; the loop body is
+    # emitted once.
+    words = 4 * (c // wc) * (2 // wr) * (bnp // (8 * v) // wh) * v
     assert ops.count("HMMA.16816.F32") == 2 * words

@@ -50,6 +50,34 @@ def test_gemv_half2_chunks_side_by_side(tk, gs, sym, act, n, k, bn, chunks, cols
     check(y, ref_out(x, layer), x)
 
 
+@pytest.mark.parametrize("gs,sym,act,k,chunks,cols,depth,split,dtype", [
+    (128, False, False, 1280, 4, 16, 2, 1, torch.float16),  # two steps: the first decoded before the wait
+    (128, True, True, 1024, 4, 0, 1, 1, torch.float16),  # symmetric, act-order, the whole K in one step
+    (-1, False, False, 768, 1, 0, 1, 2, torch.bfloat16),  # per channel, one chunk a step, split-K, bf16
+])
+def test_gemv_half2_predecoded_sums_as_fused(tk, gs, sym, act, k, chunks, cols, depth, split, dtype):
+    """int4 codes decoded to (q - zero) / 16 ahead of their FMAs (the first step's before the
+    PDL wait): bit for bit the sums of the fused decode-and-FMA loop."""
+    from dataclasses import replace
+
+    layer = make_layer(40, k, 4, gs, sym, act, bias=split == 2, seed=k + 3, device=tk.device)
+    x = torch.randn(1, k, device=tk.device).to(dtype)
+    pw = repack(tk, layer, 32)
+    cfg = tk.launch.GemvConfig(split=split, chunks=chunks, cols=cols, depth=depth, half2=True)
+    assert tk.launch.predecodes(replace(cfg, predecode=True), pw)
+    pre = tk.launch.gemv_half2(x, pw, layer.bias, replace(cfg, predecode=True))
+    assert torch.equal(pre, tk.launch.gemv_half2(x, pw, layer.bias, cfg))
+    check(pre, ref_out(x, layer), x)
+
+
+def test_gemv_half2_predecodes_int4_with_one_group_pair_a_chunk(tk):
+    cfg = tk.launch.GemvConfig(half2=True, predecode=True)
+    g64 = repack(tk, make_layer(32, 512, 4, 64, False, device=tk.device), 32)  # two group pairs a chunk
+    g128 = repack(tk, make_layer(32, 512, 4, 128, False, device=tk.device), 32)
+    assert not tk.launch.predecodes(cfg, g64) and tk.launch.predecodes(cfg, g128)
+    assert not tk.launch.predecodes(tk.launch.GemvConfig(half2=True, predecode=True, prefetch=False), g128)
+
+
 def test_gemv_half2_large_activations_stay_finite(tk):
     """Activations of a few thousand (LLM outlier features) must not overflow the fp16
     partial sums: the kernel carries (q - zero) / 16."""

@@ -1,6 +1,8 @@
 """Triton kernels on Linear4bit (NF4 / FP4 code books) vs kernels/reference.py."""
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
@@ -86,6 +88,25 @@ def test_gemv_half2_code_book(tk, quant_type, blocksize, n, k, bn, split, chunks
                                                                      half2=True, depth=2))
     assert y.dtype == dtype
     check(y, ref_out(x, layer))
+
+
+@pytest.mark.parametrize("blocksize,k,split,chunks,cols,depth,dtype", [
+    (64, 1280, 1, 4, 16, 2, torch.float16),  # two steps: the first decoded before the wait, the second in the loop
+    (64, 1024, 1, 4, 0, 1, torch.float16),  # the whole K in one step
+    (32, 2048, 2, 2, 8, 2, torch.bfloat16),  # split-K, four group pairs a chunk, bf16
+    (128, 768, 1, 1, 0, 1, torch.float16),  # one chunk a step: three steps
+])
+def test_gemv_half2_code_book_predecoded_sums_as_fused(tk, blocksize, k, split, chunks, cols, depth, dtype):
+    """Decoding a step's codes ahead of its FMAs (the first step's before the PDL wait) gives
+    bit for bit the sums of the fused shuffle-and-FMA loop, and the reference's values."""
+    layer = make_layer(40, k, "nf4", blocksize, double_quant=True, bias=False, seed=k + 1, device=tk.device)
+    x = torch.randn(1, k, device=tk.device, dtype=dtype)
+    pw = repack(tk, layer, 32)
+    cfg = tk.launch.GemvConfig(split=split, chunks=chunks, cols=cols, half2=True, depth=depth)
+    fused = tk.launch.gemv_half2(x, pw, None, cfg)
+    pre = tk.launch.gemv_half2(x, pw, None, replace(cfg, predecode=True))
+    assert torch.equal(pre, fused)
+    check(pre, ref_out(x, layer))
 
 
 def test_code_book_layers_take_the_half2_gemv_only(tk):

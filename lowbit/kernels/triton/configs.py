@@ -103,8 +103,10 @@ GEMV_LUT: dict[tuple[int, int, int], GemvConfig] = {
 #: at the BLOCK_N above: benchmarks/results/h100_tune_half2_steps_s9run4.jsonl (NF4 b64 dq, fp16
 #: absmax; our us, fp16 us, and the split-K config's before, h100_tune_half2_lut_run4.jsonl).
 HALF2_LUT: dict[tuple[int, int, int], GemvConfig] = {
-    (1024, 4096, 4): GemvConfig(chunks=16, cols=8, num_warps=32, num_stages=1, prefetch=True, depth=2,
-                                half2=True),  # 3.1, 7.5 (split-K 16: 4.7)
+    # the first step decoded before the PDL wait (h100_tune_predecode_mma16_xstep_s10run2.jsonl: 2.64 us;
+    # the best without, 16 chunks over 8 columns, 32 warps: 3.01)
+    (1024, 4096, 4): GemvConfig(chunks=16, cols=16, num_warps=8, num_stages=1, prefetch=True, depth=1,
+                                half2=True, predecode=True),  # 2.6, 7.6 (split-K 16: 4.7)
     (4096, 4096, 4): GemvConfig(chunks=8, cols=16, num_warps=16, num_stages=1, prefetch=True,
                                 half2=True),  # 6.4, 15.9 (split-K 16: 7.7)
     (14336, 4096, 4): GemvConfig(chunks=4, cols=16, num_warps=8, num_stages=1, prefetch=True,

@@ -36,7 +36,8 @@ import triton
 import triton.language as tl
 
 from .epilogue import store_output
-from .half2 import dot4_lut, dot_codes, high_term, pack, pair_quads, pair_quads_bf16, unpack
+from .half2 import (decode_int4, decode_lut4, dot4_lut, dot4_values, dot_codes, high_term, pack, pair_quads,
+                    pair_quads_bf16, pin_before_wait, unpack)
 from .pdl import release, wait
 
 
@@ -180,6 +181,25 @@ def _pair_dot(acc2, w0, w1, w2, w3, x2, zl, zh, lanes_ptr, JP: tl.constexpr, LUT
 
 
 @triton.jit
+def _decode_step(w0, w1, w2, w3, zl, lanes_ptr, LUT: tl.constexpr, INTERPRET: tl.constexpr,
+                 PINNED: tl.constexpr):
+    """The values of code pairs 0..3 of the thread's four words (four tuples of four f16x2):
+    looked up in the code book (LUT), else int4 of one group pair (zero term zl)."""
+    if LUT:
+        return (decode_lut4(w0, w1, w2, w3, lanes_ptr, 0, INTERPRET, PINNED),
+                decode_lut4(w0, w1, w2, w3, lanes_ptr, 1, INTERPRET, PINNED),
+                decode_lut4(w0, w1, w2, w3, lanes_ptr, 2, INTERPRET, PINNED),
+                decode_lut4(w0, w1, w2, w3, lanes_ptr, 3, INTERPRET, PINNED))
+    else:
+        zh = high_term(zl, INTERPRET)
+        u0, u1, u2, u3 = _shr8(w0), _shr8(w1), _shr8(w2), _shr8(w3)  # codes 2, 3 sit 8 bits up
+        return (decode_int4(w0, w1, w2, w3, zl, False, INTERPRET, PINNED),
+                decode_int4(w0, w1, w2, w3, zh, True, INTERPRET, PINNED),
+                decode_int4(u0, u1, u2, u3, zl, False, INTERPRET, PINNED),
+                decode_int4(u0, u1, u2, u3, zh, True, INTERPRET, PINNED))
+
+
+@triton.jit
 def _flush(acc, acc2, s_lo, s_hi, INTERPRET: tl.constexpr):
     lo, hi = unpack(acc2, INTERPRET)
     return acc + lo * s_lo + hi * s_hi
@@ -198,7 +218,7 @@ def int4_gemv_half2_kernel(
     SPLIT_K: tl.constexpr, LUT: tl.constexpr,
     EVEN_K: tl.constexpr, X_VEC: tl.constexpr, PREFETCH: tl.constexpr, HAS_ZERO: tl.constexpr,
     HAS_PERM: tl.constexpr, HAS_BIAS: tl.constexpr,
-    INTERPRET: tl.constexpr, PDL: tl.constexpr, SILU: tl.constexpr,
+    INTERPRET: tl.constexpr, PDL: tl.constexpr, SILU: tl.constexpr, PREDECODE: tl.constexpr,
 ):
     release(PDL)
     pid_n = tl.program_id(0)
@@ -233,6 +253,12 @@ def int4_gemv_half2_kernel(
     if PREFETCH >= 2:
         nn0, nn1, nn2, nn3, nnz0, nnsl0, nnsh0 = _chunk(src, c_begin + C, c_end, at, PK, BN, GS, NACC, C, HAS_ZERO,
                                                         FAST_G, INTERPRET)
+    if PREDECODE:
+        # The first step's codes become their values (code-book shuffles, or int4's LOP3 and
+        # zero-point FMA: no x needed) while the kernel ahead may still run; after the wait
+        # only the FMAs with x are left of it.
+        d0, d1, d2, d3 = _decode_step(n0, n1, n2, n3, nz0, lanes_ptr, LUT, INTERPRET, True)
+        pin_before_wait(d0, d1, d2, d3, lanes_ptr, INTERPRET)
     wait(PDL)  # x comes from the kernel ahead; only weights were read so far
     for c in range(c_begin, c_end, C):
         if PREFETCH >= 2:
@@ -247,6 +273,9 @@ def int4_gemv_half2_kernel(
         else:
             w0, w1, w2, w3, zl0, sl0, sh0 = _chunk(src, c, c_end, at, PK, BN, GS, NACC, C, HAS_ZERO,
                                                    FAST_G, INTERPRET)
+        if PREDECODE:
+            if c != c_begin:  # the first step's were decoded before the wait
+                d0, d1, d2, d3 = _decode_step(w0, w1, w2, w3, zl0, lanes_ptr, LUT, INTERPRET, False)
         zh0 = high_term(zl0, INTERPRET)
         a0 = zero2
         cr = _rows_chunk(c, rr, C, PR)
@@ -271,7 +300,24 @@ def int4_gemv_half2_kernel(
             x2 = _x_pairs(x_row, x_step + 8 * jp, perm_ptr, c * 256 + 32 * jp + k_off, K, X_VEC, HAS_PERM, EVEN_K,
                           INTERPRET)
             # the accumulator of this code pair's groups
-            if jp * NACC // 4 == 0:
+            if PREDECODE:
+                if jp == 0:
+                    dv = d0
+                elif jp == 1:
+                    dv = d1
+                elif jp == 2:
+                    dv = d2
+                else:
+                    dv = d3
+                if jp * NACC // 4 == 0:
+                    a0 = dot4_values(a0, dv, x2, INTERPRET)
+                elif jp * NACC // 4 == 1:
+                    a1 = dot4_values(a1, dv, x2, INTERPRET)
+                elif jp * NACC // 4 == 2:
+                    a2 = dot4_values(a2, dv, x2, INTERPRET)
+                else:
+                    a3 = dot4_values(a3, dv, x2, INTERPRET)
+            elif jp * NACC // 4 == 0:
                 a0 = _pair_dot(a0, w0, w1, w2, w3, x2, zl0, zh0, lanes_ptr, jp, LUT, INTERPRET)
             elif jp * NACC // 4 == 1:
                 a1 = _pair_dot(a1, w0, w1, w2, w3, x2, zl1, zh1, lanes_ptr, jp, LUT, INTERPRET)

@@ -47,6 +47,34 @@ _ASM_LUT4 = (
     + "".join(_LUT_STEP.replace("$W", f"${i + 1}").replace("$X", f"${i + 5}") for i in range(4))
     + "mov.b32 $0, r; }"
 )
+_DEC_STEP = "shr.b32 a, $W, SLO; shr.b32 b, $W, SHI; shfl.sync.idx.b32 lo, t, a, 0x1f, -1; " \
+    "shfl.sync.idx.b32 hi, t, b, 0x1f, -1; prmt.b32 $O, lo, hi, 0x7610; "
+_ASM_DEC4 = (
+    "{ .reg .b32 t, a, b, lo, hi, l; .reg .b64 o; mov.u32 l, %laneid; mul.wide.u32 o, l, 4; "
+    "add.s64 o, o, $8; ld.global.nc.b32 t, [o]; "
+    + "".join(_DEC_STEP.replace("$W", f"${i + 4}").replace("$O", f"${i}") for i in range(4)) + "}"
+)
+#: The same shuffles without the FMA: code pair (jp, jp + 4) of four words -> four f16x2 values.
+ASM_DEC4_0 = tl.constexpr(_ASM_DEC4.replace("SLO", "0").replace("SHI", "16"))
+ASM_DEC4_1 = tl.constexpr(_ASM_DEC4.replace("SLO", "4").replace("SHI", "20"))
+ASM_DEC4_2 = tl.constexpr(_ASM_DEC4.replace("SLO", "8").replace("SHI", "24"))
+ASM_DEC4_3 = tl.constexpr(_ASM_DEC4.replace("SLO", "12").replace("SHI", "28"))
+_DEC_INT = "lop3.b32 h, $W, MASK, 0x64006400, 0xea; fma.rn.f16x2 $O, h, c, $8; "
+_ASM_DEC_INT4 = "{ .reg .b32 h, c; mov.b32 c, MUL; " + "".join(
+    _DEC_INT.replace("$W", f"${i + 4}").replace("$O", f"${i}") for i in range(4)) + "}"
+#: The int4 decode of ``dot_codes`` without the FMA: four words -> four f16x2 (q - zero) / 16.
+ASM_DEC_INT4_LOW = tl.constexpr(_ASM_DEC_INT4.replace("MASK", "0x000f000f").replace("MUL", "0x2c002c00"))
+ASM_DEC_INT4_HIGH = tl.constexpr(_ASM_DEC_INT4.replace("MASK", "0x00f000f0").replace("MUL", "0x1c001c00"))
+#: A load whose address depends on 16 f16x2 values (it reads lane-table entry 0 or 1; the
+#: result is not used): the values must then exist before any later memory operation.
+ASM_PIN16 = tl.constexpr(
+    "{ .reg .b32 a, b; .reg .b64 o; xor.b32 a, $1, $2; xor.b32 b, $3, $4; xor.b32 a, a, $5; xor.b32 b, b, $6; "
+    "xor.b32 a, a, $7; xor.b32 b, b, $8; xor.b32 a, a, $9; xor.b32 b, b, $10; xor.b32 a, a, $11; "
+    "xor.b32 b, b, $12; xor.b32 a, a, $13; xor.b32 b, b, $14; xor.b32 a, a, $15; xor.b32 b, b, $16; "
+    "xor.b32 a, a, b; and.b32 a, a, 4; cvt.u64.u32 o, a; add.s64 o, o, $17; ld.volatile.global.b32 $0, [o]; }")
+ASM_FMA4 = tl.constexpr(
+    "{ .reg .b32 r; fma.rn.f16x2 r, $1, $5, $9; fma.rn.f16x2 r, $2, $6, r; fma.rn.f16x2 r, $3, $7, r; "
+    "fma.rn.f16x2 $0, $4, $8, r; }")
 #: Code pair (jp, jp + 4) of four words: codes at bits 4 jp and 16 + 4 jp.
 ASM_LUT4_0 = tl.constexpr(_ASM_LUT4.replace("SLO", "0").replace("SHI", "16"))
 ASM_LUT4_1 = tl.constexpr(_ASM_LUT4.replace("SLO", "4").replace("SHI", "20"))
@@ -194,3 +222,103 @@ def dot4_lut(acc, w0, w1, w2, w3, x2, lanes_ptr, JP: tl.constexpr, INTERPRET: tl
             return tl.inline_asm_elementwise(ASM_LUT4_2, cons, args, dtype=tl.int32, is_pure=True, pack=1)
         else:
             return tl.inline_asm_elementwise(ASM_LUT4_3, cons, args, dtype=tl.int32, is_pure=True, pack=1)
+
+
+@triton.jit
+def decode_lut4(w0, w1, w2, w3, lanes_ptr, JP: tl.constexpr, INTERPRET: tl.constexpr, PINNED: tl.constexpr = False):
+    """Code pair (JP, JP + 4) of four words through the code book: four f16x2 (lut[code JP],
+    lut[code JP + 4]), the values ``dot4_lut`` multiplies (by the same warp shuffles).
+    PINNED: kept in program order with other side effects (before a PDL wait: as a pure
+    function the compiler was free to move it past the wait, and did)."""
+    if INTERPRET:
+        return (_lut_value(w0, lanes_ptr, JP), _lut_value(w1, lanes_ptr, JP), _lut_value(w2, lanes_ptr, JP),
+                _lut_value(w3, lanes_ptr, JP))
+    else:
+        args = [w0, w1, w2, w3, lanes_ptr.to(tl.int64)]
+        cons: tl.constexpr = "=r,=r,=r,=r,r,r,r,r,l"
+        if JP == 0:
+            return tl.inline_asm_elementwise(ASM_DEC4_0, cons, args, dtype=(tl.int32, tl.int32, tl.int32, tl.int32),
+                                             is_pure=not PINNED, pack=1)
+        elif JP == 1:
+            return tl.inline_asm_elementwise(ASM_DEC4_1, cons, args, dtype=(tl.int32, tl.int32, tl.int32, tl.int32),
+                                             is_pure=not PINNED, pack=1)
+        elif JP == 2:
+            return tl.inline_asm_elementwise(ASM_DEC4_2, cons, args, dtype=(tl.int32, tl.int32, tl.int32, tl.int32),
+                                             is_pure=not PINNED, pack=1)
+        else:
+            return tl.inline_asm_elementwise(ASM_DEC4_3, cons, args, dtype=(tl.int32, tl.int32, tl.int32, tl.int32),
+                                             is_pure=not PINNED, pack=1)
+
+
+@triton.jit
+def _lut_value(w, lanes_ptr, JP: tl.constexpr):
+    """Interpreter path of ``decode_lut4`` for one word (lane table entry q is lut[q])."""
+    lo = tl.load(lanes_ptr + ((w >> (4 * JP)) & 15)) & 0xFFFF
+    hi = tl.load(lanes_ptr + ((w >> (16 + 4 * JP)) & 15)) & 0xFFFF
+    return lo | (hi << 16)
+
+
+@triton.jit
+def dot4_values(acc, vals, x2, INTERPRET: tl.constexpr):
+    """acc + sum over i of vals[i] * x2[i] (f16x2, in order i = 0..3, as ``dot4_lut``)."""
+    v0, v1, v2, v3 = vals
+    p0, p1, p2, p3 = x2
+    if INTERPRET:
+        acc = _fma2(acc, v0, p0, INTERPRET)
+        acc = _fma2(acc, v1, p1, INTERPRET)
+        acc = _fma2(acc, v2, p2, INTERPRET)
+        return _fma2(acc, v3, p3, INTERPRET)
+    else:
+        return tl.inline_asm_elementwise(ASM_FMA4, "=r,r,r,r,r,r,r,r,r,r", [v0, v1, v2, v3, p0, p1, p2, p3, acc],
+                                         dtype=tl.int32, is_pure=True, pack=1)
+
+
+@triton.jit
+def _fma2(acc, v, x2, INTERPRET: tl.constexpr):
+    v_lo, v_hi = unpack(v, INTERPRET)
+    x_lo, x_hi = unpack(x2, INTERPRET)
+    a_lo, a_hi = unpack(acc, INTERPRET)
+    return pack((a_lo + v_lo * x_lo).to(tl.float16), (a_hi + v_hi * x_hi).to(tl.float16), INTERPRET)
+
+
+@triton.jit
+def pin_before_wait(d0, d1, d2, d3, ptr, INTERPRET: tl.constexpr):
+    """Keep the decoded values of a step (four tuples of four f16x2 tensors) ahead of the PDL
+    wait: ptxas moves the wait above any arithmetic it does not depend on, but not above a
+    load (here one of ``ptr``'s first two int32, read-only weights, at an address that
+    depends on all of them)."""
+    if not INTERPRET:
+        tl.inline_asm_elementwise(ASM_PIN16, "=r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,l",
+                                  [d0[0], d0[1], d0[2], d0[3], d1[0], d1[1], d1[2], d1[3], d2[0], d2[1], d2[2],
+                                   d2[3], d3[0], d3[1], d3[2], d3[3], ptr.to(tl.int64)],
+                                  dtype=tl.int32, is_pure=False, pack=1)
+
+
+@triton.jit
+def decode_int4(w0, w1, w2, w3, zt, HIGH: tl.constexpr, INTERPRET: tl.constexpr, PINNED: tl.constexpr = False):
+    """Four words' codes at bits [0, 4) and [16, 20) (HIGH: [4, 8) and [20, 24)) -> four
+    f16x2 (q - zero) / 16, the values ``dot_codes`` multiplies (zt as there). PINNED: as
+    in ``decode_lut4``."""
+    if INTERPRET:
+        return (_int_value(w0, zt, HIGH), _int_value(w1, zt, HIGH), _int_value(w2, zt, HIGH),
+                _int_value(w3, zt, HIGH))
+    else:
+        args = [w0, w1, w2, w3, zt]
+        if HIGH:
+            return tl.inline_asm_elementwise(ASM_DEC_INT4_HIGH, "=r,=r,=r,=r,r,r,r,r,r", args,
+                                             dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=not PINNED,
+                                             pack=1)
+        else:
+            return tl.inline_asm_elementwise(ASM_DEC_INT4_LOW, "=r,=r,=r,=r,r,r,r,r,r", args,
+                                             dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=not PINNED,
+                                             pack=1)
+
+
+@triton.jit
+def _int_value(w, zt, HIGH: tl.constexpr):
+    """Interpreter path of ``decode_int4`` for one word."""
+    mask: tl.constexpr = 0x00F000F0 if HIGH else 0x000F000F
+    mul: tl.constexpr = 1.0 / 256 if HIGH else 1.0 / 16
+    h_lo, h_hi = unpack((w & mask) | 0x64006400, True)
+    z_lo, z_hi = unpack(zt, True)
+    return pack((h_lo * mul + z_lo).to(tl.float16), (h_hi * mul + z_hi).to(tl.float16), True)

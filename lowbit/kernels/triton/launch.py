@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import functools
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 import triton
@@ -35,6 +35,9 @@ class GemvConfig:
     half2: bool = False  # int4 codes, fp16/bf16 rows: the f16x2 kernel (gemv_half2)
     depth: int = 1  # gemv_half2 with prefetch: steps loaded ahead (1 or 2)
     cols: int = 0  # gemv_half2: output columns a program, a divisor of block_n (0: block_n)
+    # gemv_half2 with prefetch: decode the first step's codes before the PDL wait (code books,
+    # int4 with one group pair a chunk)
+    predecode: bool = False
 
 
 @dataclass(frozen=True)
@@ -50,14 +53,19 @@ class GemmConfig:
 
 @dataclass(frozen=True)
 class Mma16Config:
-    """``mma16`` (2 <= M <= 16, int4, fp16): K splits, and how the warps split a column
-    block: ``wr`` warps over the two 16-row halves of a chunk (1 or 2), ``wh`` over its
-    32-column quads (a divisor of block_n / 32)."""
+    """``mma16`` (2 <= M <= 16, int4, fp16): a loop step of ``chunks`` chunks side by side
+    (a power of two) over ``cols`` of a layout block's columns (0: the whole block), ``v``
+    columns a lane (1, 2 or 4) and K splits; the warps: ``wc`` over the step's chunks, ``wr``
+    over the two 16-row halves of a chunk (1 or 2), ``wh`` over its column groups of 8 v."""
 
     split: int = 1
     wr: int = 1
     wh: int = 1
-    depth: int = 2  # chunks loaded ahead (1 or 2)
+    depth: int = 2  # steps loaded ahead (1 or 2)
+    chunks: int = 1
+    wc: int = 1
+    v: int = 4
+    cols: int = 0
 
 
 @dataclass(frozen=True)
@@ -237,6 +245,13 @@ def half2_step(cfg: GemvConfig, pw: PackedWeight) -> tuple[int, int]:
     return c, bnp
 
 
+def predecodes(cfg: GemvConfig, pw: PackedWeight) -> bool:
+    """Whether ``gemv_half2`` decodes each step's codes ahead of its FMAs (the first step's
+    before the PDL wait): asked for, with prefetch, on a code book or int4 groups >= 128
+    (whose four code pairs share one zero term)."""
+    return cfg.predecode and cfg.prefetch and (pw.mode == "lut" or half2_accumulators(pw.group_size) == 1)
+
+
 def gemv_half2(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: GemvConfig,
                out: torch.Tensor | None = None, silu: bool = False) -> torch.Tensor:
     """y [M, N] = x [M, K] @ W.T (+ bias) in f16x2 arithmetic (``gemv_half2``; int4 or a
@@ -259,7 +274,8 @@ def gemv_half2(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg
         EVEN_K=_even_k(pw) and pw.chunks % c == 0,  # else the last step's extra chunks mask x
         X_VEC=_x_vec(x, pw),
         HAS_ZERO=pw.zero_pairs is not None, HAS_PERM=pw.perm is not None, HAS_BIAS=bias is not None,
-        PREFETCH=cfg.depth if cfg.prefetch else 0, INTERPRET=INTERPRET, SILU=silu, num_warps=cfg.num_warps,
+        PREFETCH=cfg.depth if cfg.prefetch else 0, INTERPRET=INTERPRET, SILU=silu,
+        PREDECODE=predecodes(cfg, pw), num_warps=cfg.num_warps,
         num_stages=cfg.num_stages, **pdl.launch_args(x.device),
     )
     return y
@@ -278,23 +294,42 @@ def mma16_ok(x: torch.Tensor, pw: PackedWeight, max_m: int = 16) -> bool:
             and pw.group_size >= 128 and pw.block_n % 32 == 0 and _x_vec(x, pw))
 
 
+def mma16_step(cfg: Mma16Config, pw: PackedWeight) -> Mma16Config:
+    """``cfg`` as ``mma16`` can take it on this layer: chunks a step a power of two, at most
+    the layer's chunks; columns a lane 1, 2 or 4, and columns a program a divisor of
+    block_n made of a power-of-two number of 8 v column groups (else the whole block); the
+    warps' split of the chunks and the column groups divisors of theirs."""
+    c = 1
+    while c * 2 <= min(cfg.chunks, pw.chunks):
+        c *= 2
+    v = cfg.v if cfg.v in (1, 2, 4) else 4
+    bnp = cfg.cols if cfg.cols and pw.block_n % cfg.cols == 0 else pw.block_n
+    groups = bnp // (8 * v)
+    if bnp % (8 * v) or groups & (groups - 1):
+        v, bnp = 4, pw.block_n
+        groups = bnp // 32
+    return replace(cfg, chunks=c, v=v, cols=bnp, wc=cfg.wc if c % cfg.wc == 0 else 1,
+                   wh=cfg.wh if groups % cfg.wh == 0 else 1, wr=cfg.wr if cfg.wr in (1, 2) else 1)
+
+
 def mma16(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: Mma16Config,
           out: torch.Tensor | None = None) -> torch.Tensor:
     """y [M, N] = x [M, K] @ W.T (+ bias) on mma.sync (``mma16``), 16 rows a program."""
     m = x.shape[0]
     y = torch.empty(m, pw.n, dtype=x.dtype, device=x.device) if out is None else out
-    nb = pw.qweight.shape[0]
+    cfg = mma16_step(cfg, pw)
+    programs = pw.qweight.shape[0] * (pw.block_n // cfg.cols)
     row_tiles = triton.cdiv(m, 16)
-    wh = cfg.wh if (pw.block_n // 32) % cfg.wh == 0 else 1
-    per, split, ws, cnt = _split_k(x, y, m * pw.n, nb * row_tiles, pw.chunks, cfg.split, 1)
+    per, split, ws, cnt = _split_k(x, y, m * pw.n, programs * row_tiles, pw.chunks, cfg.split, cfg.chunks)
     dummy = pw.qweight
-    _mma16.int4_mma16_kernel[(nb, split, row_tiles)](
+    _mma16.int4_mma16_kernel[(programs, split, row_tiles)](
         x, pw.qweight, pw.scales, pw.zero_pairs if pw.zero_pairs is not None else dummy,
         bias if bias is not None else dummy, y, ws, cnt,
         m, pw.n, pw.k, pw.chunks, pw.groups, x.stride(0), y.stride(0), per, split,
-        BN=pw.block_n, PK=PK, GS=pw.group_size, SPLIT_K=split > 1, EVEN_K=_even_k(pw),
-        HAS_ZERO=pw.zero_pairs is not None, HAS_BIAS=bias is not None, WR=cfg.wr, WH=wh, DEPTH=cfg.depth,
-        X_BF16=x.dtype == torch.bfloat16, num_warps=cfg.wr * wh, **pdl.launch_args(x.device),
+        BN=pw.block_n, BNP=cfg.cols, C=cfg.chunks, V=cfg.v, PK=PK, GS=pw.group_size, SPLIT_K=split > 1,
+        EVEN_K=_even_k(pw), HAS_ZERO=pw.zero_pairs is not None, HAS_BIAS=bias is not None, WC=cfg.wc, WR=cfg.wr,
+        WH=cfg.wh, DEPTH=cfg.depth, X_BF16=x.dtype == torch.bfloat16,
+        num_warps=cfg.wc * cfg.wr * cfg.wh, **pdl.launch_args(x.device),
     )
     return y
 

@@ -92,11 +92,13 @@ if AVAILABLE:
                                              dtype=(gl.int32, gl.int32, gl.int32, gl.int32), is_pure=True, pack=1)
 
     @gluon.jit
-    def _x_raw(x_top, x_bot, c, jj: gl.constexpr, rh, q, m_top, m_bot, K, EVEN_K: gl.constexpr):
-        """The activations step (c, jj) needs, as int64 (four halves each) at kernel-order
-        columns kk, kk + 128 (pair a) and kk + 32, kk + 160 (pair b), kk = c*256 + 64 jj +
-        16 rh + 4 q, for rows g (top) and g + 8 (bottom)."""
-        kk = c * 256 + 64 * jj + 16 * rh + 4 * q  # [2, 1, 1, 4, 1]
+    def _x_raw(x_top, x_bot, c, c_last, cc, jj: gl.constexpr, rh, q, m_top, m_bot, K, EVEN_K: gl.constexpr):
+        """The activations code position pair jj of the step from chunk c needs, as int64 (four
+        halves each) at kernel-order columns kk, kk + 128 (pair a) and kk + 32, kk + 160 (pair
+        b), kk = chunk * 256 + 64 jj + 16 rh + 4 q, chunk = min(c + cc, c_last), for rows g
+        (top) and g + 8 (bottom). A chunk past the last reloads the last one: its weights are
+        zero, so it adds nothing, and the reload keeps the loads in bounds."""
+        kk = gl.minimum(c + cc, c_last) * 256 + 64 * jj + 16 * rh + 4 * q  # [C, 2, 1, 1, 4, 1]
         w = kk // 4
         if EVEN_K:
             ta0 = gl.load(x_top + w, mask=m_top, other=0)
@@ -127,27 +129,29 @@ if AVAILABLE:
             dtype=(gl.float32, gl.float32, gl.float32, gl.float32), is_pure=True, pack=1)
 
     @gluon.jit
-    def _chunk(w_base, s_ptr, zp_ptr, c, c_end, rh, n, nmask, N, G, PK: gl.constexpr, BN: gl.constexpr,
+    def _chunk(w_base, s_ptr, zp_ptr, c, c_end, cc, n, nmask, N, G, PK: gl.constexpr, BN: gl.constexpr,
                GS: gl.constexpr, HAS_ZERO: gl.constexpr, L: gl.constexpr):
-        """Chunk c's four word tensors (rows 16 rh + 4 q + i in tensor i), its f16x2 scales
-        (16 s of the low and the high group) and zero terms; zeros past c_end."""
-        p = w_base + c * (PK * BN)
-        live = rh * 0 + c < c_end
+        """The step from chunk c: its chunks c + cc side by side (axis 0), as four word
+        tensors (rows 16 rh + 4 q + i in tensor i), their f16x2 scales (16 s of the low and
+        the high group) and zero terms; zeros for chunks from c_end on."""
+        ci = c + cc  # [C, 1, 1, 1, 1, 1]
+        p = w_base + ci * (PK * BN)
+        live = ci < c_end
         w0 = gl.load(p, mask=live, other=0)
         w1 = gl.load(p + BN, mask=live, other=0)
         w2 = gl.load(p + 2 * BN, mask=live, other=0)
         w3 = gl.load(p + 3 * BN, mask=live, other=0)
-        cmask = nmask & (n * 0 + c < c_end)
+        cmask = nmask & live
         HI: gl.constexpr = 1 if GS == 128 else 0
-        g_lo = gl.minimum((c * 256) // GS, G - 1)
+        g_lo = gl.minimum((ci * 256) // GS, G - 1)
         g_hi = gl.minimum(g_lo + HI, G - 1)
         s_lo = gl.load(s_ptr + g_lo * N + n, mask=cmask, other=0.0).to(gl.float32) * 16.0
         s_hi = gl.load(s_ptr + g_hi * N + n, mask=cmask, other=0.0).to(gl.float32) * 16.0
         s16 = _pack(s_lo.to(gl.float16), s_hi.to(gl.float16))  # the pairs carry (q - zero) / 16
         if HAS_ZERO:
-            zl = gl.load(zp_ptr + c * N + n, mask=cmask, other=0)
+            zl = gl.load(zp_ptr + ci * N + n, mask=cmask, other=0)
         else:
-            half = gl.full(n.shape, -64.5, gl.float16, layout=L)  # zero point 8: -(64 + 8 / 16)
+            half = gl.full((ci + n).shape, -64.5, gl.float16, layout=L)  # zero point 8: -(64 + 8 / 16)
             zl = _pack(half, half)
         return w0, w1, w2, w3, s16, zl
 
@@ -201,78 +205,92 @@ if AVAILABLE:
                 _write(t11, r_bot, col_e1, M, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS)
 
     @gluon.jit
+    def _ksum(acc):
+        """[C, 2, H, 8, 4, V] -> [H, 8, 4, V]: the sum over a program's chunks and halves."""
+        return gl.sum(gl.sum(acc, axis=0), axis=0)
+
+    @gluon.jit
     def int4_mma16_kernel(
         x_ptr, qw_ptr, s_ptr, zp_ptr, bias_ptr, y_ptr, ws_ptr, cnt_ptr,
         M, N, K, KC, G, stride_xm, stride_ym, chunks_per_split, splits,
-        BN: gl.constexpr, PK: gl.constexpr, GS: gl.constexpr, SPLIT_K: gl.constexpr, EVEN_K: gl.constexpr,
-        HAS_ZERO: gl.constexpr, HAS_BIAS: gl.constexpr, PDL: gl.constexpr, WR: gl.constexpr, WH: gl.constexpr,
-        DEPTH: gl.constexpr, X_BF16: gl.constexpr,
+        BN: gl.constexpr, BNP: gl.constexpr, C: gl.constexpr, V: gl.constexpr, PK: gl.constexpr, GS: gl.constexpr,
+        SPLIT_K: gl.constexpr, EVEN_K: gl.constexpr, HAS_ZERO: gl.constexpr, HAS_BIAS: gl.constexpr,
+        PDL: gl.constexpr, WC: gl.constexpr, WR: gl.constexpr, WH: gl.constexpr, DEPTH: gl.constexpr,
+        X_BF16: gl.constexpr,
     ):
-        # Lanes: q (bits 0-1), g (bits 2-4), as mma.sync wants; v in registers (16-byte loads);
-        # the two 16-row halves rh of a chunk over WR warps, column quads h over WH warps.
-        H: gl.constexpr = BN // 32
-        L: gl.constexpr = gl.BlockedLayout(size_per_thread=[2 // WR, H // WH, 1, 1, 4],
-                                           threads_per_warp=[1, 1, 8, 4, 1],
-                                           warps_per_cta=[WR, WH, 1, 1, 1], order=[4, 3, 2, 1, 0])
+        # Lanes: q (bits 0-1), g (bits 2-4), as mma.sync wants; v in registers (one V-word
+        # load); the C chunks of a step over WC warps, the two 16-row halves rh of a chunk over
+        # WR warps, column groups h over WH warps. The K range is summed across the warps at
+        # the end, so a program covers many chunks without a K split.
+        H: gl.constexpr = BNP // (8 * V)
+        L: gl.constexpr = gl.BlockedLayout(size_per_thread=[C // WC, 2 // WR, H // WH, 1, 1, V],
+                                           threads_per_warp=[1, 1, 1, 8, 4, 1],
+                                           warps_per_cta=[WC, WR, WH, 1, 1, 1], order=[5, 4, 3, 2, 1, 0])
         gluon_release(PDL)
-        pid_n = gl.program_id(0)
+        pid_n = gl.program_id(0)  # BNP columns of layout block pid_n // (BN // BNP)
         pid_k = gl.program_id(1)
         row0 = gl.program_id(2) * 16  # this program's 16 activation rows
-        rh = _iota(2, 0, 5, L)
-        h = _iota(H, 1, 5, L)
-        g = _iota(8, 2, 5, L)
-        q = _iota(4, 3, 5, L)
-        v = _iota(4, 4, 5, L)
-        col = 32 * h + 4 * g + v  # [1, H, 8, 1, 4]: this lane's columns in the block
-        n = pid_n * BN + col
+        cc = _iota(C, 0, 6, L)
+        rh = _iota(2, 1, 6, L)
+        h = _iota(H, 2, 6, L)
+        g = _iota(8, 3, 6, L)
+        q = _iota(4, 4, 6, L)
+        v = _iota(V, 5, 6, L)
+        col = 8 * V * h + V * g + v  # [1, 1, H, 8, 1, V]: this lane's columns in the program's slice
+        n = pid_n * BNP + col
         nmask = n < N
-        w_base = qw_ptr + pid_n.to(gl.int64) * KC * (PK * BN) + (16 * rh + 4 * q) * BN + col  # [2, H, 8, 4, 4]
+        PB: gl.constexpr = BN // BNP
+        w_base = (qw_ptr + (pid_n // PB).to(gl.int64) * KC * (PK * BN) + (16 * rh + 4 * q) * BN
+                  + (pid_n % PB) * BNP + col)  # [1, 2, H, 8, 4, V]
         x64 = x_ptr.to(gl.pointer_type(gl.int64))
         xrow = stride_xm // 4  # int64 words per x row
-        x_top = x64 + (row0 + g) * xrow  # rows g ([1, 1, 8, 1, 1]; the column comes with kk)
+        x_top = x64 + (row0 + g) * xrow  # rows g ([1, 1, 1, 8, 1, 1]; the column comes with kk)
         x_bot = x_top + 8 * xrow  # rows g + 8
         m_top = row0 + g < M
         m_bot = row0 + g + 8 < M
         c_begin = pid_k * chunks_per_split
         c_end = gl.minimum(c_begin + chunks_per_split, KC)
-        c0 = gl.zeros([2, H, 8, 4, 4], gl.float32, layout=L)
+        c_last = c_end - 1
+        c0 = gl.zeros([C, 2, H, 8, 4, V], gl.float32, layout=L)
         c1 = c0
         c2 = c0
         c3 = c0
-        # DEPTH chunks ahead (1 or 2; n* the next chunk, nn* the one after): their words, scales
-        # and zeros are in flight while this chunk's MMAs run (one program holds few warps,
-        # so without it every chunk would wait out a memory round trip).
-        n0, n1, n2, n3, ns, nz = _chunk(w_base, s_ptr, zp_ptr, c_begin, c_end, rh, n, nmask, N, G, PK, BN, GS,
+        # DEPTH steps ahead (1 or 2; n* the next step, nn* the one after): their words, scales
+        # and zeros are in flight while this step's MMAs run (one program holds few warps,
+        # so without it every step would wait out a memory round trip).
+        n0, n1, n2, n3, ns, nz = _chunk(w_base, s_ptr, zp_ptr, c_begin, c_end, cc, n, nmask, N, G, PK, BN, GS,
                                         HAS_ZERO, L)
         if DEPTH >= 2:
-            nn0, nn1, nn2, nn3, nns, nnz = _chunk(w_base, s_ptr, zp_ptr, c_begin + 1, c_end, rh, n, nmask, N, G, PK,
-                                                  BN, GS, HAS_ZERO, L)
+            nn0, nn1, nn2, nn3, nns, nnz = _chunk(w_base, s_ptr, zp_ptr, c_begin + C, c_end, cc, n, nmask, N, G,
+                                                  PK, BN, GS, HAS_ZERO, L)
         gluon_wait(PDL)
-        xa0, xa1, xb0, xb1, xc0, xc1, xd0, xd1 = _x_raw(x_top, x_bot, c_begin, 0, rh, q, m_top, m_bot, K, EVEN_K)
-        for c in range(c_begin, c_end):
+        xa0, xa1, xb0, xb1, xc0, xc1, xd0, xd1 = _x_raw(x_top, x_bot, c_begin, c_last, cc, 0, rh, q, m_top, m_bot,
+                                                        K, EVEN_K)
+        for c in range(c_begin, c_end, C):
             w0, w1, w2, w3, s16, zl = n0, n1, n2, n3, ns, nz
             if DEPTH >= 2:
                 n0, n1, n2, n3, ns, nz = nn0, nn1, nn2, nn3, nns, nnz
-                nn0, nn1, nn2, nn3, nns, nnz = _chunk(w_base, s_ptr, zp_ptr, c + 2, c_end, rh, n, nmask, N, G, PK,
-                                                      BN, GS, HAS_ZERO, L)
+                nn0, nn1, nn2, nn3, nns, nnz = _chunk(w_base, s_ptr, zp_ptr, c + 2 * C, c_end, cc, n, nmask, N, G,
+                                                      PK, BN, GS, HAS_ZERO, L)
             else:
-                n0, n1, n2, n3, ns, nz = _chunk(w_base, s_ptr, zp_ptr, c + 1, c_end, rh, n, nmask, N, G, PK, BN, GS,
-                                                HAS_ZERO, L)
+                n0, n1, n2, n3, ns, nz = _chunk(w_base, s_ptr, zp_ptr, c + C, c_end, cc, n, nmask, N, G, PK, BN,
+                                                GS, HAS_ZERO, L)
             # + 60: the zero term of the high code position, -(4 + z / 16)
             zh = gl.inline_asm_elementwise(ASM_HIGH_TERM, "=r,r", [zl], dtype=gl.int32, is_pure=True, pack=1)
             for jj in gl.static_range(2):  # code pairs (0, 1) then (2, 3): 8 bits up
-                # This step's activations were loaded a step ahead (from L2, mostly: each
-                # program reads its own K range once); load the next step's now.
+                # This step's activations were loaded a code pair ahead (from L2, mostly: each
+                # program reads its own K range once); load the next ones now (past the last
+                # step: a harmless reload). (A whole step ahead measured no faster, s10 run 2.)
                 ta = _pair_quads(xa0, xa1, X_BF16)
                 tb = _pair_quads(xb0, xb1, X_BF16)
                 ba = _pair_quads(xc0, xc1, X_BF16)
                 bb = _pair_quads(xd0, xd1, X_BF16)
                 if jj == 0:
-                    xa0, xa1, xb0, xb1, xc0, xc1, xd0, xd1 = _x_raw(x_top, x_bot, c, 1, rh, q, m_top, m_bot, K, EVEN_K)
+                    xa0, xa1, xb0, xb1, xc0, xc1, xd0, xd1 = _x_raw(x_top, x_bot, c, c_last, cc, 1, rh, q, m_top,
+                                                                    m_bot, K, EVEN_K)
                 else:
-                    cn = gl.minimum(c + 1, c_end - 1)  # past the last chunk: a harmless reload
-                    xa0, xa1, xb0, xb1, xc0, xc1, xd0, xd1 = _x_raw(x_top, x_bot, cn, 0, rh, q, m_top, m_bot, K,
-                                                                    EVEN_K)
+                    xa0, xa1, xb0, xb1, xc0, xc1, xd0, xd1 = _x_raw(x_top, x_bot, c + C, c_last, cc, 0, rh, q,
+                                                                    m_top, m_bot, K, EVEN_K)
                 for i in gl.static_range(4):
                     if i == 0:
                         w = w0
@@ -286,12 +304,12 @@ if AVAILABLE:
                         w = (w.to(gl.uint32, bitcast=True) >> 8).to(gl.int32, bitcast=True)
                     c0, c1, c2, c3 = _mma(w, zl, zh, s16, ta[i], ba[i], tb[i], bb[i], c0, c1, c2, c3)
         # C of MMA v at lane (g, q): rows g (c0, c1) and g + 8 (c2, c3), columns c8 = 2q
-        # (c0, c2) and 2q + 1 (c1, c3), i.e. block columns 32 h + 4 c8 + v.
+        # (c0, c2) and 2q + 1 (c1, c3), i.e. slice columns 8V h + V c8 + v. The sums over
+        # the step's chunks and the chunk's halves cross warps (through shared memory, once).
         # The index tensors go through the same reduction so that their layout is the sums'.
-        S: gl.constexpr = gl.SliceLayout(0, L)
+        S: gl.constexpr = gl.SliceLayout(0, gl.SliceLayout(0, L))
         rows = row0 + _iota(8, 1, 4, S)  # [1, 8, 1, 1]
-        col_e0 = pid_n * BN + 32 * _iota(H, 0, 4, S) + 8 * _iota(4, 2, 4, S) + _iota(4, 3, 4, S)  # [H, 1, 4, 4]
-        col_e1 = col_e0 + 4
-        _store4(gl.sum(c0, axis=0), gl.sum(c1, axis=0), gl.sum(c2, axis=0), gl.sum(c3, axis=0), rows, col_e0,
-                col_e1, M, N, y_ptr, stride_ym,
+        col_e0 = pid_n * BNP + 8 * V * _iota(H, 0, 4, S) + 2 * V * _iota(4, 2, 4, S) + _iota(V, 3, 4, S)  # [H, 1, 4, V]
+        col_e1 = col_e0 + V
+        _store4(_ksum(c0), _ksum(c1), _ksum(c2), _ksum(c3), rows, col_e0, col_e1, M, N, y_ptr, stride_ym,
                 bias_ptr, ws_ptr, cnt_ptr, gl.program_id(2) * gl.num_programs(0) + pid_n, splits, SPLIT_K, HAS_BIAS)
