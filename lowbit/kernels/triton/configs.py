@@ -38,8 +38,9 @@ GEMV: dict[tuple[int, int, int], GemvConfig] = {
 #: and the split-K config's before). The decoder's merged q|k|v and gate|up (block 64):
 #: h100_tune_half2_merged_s9run6.jsonl.
 HALF2: dict[tuple[int, int, int], GemvConfig] = {
-    (1024, 4096, 4): GemvConfig(chunks=16, cols=16, num_warps=8, num_stages=1, prefetch=True, depth=2,
-                                half2=True),  # 2.5, 7.5 (split-K 16: 3.7)
+    # the first step decoded before the PDL wait (h100_tune_predecode_s10run3.jsonl; without: 2.5)
+    (1024, 4096, 4): GemvConfig(chunks=16, cols=16, num_warps=16, num_stages=1, prefetch=True, depth=1,
+                                half2=True, predecode=True),  # 2.3, 7.6 (split-K 16: 3.7)
     (4096, 4096, 4): GemvConfig(chunks=8, cols=32, num_warps=16, num_stages=1, prefetch=True,
                                 half2=True),  # 5.1, 15.9 (split-K 8: 6.5)
     (14336, 4096, 4): GemvConfig(chunks=4, cols=16, num_warps=4, num_stages=1, prefetch=True,
@@ -55,7 +56,8 @@ HALF2: dict[tuple[int, int, int], GemvConfig] = {
 #: BLOCK_N above (the layout is shared with the M = 1 GEMV). benchmarks/results/
 #: h100_tune_mma16_run12.jsonl, M = 16 (our us, fp16 us; the slab GEMM it replaces, run 10).
 MMA16: dict[tuple[int, int, int], Mma16Config] = {
-    (1024, 4096, 4): Mma16Config(split=16, wr=1, wh=2, depth=2),  # 8.1, 7.6 (gemm.py 8.1)
+    # 8 chunks a step over 16 columns (s10 runs 1 and 3): M = 16 6.2 us, M = 4 4.8 (split-K 16: 8.1, 5.4)
+    (1024, 4096, 4): Mma16Config(chunks=8, wc=4, wr=2, v=2, cols=16, depth=2),  # 6.2, 7.7 (gemm.py 8.1)
     (4096, 4096, 4): Mma16Config(split=8, wr=1, wh=2, depth=2),  # 11.8, 16.0 (13.5)
     (14336, 4096, 4): Mma16Config(split=2, wr=1, wh=1, depth=2),  # 24.2, 42.8 (30.1)
     (4096, 14336, 4): Mma16Config(split=8, wr=1, wh=2, depth=2),  # 22.9, 45.1 (27.6)
@@ -131,7 +133,8 @@ GEMM_LUT: dict[tuple[int, int, int, int], GemmConfig | DequantConfig | TcConfig]
 #: h100_tune_wgmma_m16_256_run21.jsonl (our us, fp16 us). PDL (``pdl``) only where it measured
 #: faster: it made 4096x14336 (N = 14336) at M = 16 40% slower (run 26).
 WGMMA: dict[tuple[int, int, int, int], WgmmaConfig] = {
-    (4096, 4096, 4, 16): WgmmaConfig(bm=16, codes=4, stages=3, split=4),  # 9.7, 16.1 (mma16 11.8)
+    # split 8 with PDL since s10 run 4 (h100_tune_wgmma_s10run4.jsonl: 7.5 us; split 4 without: 9.3)
+    (4096, 4096, 4, 16): WgmmaConfig(bm=16, codes=4, stages=3, split=8, pdl=True),  # 7.5, 16.1 (mma16 10.1)
     (4096, 4096, 4, 32): WgmmaConfig(bm=32, codes=4, stages=3, split=4),  # 11.2, 14.6
     (4096, 4096, 4, 64): WgmmaConfig(bm=64, codes=2, stages=5, split=2),  # 14.2, 14.9
     (4096, 4096, 4, 128): WgmmaConfig(bm=64, codes=4, stages=5, split=1),  # 16.7, 14.8
