@@ -54,7 +54,7 @@ def main_loop(sass: str) -> collections.Counter:
     return best
 
 
-def kernels(bn: int, warps: int, chunks: int, cols: int):
+def kernels(bn: int, warps: int, chunks: int, cols: int, predecode: bool = False):
     from lowbit.kernels.triton.gemv import int_gemv_kernel
     from lowbit.kernels.triton.gemv_half2 import int4_gemv_half2_kernel
 
@@ -69,10 +69,10 @@ def kernels(bn: int, warps: int, chunks: int, cols: int):
     order = ["x_ptr", "qw_ptr", "s_ptr", "zp_ptr", "perm_ptr", "lanes_ptr", "bias_ptr", "y_ptr", "ws_ptr", "cnt_ptr"]
     yield ("gemv_half2 (f16x2)", int4_gemv_half2_kernel, {k: ptrs[k] for k in order}, ints,
            dict(BN=bn, BNP=cols, C=chunks, PK=32, GS=128, NACC=1, X_VEC=True, PREFETCH=True, INTERPRET=False, PDL=False, SILU=False,
-                LUT=False, **flags))
+                LUT=False, PREDECODE=predecode, **flags))
     yield ("half2 NF4 b64", int4_gemv_half2_kernel, {**{k: ptrs[k] for k in order}, "s_ptr": "*fp32"}, ints,
            dict(BN=bn, BNP=cols, C=chunks, PK=32, GS=64, NACC=2, X_VEC=True, PREFETCH=True, INTERPRET=False, PDL=False, SILU=False,
-                LUT=True, **{**flags, "HAS_ZERO": False}))
+                LUT=True, PREDECODE=predecode, **{**flags, "HAS_ZERO": False}))
 
 
 def main(argv=None) -> int:
@@ -81,10 +81,12 @@ def main(argv=None) -> int:
     p.add_argument("--warps", type=int, default=4)
     p.add_argument("--chunks", type=int, default=1, help="f16x2 GEMVs: chunks a loop step")
     p.add_argument("--cols", type=int, help="f16x2 GEMVs: columns a program (default: --bn)")
+    p.add_argument("--predecode", action="store_true",
+                   help="f16x2 GEMVs: decode a step's codes ahead of its FMAs (GemvConfig.predecode)")
     args = p.parse_args(argv)
     cols = args.cols or args.bn
     print(f"{'kernel':<20}{'loop instr':>11}{'weights':>9}{'per weight':>11}  top opcodes")
-    for name, fn, ptrs, ints, cx in kernels(args.bn, args.warps, args.chunks, cols):
+    for name, fn, ptrs, ints, cx in kernels(args.bn, args.warps, args.chunks, cols, args.predecode):
         loop = main_loop(compile_sass(fn, ptrs, ints, cx, args.warps))
         # a loop step's words (the fp32 gemv: one chunk of bn columns), spread over the threads
         step = 32 * args.chunks * cols if "BNP" in cx else 32 * args.bn

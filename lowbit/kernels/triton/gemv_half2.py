@@ -28,7 +28,10 @@ lut[q_j+4]) by two warp shuffles (``half2.dot4_lut``) instead of LOP3 + FMA, the
 zero term, and the scales are the blocks' absmax (fp16, or fp32 outside its range).
 
 Grid: (column blocks, K splits, rows); split-K partial sums meet in ``store_output``.
-With PDL (``pdl``) the first chunk's weights are loaded before waiting for the kernel ahead.
+With PDL (``pdl``) the first chunk's weights are loaded before waiting for the kernel ahead,
+and with PREDECODE also decoded (``half2.decode_lut4`` / ``decode_int4``: the values the
+fused asm would multiply, pinned ahead of the wait by ``half2.pin_before_wait``), so that
+only the FMAs with x follow the wait; later steps then decode at their start.
 """
 from __future__ import annotations
 

@@ -5,11 +5,16 @@ At M <= 16 the weight stream still sets the time, so the decode must stay as che
 f16x2 register (codes j and j + 4: kernel-order columns k and k + 128 of its chunk), which
 the m16n8k16 MMA takes directly as a B-fragment register. The MMA sums its 16 k slots in
 any order, so each lane's slots are simply "its" columns: lane (g, q) = (lane / 4, lane % 4)
-holds the words of chunk rows 16 rh + 4 q + i (i = 0..3) for block columns 32 h + 4 g + v
-(v = 0..3: one 16-byte load), and MMA v takes B = (code pair jp, jp + 1) of its word; the A
-fragment is x at the same k for rows g and g + 8 (four consecutive halves of x: one 8-byte
-load, then PRMTs). Column c8 of MMA v is block column 32 h + 4 c8 + v. The weight layout
-is the one ``gemv_half2`` reads (``layout``): no second copy of the weight.
+holds the words of chunk rows 16 rh + 4 q + i (i = 0..3) for slice columns 8V h + V g + v
+(v < V = 1, 2 or 4: one load of V words), and MMA v takes B = (code pair jp, jp + 1) of its
+word; the A fragment is x at the same k for rows g and g + 8 (four consecutive halves of x:
+one 8-byte load, then PRMTs). Column c8 of MMA v is slice column 8V h + V c8 + v. The weight
+layout is the one ``gemv_half2`` reads (``layout``): no second copy of the weight.
+
+A loop step takes C consecutive chunks side by side (one stream in the layout), over a
+slice of BNP of a layout block's BN columns; the warps split the step's chunks (WC), a
+chunk's row halves (WR) and the column groups (WH), and the K range is summed across them
+once at the end (as in ``gemv_half2``), so a program covers many chunks without split-K.
 
 Per word (8 weights): a shift, 4 LOP3, 4 FMA (q - zero, exact), 4 MUL (times the scale, as
 fp16 like the dequantized reference weight) and 2 MMAs. Both groups of a code pair are
@@ -17,15 +22,15 @@ scaled before the MMA, so the kernel takes group sizes >= 128 (one group pair a 
 
 Why Gluon: mma.sync is a warp-wide instruction whose operands must sit on specific lanes.
 Plain Triton picks tensor layouts itself (and picked different ones in different releases),
-so the word tensor [RH, H, 8, 4, 4] (rh, h, g, q, v) is given an explicit layout here:
-v in registers (16-byte loads), q on lanes 0-1, g on lanes 2-4, rh and h over warps and
+so the word tensor [C, 2, H, 8, 4, V] (chunk, rh, h, g, q, v) is given an explicit layout
+here: v in registers, q on lanes 0-1, g on lanes 2-4, the chunk, rh and h over warps and
 registers. Gluon kernels do not run under TRITON_INTERPRET; the GPU tests check this one.
 
 bf16 activations are rounded to fp16 as they are paired (as in ``gemv_half2``); the output
 is written in x's dtype. More than 16 rows: one program row per 16 (the grid's third axis;
 the programs of one column block share its weights through L2).
 
-Grid: (column blocks, K splits, row tiles of 16); split-K partial sums meet as in
+Grid: (column slices, K splits, row tiles of 16); split-K partial sums meet as in
 ``epilogue``.
 """
 from __future__ import annotations
