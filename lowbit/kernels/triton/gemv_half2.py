@@ -304,14 +304,7 @@ def int4_gemv_half2_kernel(
                           INTERPRET)
             # the accumulator of this code pair's groups
             if PREDECODE:
-                if jp == 0:
-                    dv = d0
-                elif jp == 1:
-                    dv = d1
-                elif jp == 2:
-                    dv = d2
-                else:
-                    dv = d3
+                dv = (d0, d1, d2, d3)[jp]
                 if jp * NACC // 4 == 0:
                     a0 = dot4_values(a0, dv, x2, INTERPRET)
                 elif jp * NACC // 4 == 1:
