@@ -184,22 +184,21 @@ def _pair_dot(acc2, w0, w1, w2, w3, x2, zl, zh, lanes_ptr, JP: tl.constexpr, LUT
 
 
 @triton.jit
-def _decode_step(w0, w1, w2, w3, zl, lanes_ptr, LUT: tl.constexpr, INTERPRET: tl.constexpr,
-                 PINNED: tl.constexpr):
+def _decode_step(w0, w1, w2, w3, zl, lanes_ptr, LUT: tl.constexpr, INTERPRET: tl.constexpr):
     """The values of code pairs 0..3 of the thread's four words (four tuples of four f16x2):
     looked up in the code book (LUT), else int4 of one group pair (zero term zl)."""
     if LUT:
-        return (decode_lut4(w0, w1, w2, w3, lanes_ptr, 0, INTERPRET, PINNED),
-                decode_lut4(w0, w1, w2, w3, lanes_ptr, 1, INTERPRET, PINNED),
-                decode_lut4(w0, w1, w2, w3, lanes_ptr, 2, INTERPRET, PINNED),
-                decode_lut4(w0, w1, w2, w3, lanes_ptr, 3, INTERPRET, PINNED))
+        return (decode_lut4(w0, w1, w2, w3, lanes_ptr, 0, INTERPRET),
+                decode_lut4(w0, w1, w2, w3, lanes_ptr, 1, INTERPRET),
+                decode_lut4(w0, w1, w2, w3, lanes_ptr, 2, INTERPRET),
+                decode_lut4(w0, w1, w2, w3, lanes_ptr, 3, INTERPRET))
     else:
         zh = high_term(zl, INTERPRET)
         u0, u1, u2, u3 = _shr8(w0), _shr8(w1), _shr8(w2), _shr8(w3)  # codes 2, 3 sit 8 bits up
-        return (decode_int4(w0, w1, w2, w3, zl, False, INTERPRET, PINNED),
-                decode_int4(w0, w1, w2, w3, zh, True, INTERPRET, PINNED),
-                decode_int4(u0, u1, u2, u3, zl, False, INTERPRET, PINNED),
-                decode_int4(u0, u1, u2, u3, zh, True, INTERPRET, PINNED))
+        return (decode_int4(w0, w1, w2, w3, zl, False, INTERPRET),
+                decode_int4(w0, w1, w2, w3, zh, True, INTERPRET),
+                decode_int4(u0, u1, u2, u3, zl, False, INTERPRET),
+                decode_int4(u0, u1, u2, u3, zh, True, INTERPRET))
 
 
 @triton.jit
@@ -260,7 +259,7 @@ def int4_gemv_half2_kernel(
         # The first step's codes become their values (code-book shuffles, or int4's LOP3 and
         # zero-point FMA: no x needed) while the kernel ahead may still run; after the wait
         # only the FMAs with x are left of it.
-        d0, d1, d2, d3 = _decode_step(n0, n1, n2, n3, nz0, lanes_ptr, LUT, INTERPRET, True)
+        d0, d1, d2, d3 = _decode_step(n0, n1, n2, n3, nz0, lanes_ptr, LUT, INTERPRET)
         pin_before_wait(d0, d1, d2, d3, lanes_ptr, INTERPRET)
     wait(PDL)  # x comes from the kernel ahead; only weights were read so far
     for c in range(c_begin, c_end, C):
@@ -278,7 +277,7 @@ def int4_gemv_half2_kernel(
                                                    FAST_G, INTERPRET)
         if PREDECODE:
             if c != c_begin:  # the first step's were decoded before the wait
-                d0, d1, d2, d3 = _decode_step(w0, w1, w2, w3, zl0, lanes_ptr, LUT, INTERPRET, False)
+                d0, d1, d2, d3 = _decode_step(w0, w1, w2, w3, zl0, lanes_ptr, LUT, INTERPRET)
         zh0 = high_term(zl0, INTERPRET)
         a0 = zero2
         cr = _rows_chunk(c, rr, C, PR)

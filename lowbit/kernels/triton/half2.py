@@ -37,18 +37,16 @@ ASM_DOT_HIGH = tl.constexpr(_ASM_DOT.replace("MASK", "0x00f000f0").replace("MUL"
 #: Shared with the Gluon kernel (``mma16``): the f16x2 building blocks as PTX.
 ASM_PACK = tl.constexpr("mov.b32 $0, {$1, $2};")
 ASM_HIGH_TERM = tl.constexpr("{ .reg .b32 c; mov.b32 c, 0x53805380; add.rn.f16x2 $0, $1, c; }")
-_LUT_STEP = (
-    "shr.b32 a, $W, SLO; shr.b32 b, $W, SHI; shfl.sync.idx.b32 lo, t, a, 0x1f, -1; "
-    "shfl.sync.idx.b32 hi, t, b, 0x1f, -1; prmt.b32 p, lo, hi, 0x7610; fma.rn.f16x2 r, p, $X, r; "
-)
+#: One word's code pair through the lane table t into $O (shifts, shuffles, PRMT).
+_DEC_STEP = "shr.b32 a, $W, SLO; shr.b32 b, $W, SHI; shfl.sync.idx.b32 lo, t, a, 0x1f, -1; " \
+    "shfl.sync.idx.b32 hi, t, b, 0x1f, -1; prmt.b32 $O, lo, hi, 0x7610; "
+_LUT_STEP = _DEC_STEP.replace("$O", "p") + "fma.rn.f16x2 r, p, $X, r; "
 _ASM_LUT4 = (
     "{ .reg .b32 t, a, b, lo, hi, p, r, l; .reg .b64 o; mov.u32 l, %laneid; mul.wide.u32 o, l, 4; "
     "add.s64 o, o, $10; ld.global.nc.b32 t, [o]; mov.b32 r, $9; "
     + "".join(_LUT_STEP.replace("$W", f"${i + 1}").replace("$X", f"${i + 5}") for i in range(4))
     + "mov.b32 $0, r; }"
 )
-_DEC_STEP = "shr.b32 a, $W, SLO; shr.b32 b, $W, SHI; shfl.sync.idx.b32 lo, t, a, 0x1f, -1; " \
-    "shfl.sync.idx.b32 hi, t, b, 0x1f, -1; prmt.b32 $O, lo, hi, 0x7610; "
 _ASM_DEC4 = (
     "{ .reg .b32 t, a, b, lo, hi, l; .reg .b64 o; mov.u32 l, %laneid; mul.wide.u32 o, l, 4; "
     "add.s64 o, o, $8; ld.global.nc.b32 t, [o]; "
@@ -172,16 +170,8 @@ def dot_codes(src, x2, zt, acc, HIGH: tl.constexpr, INTERPRET: tl.constexpr):
     [20, 24) (HIGH=True); zt: -(64 + zero / 16) for the low position, -(4 + zero / 16) for
     the high one ((1024 + q) / 16 and (1024 + 16 q) / 256 are both exact in fp16).
     """
-    if INTERPRET:
-        mask: tl.constexpr = 0x00F000F0 if HIGH else 0x000F000F
-        mul: tl.constexpr = 1.0 / 256 if HIGH else 1.0 / 16
-        h_lo, h_hi = unpack((src & mask) | 0x64006400, INTERPRET)
-        z_lo, z_hi = unpack(zt, INTERPRET)
-        x_lo, x_hi = unpack(x2, INTERPRET)
-        a_lo, a_hi = unpack(acc, INTERPRET)
-        lo = (a_lo + (h_lo * mul + z_lo) * x_lo).to(tl.float16)
-        hi = (a_hi + (h_hi * mul + z_hi) * x_hi).to(tl.float16)
-        return pack(lo, hi, INTERPRET)
+    if INTERPRET:  # (q - zero) / 16 is exact in fp16, so decoding first rounds nothing
+        return _fma2(acc, _int_value(src, zt, HIGH), x2, INTERPRET)
     else:
         if HIGH:
             return tl.inline_asm_elementwise(ASM_DOT_HIGH, "=r,r,r,r,r", [src, x2, zt, acc], dtype=tl.int32,
@@ -192,25 +182,13 @@ def dot_codes(src, x2, zt, acc, HIGH: tl.constexpr, INTERPRET: tl.constexpr):
 
 
 @triton.jit
-def _lut_pair(w, x2, acc, lanes_ptr, JP: tl.constexpr, INTERPRET: tl.constexpr):
-    v_lo = unpack(tl.load(lanes_ptr + ((w >> (4 * JP)) & 15)), INTERPRET)[0]  # lane l holds lut[l % 16]
-    v_hi = unpack(tl.load(lanes_ptr + ((w >> (16 + 4 * JP)) & 15)), INTERPRET)[0]
-    x_lo, x_hi = unpack(x2, INTERPRET)
-    a_lo, a_hi = unpack(acc, INTERPRET)
-    return pack((a_lo + v_lo * x_lo).to(tl.float16), (a_hi + v_hi * x_hi).to(tl.float16), INTERPRET)
-
-
-@triton.jit
 def dot4_lut(acc, w0, w1, w2, w3, x2, lanes_ptr, JP: tl.constexpr, INTERPRET: tl.constexpr):
     """acc + sum over i of (lut[code JP of w_i], lut[code JP + 4 of w_i]) * x2[i], all f16x2
     in int32 tensors (codes at bits 4 JP and 16 + 4 JP). lanes_ptr: int32 [32], f16x2
     (lut[l % 16], lut[l % 16]) for lane l (the interpreter reads entry q for code q)."""
     p0, p1, p2, p3 = x2
     if INTERPRET:
-        acc = _lut_pair(w0, p0, acc, lanes_ptr, JP, INTERPRET)
-        acc = _lut_pair(w1, p1, acc, lanes_ptr, JP, INTERPRET)
-        acc = _lut_pair(w2, p2, acc, lanes_ptr, JP, INTERPRET)
-        return _lut_pair(w3, p3, acc, lanes_ptr, JP, INTERPRET)
+        return dot4_values(acc, decode_lut4(w0, w1, w2, w3, lanes_ptr, JP, INTERPRET), x2, INTERPRET)
     else:
         args = [w0, w1, w2, w3, p0, p1, p2, p3, acc, lanes_ptr.to(tl.int64)]
         cons: tl.constexpr = "=r,r,r,r,r,r,r,r,r,r,l"
@@ -225,11 +203,9 @@ def dot4_lut(acc, w0, w1, w2, w3, x2, lanes_ptr, JP: tl.constexpr, INTERPRET: tl
 
 
 @triton.jit
-def decode_lut4(w0, w1, w2, w3, lanes_ptr, JP: tl.constexpr, INTERPRET: tl.constexpr, PINNED: tl.constexpr = False):
+def decode_lut4(w0, w1, w2, w3, lanes_ptr, JP: tl.constexpr, INTERPRET: tl.constexpr):
     """Code pair (JP, JP + 4) of four words through the code book: four f16x2 (lut[code JP],
-    lut[code JP + 4]), the values ``dot4_lut`` multiplies (by the same warp shuffles).
-    PINNED: kept in program order with other side effects (before a PDL wait: as a pure
-    function the compiler was free to move it past the wait, and did)."""
+    lut[code JP + 4]), the values ``dot4_lut`` multiplies (by the same warp shuffles)."""
     if INTERPRET:
         return (_lut_value(w0, lanes_ptr, JP), _lut_value(w1, lanes_ptr, JP), _lut_value(w2, lanes_ptr, JP),
                 _lut_value(w3, lanes_ptr, JP))
@@ -238,16 +214,16 @@ def decode_lut4(w0, w1, w2, w3, lanes_ptr, JP: tl.constexpr, INTERPRET: tl.const
         cons: tl.constexpr = "=r,=r,=r,=r,r,r,r,r,l"
         if JP == 0:
             return tl.inline_asm_elementwise(ASM_DEC4_0, cons, args, dtype=(tl.int32, tl.int32, tl.int32, tl.int32),
-                                             is_pure=not PINNED, pack=1)
+                                             is_pure=True, pack=1)
         elif JP == 1:
             return tl.inline_asm_elementwise(ASM_DEC4_1, cons, args, dtype=(tl.int32, tl.int32, tl.int32, tl.int32),
-                                             is_pure=not PINNED, pack=1)
+                                             is_pure=True, pack=1)
         elif JP == 2:
             return tl.inline_asm_elementwise(ASM_DEC4_2, cons, args, dtype=(tl.int32, tl.int32, tl.int32, tl.int32),
-                                             is_pure=not PINNED, pack=1)
+                                             is_pure=True, pack=1)
         else:
             return tl.inline_asm_elementwise(ASM_DEC4_3, cons, args, dtype=(tl.int32, tl.int32, tl.int32, tl.int32),
-                                             is_pure=not PINNED, pack=1)
+                                             is_pure=True, pack=1)
 
 
 @triton.jit
@@ -284,9 +260,9 @@ def _fma2(acc, v, x2, INTERPRET: tl.constexpr):
 @triton.jit
 def pin_before_wait(d0, d1, d2, d3, ptr, INTERPRET: tl.constexpr):
     """Keep the decoded values of a step (four tuples of four f16x2 tensors) ahead of the PDL
-    wait: ptxas moves the wait above any arithmetic it does not depend on, but not above a
-    load (here one of ``ptr``'s first two int32, read-only weights, at an address that
-    depends on all of them)."""
+    wait: ptxas moves the wait above any arithmetic it does not depend on (side-effecting asm,
+    or the wait in the same asm block, included), but not above a load (here one of ``ptr``'s
+    first two int32, read-only weights, at an address that depends on all of them)."""
     if not INTERPRET:
         tl.inline_asm_elementwise(ASM_PIN16, "=r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,r,l",
                                   [d0[0], d0[1], d0[2], d0[3], d1[0], d1[1], d1[2], d1[3], d2[0], d2[1], d2[2],
@@ -295,10 +271,9 @@ def pin_before_wait(d0, d1, d2, d3, ptr, INTERPRET: tl.constexpr):
 
 
 @triton.jit
-def decode_int4(w0, w1, w2, w3, zt, HIGH: tl.constexpr, INTERPRET: tl.constexpr, PINNED: tl.constexpr = False):
+def decode_int4(w0, w1, w2, w3, zt, HIGH: tl.constexpr, INTERPRET: tl.constexpr):
     """Four words' codes at bits [0, 4) and [16, 20) (HIGH: [4, 8) and [20, 24)) -> four
-    f16x2 (q - zero) / 16, the values ``dot_codes`` multiplies (zt as there). PINNED: as
-    in ``decode_lut4``."""
+    f16x2 (q - zero) / 16, the values ``dot_codes`` multiplies (zt as there)."""
     if INTERPRET:
         return (_int_value(w0, zt, HIGH), _int_value(w1, zt, HIGH), _int_value(w2, zt, HIGH),
                 _int_value(w3, zt, HIGH))
@@ -306,12 +281,10 @@ def decode_int4(w0, w1, w2, w3, zt, HIGH: tl.constexpr, INTERPRET: tl.constexpr,
         args = [w0, w1, w2, w3, zt]
         if HIGH:
             return tl.inline_asm_elementwise(ASM_DEC_INT4_HIGH, "=r,=r,=r,=r,r,r,r,r,r", args,
-                                             dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=not PINNED,
-                                             pack=1)
+                                             dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True, pack=1)
         else:
             return tl.inline_asm_elementwise(ASM_DEC_INT4_LOW, "=r,=r,=r,=r,r,r,r,r,r", args,
-                                             dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=not PINNED,
-                                             pack=1)
+                                             dtype=(tl.int32, tl.int32, tl.int32, tl.int32), is_pure=True, pack=1)
 
 
 @triton.jit
