@@ -297,14 +297,7 @@ if AVAILABLE:
                     xa0, xa1, xb0, xb1, xc0, xc1, xd0, xd1 = _x_raw(x_top, x_bot, c + C, c_last, cc, 0, rh, q,
                                                                     m_top, m_bot, K, EVEN_K)
                 for i in gl.static_range(4):
-                    if i == 0:
-                        w = w0
-                    elif i == 1:
-                        w = w1
-                    elif i == 2:
-                        w = w2
-                    else:
-                        w = w3
+                    w = (w0, w1, w2, w3)[i]
                     if jj == 1:
                         w = (w.to(gl.uint32, bitcast=True) >> 8).to(gl.int32, bitcast=True)
                     c0, c1, c2, c3 = _mma(w, zl, zh, s16, ta[i], ba[i], tb[i], bb[i], c0, c1, c2, c3)

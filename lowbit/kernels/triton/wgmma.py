@@ -236,15 +236,9 @@ if AVAILABLE:
                 st = i % STAGES
                 mbarrier.wait(ready.index(st), (i // STAGES) & 1)
                 for jj in gl.static_range(CODES):
-                    if LUT:
-                        if (u * CODES + jj) // 2 == 0:  # the quarter chunk: its absmax
-                            a = _decode_lut(words, lanes, u * CODES + jj, s0, dt, HALF_MATH)
-                        elif (u * CODES + jj) // 2 == 1:
-                            a = _decode_lut(words, lanes, u * CODES + jj, s1, dt, HALF_MATH)
-                        elif (u * CODES + jj) // 2 == 2:
-                            a = _decode_lut(words, lanes, u * CODES + jj, s2, dt, HALF_MATH)
-                        else:
-                            a = _decode_lut(words, lanes, u * CODES + jj, s3, dt, HALF_MATH)
+                    if LUT:  # times the absmax of the step's quarter chunk
+                        a = _decode_lut(words, lanes, u * CODES + jj, (s0, s1, s2, s3)[(u * CODES + jj) // 2], dt,
+                                        HALF_MATH)
                     elif u * CODES + jj < 4:
                         a = _decode(pairs, u * CODES + jj, s_lo, z_lo, dt, HALF_MATH)
                     else:
