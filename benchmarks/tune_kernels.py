@@ -103,17 +103,6 @@ def jobs_for(k: int, n: int, quick: bool) -> list[tuple]:
                                         out.append((bn, kind, m, launch.WgmmaConfig(
                                             bm=bm, bnw=bnw, codes=codes, stages=st, num_warps=w, split=sp,
                                             mmas=mmas, pdl=pdl)))
-    # The K splits of a tile as one cluster, meeting in shared memory (few rows: few tiles)
-    for m in (8, 16, 32):
-        bm = max(16, m)
-        for codes in (2, 4, 8):
-            for st in ((4,) if quick else (3, 4, 5)):
-                for sp in (s for s in (2, 4, 8, 16) if s <= kc):
-                    for mmas in (1, 2):
-                        for pdl in (False, True):
-                            for kind in ("wgmma", "wgmma_lut"):
-                                out.append((bn, kind, m, launch.WgmmaConfig(
-                                    bm=bm, codes=codes, stages=st, split=sp, mmas=mmas, pdl=pdl, cluster=True)))
     for bn in (32, 64):
         nb = -(-n // bn)
         for c, w in ((1, 4), (2, 4), (1, 8), (2, 8), (4, 8)):

@@ -6,8 +6,6 @@ tests/kernels/test_wgmma_sass.py compiles the kernel offline.
 """
 from __future__ import annotations
 
-from dataclasses import replace
-
 import pytest
 import torch
 import nf4_layers
@@ -48,47 +46,6 @@ def test_wgmma_matches_reference(tk, m, gs, sym, n, k, bn, bm, bnw, codes, stage
     check(tk.launch.wgmma(x, pw, layer.bias, cfg), ref_out(x, layer), x)
     if split > 1:  # the workspace is left zeroed for the next call: the same sums again
         check(tk.launch.wgmma(x, pw, layer.bias, cfg), ref_out(x, layer), x)
-
-
-@hopper
-@pytest.mark.parametrize("m,gs,n,k,bn,bm,codes,stages,split,dtype,pdl", [
-    (16, 128, 256, 2048, 64, 16, 4, 3, 8, torch.float16, True),  # 8 CTAs, a chunk each
-    (13, 128, 200, 1792, 64, 16, 4, 3, 4, torch.float16, False),  # ragged M and N, bias, 7 chunks: 2, 2, 2, 1
-    (16, 128, 128, 4608, 32, 16, 2, 3, 16, torch.float16, True),  # 16 CTAs (non-portable), 18 chunks: 7 idle
-    (40, 128, 192, 2048, 64, 64, 2, 4, 2, torch.bfloat16, False),  # two row tiles of clusters, bf16
-    (16, -1, 64, 1024, 64, 32, 4, 3, 4, torch.float16, True),  # per channel
-])
-def test_wgmma_cluster_split_k_matches_reference(tk, m, gs, n, k, bn, bm, codes, stages, split, dtype, pdl):
-    """The K splits of a tile as one cluster, summed in distributed shared memory."""
-    layer = make_layer(n, k, 4, gs, False, bias=m == 13, seed=m + k, device=tk.device)
-    x = torch.randn(m, k, device=tk.device).to(dtype)
-    pw = repack(tk, layer, bn)
-    cfg = tk.launch.WgmmaConfig(bm=bm, codes=codes, stages=stages, split=split, mmas=2, pdl=pdl, cluster=True)
-    assert tk.launch.wgmma_cluster(cfg, pw) == split
-    for _ in range(2):  # nothing left behind between calls
-        check(tk.launch.wgmma(x, pw, layer.bias, cfg), ref_out(x, layer), x)
-
-
-@hopper
-def test_wgmma_cluster_takes_code_books(tk):
-    layer = nf4_layers.make_layer(192, 2048, "nf4", 64, bias=True, seed=3, device=tk.device)
-    x = torch.randn(16, 2048, device=tk.device).half()
-    pw = nf4_layers.repack(tk, layer, 64)
-    cfg = tk.launch.WgmmaConfig(bm=16, codes=8, stages=4, split=8, mmas=2, pdl=True, cluster=True)
-    nf4_layers.check(tk.launch.wgmma(x, pw, layer.bias, cfg), nf4_layers.ref_out(x, layer))
-
-
-def test_wgmma_cluster_size_is_a_power_of_two_the_layer_and_shared_memory_allow(tk):
-    pw = repack(tk, make_layer(64, 2048, 4, 128, False, device=tk.device), 64)  # 8 chunks
-    size = tk.launch.wgmma_cluster
-    cfg = tk.launch.WgmmaConfig(bm=16, codes=4, stages=3, split=8, cluster=True)
-    assert size(cfg, pw) == 8
-    assert size(replace(cfg, split=6), pw) == 4  # rounded down to a power of two
-    assert size(replace(cfg, split=32), pw) == 8  # at most the layer's chunks
-    assert size(replace(cfg, cluster=False), pw) == 1
-    assert size(replace(cfg, codes=1, stages=2), pw) == 1  # a [64, bm] float32 tile > the x ring
-    big = repack(tk, make_layer(64, 8192, 4, 128, False, device=tk.device), 64)  # 32 chunks
-    assert size(replace(cfg, split=32), big) == 16  # the largest cluster Hopper runs
 
 
 @hopper

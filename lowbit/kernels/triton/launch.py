@@ -13,7 +13,6 @@ from dataclasses import dataclass, replace
 import torch
 import triton
 
-from . import cluster as _cluster
 from . import pdl
 from .dequant import dequant_kernel
 from .gemm import int_gemm_kernel
@@ -101,9 +100,6 @@ class WgmmaConfig:
     mmas: int = 1  # MMAs in flight (1 or 2, at most ``codes``)
     # programmatic dependent launch: faster for some shapes, much slower for others (run 26)
     pdl: bool = False
-    # the K splits of a tile as one thread-block cluster, meeting in its shared memory
-    # (``cluster``) instead of global atomics; ``split`` then rounds down to a power of two <= 16
-    cluster: bool = False
 
 
 #: Compiled handle of the last gemm_tc launch (for benchmarks/tune_tc.py --inspect).
@@ -364,42 +360,20 @@ def wgmma(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: Wgm
     y = torch.empty(m, pw.n, dtype=x.dtype, device=x.device) if out is None else out
     dummy = pw.qweight
     grid = (triton.cdiv(m, cfg.bm), triton.cdiv(pw.n, cfg.bnw))
-    ctas = wgmma_cluster(cfg, pw)
-    if ctas > 1:  # one cluster of ``ctas`` K splits a tile (the grid counts clusters)
-        per, split, ws, cnt = triton.cdiv(pw.chunks, ctas), 1, y, y
-    else:
-        per, split, ws, cnt = _split_k(x, y, m * pw.n, grid[0] * grid[1], pw.chunks, cfg.split, 1)
-    args = (
+    per, split, ws, cnt = _split_k(x, y, m * pw.n, grid[0] * grid[1], pw.chunks, cfg.split, 1)
+    _wgmma.int4_wgmma_kernel[grid + (split,)](
         _wgmma.x_descriptor(x, cfg.bm, cfg.codes), pw.qweight, pw.scales,
         pw.zeros if pw.zeros is not None else dummy, pw.lanes if pw.lanes is not None else dummy,
         bias if bias is not None else dummy, y, ws, cnt,
         m, pw.n, pw.chunks, pw.groups, y.stride(0), per, split,
-    )
-    kwargs = dict(
         BN=pw.block_n, BNW=cfg.bnw, BM=cfg.bm, GS=pw.group_size, STAGES=cfg.stages, CODES=cfg.codes,
-        MMAS=min(cfg.mmas, cfg.codes), SPLIT_K=split > 1, CLUSTER=ctas, RED4=pw.n % 4 == 0,
+        MMAS=min(cfg.mmas, cfg.codes), SPLIT_K=split > 1, RED4=pw.n % 4 == 0,
         HAS_ZERO=pw.zeros is not None, HAS_BIAS=bias is not None,
         HALF_MATH=x.dtype == torch.float16 and pw.scales.dtype == torch.float16, LUT=pw.mode == "lut",
         num_warps=cfg.num_warps,
         **(pdl.launch_args(x.device) if cfg.pdl else dict(PDL=False)),
     )
-    if ctas > 1:
-        _cluster.launch(_wgmma.int4_wgmma_kernel, grid + (1,), ctas, *args, **kwargs)
-    else:
-        _wgmma.int4_wgmma_kernel[grid + (split,)](*args, **kwargs)
     return y
-
-
-def wgmma_cluster(cfg: WgmmaConfig, pw: PackedWeight) -> int:
-    """CTAs a cluster for ``wgmma`` (1: no cluster): ``cfg.split`` rounded down to a power of
-    two of at most 16 (the largest cluster Hopper runs) and of at most the layer's chunks,
-    where the program's output tile fits in the shared memory of its x ring."""
-    if not cfg.cluster or not _wgmma.cluster_fits(cfg.bnw, cfg.codes, cfg.stages):
-        return 1
-    ctas = 1
-    while ctas * 2 <= min(cfg.split, _cluster.MAX_CTAS, pw.chunks, cfg.bnw):
-        ctas *= 2
-    return ctas
 
 
 def gemm(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: GemmConfig,

@@ -41,7 +41,6 @@ try:  # Gluon: Triton >= 3.5, with the API of 3.6
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
     from triton.runtime.jit import constexpr_function
 
-    from . import cluster
     from .mma16 import cta_barrier
     from .pdl import gluon_release, gluon_wait
 
@@ -61,12 +60,6 @@ def x_descriptor(x: torch.Tensor, bm: int, codes: int) -> "TensorDescriptor":
     dt = gl.float16 if x.dtype == torch.float16 else gl.bfloat16
     block = [bm, STEP_K * min(codes, 2)]  # rows of at most 128 bytes (the swizzle span)
     return TensorDescriptor.from_tensor(x, block, gl.NVMMASharedLayout.get_default_for(block, dt))
-
-
-def cluster_fits(bnw: int, codes: int, stages: int) -> bool:
-    """Whether a program's float32 [bnw, bm] tile fits where its x ring was (the split-K
-    meeting in a cluster reuses that shared memory)."""
-    return bnw * 4 <= stages * codes * STEP_K * 2
 
 
 if AVAILABLE:
@@ -175,7 +168,7 @@ if AVAILABLE:
         x_desc, qw_ptr, s_ptr, z_ptr, lanes_ptr, bias_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, KC, G, stride_ym,
         chunks_per_split, splits,
         BN: gl.constexpr, BNW: gl.constexpr, BM: gl.constexpr, GS: gl.constexpr, STAGES: gl.constexpr,
-        CODES: gl.constexpr, MMAS: gl.constexpr, SPLIT_K: gl.constexpr, CLUSTER: gl.constexpr, PDL: gl.constexpr,
+        CODES: gl.constexpr, MMAS: gl.constexpr, SPLIT_K: gl.constexpr, PDL: gl.constexpr,
         HAS_ZERO: gl.constexpr, HAS_BIAS: gl.constexpr, HALF_MATH: gl.constexpr, LUT: gl.constexpr, RED4: gl.constexpr,
         num_warps: gl.constexpr,
     ):
@@ -185,15 +178,9 @@ if AVAILABLE:
                                                          instr_shape=[16, BM, 16])
         a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_l, k_width=2)
         gluon_release(PDL)
+        row0 = gl.program_id(0) * BM
         pid_n = gl.program_id(1)
-        if CLUSTER > 1:  # the K splits of a tile are the CTAs of one cluster (``cluster``)
-            gl.static_assert(BNW * 4 <= STAGES * CODES * PK * 2, "the tile must fit where the x ring was")
-            row0 = (gl.program_id(0) // CLUSTER) * BM
-            split_id = cluster.rank()
-        else:
-            row0 = gl.program_id(0) * BM
-            split_id = gl.program_id(2)
-        c_begin = split_id * chunks_per_split
+        c_begin = gl.program_id(2) * chunks_per_split
         c_end = gl.minimum(c_begin + chunks_per_split, KC)
 
         n2 = gl.expand_dims(pid_n * BNW + gl.arange(0, BNW, layout=gl.SliceLayout(1, a_l)), 1)  # [BNW, 1]
@@ -222,8 +209,7 @@ if AVAILABLE:
         a_p2 = a_p1
         # The next chunk's words, scales and zeros are in flight while a chunk's MMAs run (two
         # chunks ahead measured no faster at M = 16, run 21).
-        wn = gl.load(w_ptrs + c_begin * (PK * BN), mask=wmask & (c_begin < c_end), other=0)  # (a cluster's
-        # last splits may be empty)
+        wn = gl.load(w_ptrs + c_begin * (PK * BN), mask=wmask, other=0)
         if LUT:
             sn0, sn1, sn2, sn3 = _quarters(s_ptr, c_begin, n2, nmask, N, G, GS)
         else:
@@ -279,20 +265,7 @@ if AVAILABLE:
         cols = gl.expand_dims(pid_n * BNW + gl.arange(0, BNW, layout=gl.SliceLayout(1, acc_l)), 1)  # [BNW, 1]
         rows = gl.expand_dims(row0 + gl.arange(0, BM, layout=gl.SliceLayout(0, acc_l)), 0)  # [1, BM]
         mask = (rows < M) & (cols < N)
-        if CLUSTER > 1:  # the splits meet in shared memory: CTA r sums and writes rows
-            # [r R, (r + 1) R) of the tile (its weight columns, R = BNW / CLUSTER)
-            cluster.store_partial(acc, cols - pid_n * BNW, rows - row0, BM)
-            cluster.sync(num_warps)
-            R: gl.constexpr = BNW // CLUSTER
-            sum_l: gl.constexpr = cluster.share_layout(R, BM, num_warps)
-            rr = gl.expand_dims(split_id * R + gl.arange(0, R, layout=gl.SliceLayout(1, sum_l)), 1)  # [R, 1]
-            cc = gl.expand_dims(gl.arange(0, BM, layout=gl.SliceLayout(0, sum_l)), 0)  # [1, BM]
-            total = cluster.sum_partials(rr, cc, BM, CLUSTER)
-            cluster.sync(num_warps)  # no CTA leaves while another reads its tile
-            cols = pid_n * BNW + rr
-            rows = row0 + cc
-            _write(total, rows, cols, (rows < M) & (cols < N), N, y_ptr, stride_ym, bias_ptr, HAS_BIAS)
-        elif SPLIT_K:  # the protocol of ``epilogue.store_output``: float32 [M, N] sums, a ticket a tile
+        if SPLIT_K:  # the protocol of ``epilogue.store_output``: float32 [M, N] sums, a ticket a tile
             tile = gl.program_id(0) * gl.num_programs(1) + pid_n
             if RED4:
                 # Four adjacent columns a thread, one vector atomic for them: the atomics set
