@@ -87,22 +87,28 @@ def jobs_for(k: int, n: int, quick: bool) -> list[tuple]:
     bn = configs.block_n(n, k, 4)  # the layout the layer gets (shared with the M = 1 GEMV)
     for m in (2, 8, 16, 32, 64, 128, 256):
         # one row tile of >= M rows (from 16) below 64 rows; from 64 on, tiles of 64 up to M
-        for bm in ([max(16, 1 << (m - 1).bit_length())] if m < 64 else [b for b in (64, 128, 256) if b <= m]):
-            # (128, 4): two row blocks a warp measured 2-4x slower (run 16); 128 columns only pay at M >= 64
-            for bnw, w in ((64, 4), (128, 8)) if m >= 64 else ((64, 4),):
+        # (and two of 32 at 64: 4096x1024's best, s12 run 2)
+        for bm in ([max(16, 1 << (m - 1).bit_length())] if m < 64 else
+                   [b for b in (32, 64, 128, 256) if b <= m and (b > 32 or m == 64)]):
+            # (128, 4): two row blocks a warp measured 2-4x slower (run 16); 128 columns of 8
+            # warps were 4096x4096's best at M = 16 (s12 run 2)
+            for bnw, w in ((64, 4), (128, 8)):
                 tiles = -(-m // bm) * -(-n // bnw)
                 # one step a stage measured slower everywhere (run 16); a whole chunk a stage
                 # (8 codes, 4 TMA boxes) fits 3 stages up to 128 rows
                 for codes in (2, 4, 8) if bm <= 128 else (2, 4):
                     for st in ((4,) if quick else (3, 5)):
                         for sp in sorted({1} | set(splits_around(tiles, kc))) if tiles < 132 else (1,):
-                            # PDL helped one shape at M = 16 and hurt most at 256 (run 26)
-                            for mmas in (1, 2):
-                                for pdl in (False, True) if m < 64 else (False,):
+                            # PDL helped at M = 16 and 64 and hurt most at 256 (run 26, s12 run 2);
+                            # several accumulators pay where a program has few steps (s12 runs 1-2)
+                            for mmas, accs in ((1, 1), (2, 1), (1, 2), (3, 4)):
+                                if mmas > codes:
+                                    continue
+                                for pdl in (False, True) if m <= 64 else (False,):
                                     for kind in ("wgmma", "wgmma_lut"):  # int4 g128, NF4 b64
                                         out.append((bn, kind, m, launch.WgmmaConfig(
                                             bm=bm, bnw=bnw, codes=codes, stages=st, num_warps=w, split=sp,
-                                            mmas=mmas, pdl=pdl)))
+                                            mmas=mmas, accs=accs, pdl=pdl)))
     for bn in (32, 64):
         nb = -(-n // bn)
         for c, w in ((1, 4), (2, 4), (1, 8), (2, 8), (4, 8)):

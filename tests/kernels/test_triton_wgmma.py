@@ -34,15 +34,16 @@ hopper = pytest.mark.skipif(not (torch.cuda.is_available() and torch.cuda.get_de
     (9, 128, True, 96, 1024, 32, 16, 64, 2, 5, 4, 1, torch.bfloat16),
     (30, 256, False, 64, 768, 64, 32, 64, 2, 3, 4, 1, torch.float16),
 ])
-@pytest.mark.parametrize("mmas,pdl", [(1, False), (2, True)])
+# accs: accumulators the steps take in turn, summed at the end
+@pytest.mark.parametrize("mmas,pdl,accs", [(1, False, 1), (2, True, 2), (3, False, 4)])
 def test_wgmma_matches_reference(tk, m, gs, sym, n, k, bn, bm, bnw, codes, stages, warps, split, dtype, mmas,
-                                 pdl):
+                                 pdl, accs):
     layer = make_layer(n, k, 4, gs, sym, bias=m == 100, seed=m + k, device=tk.device)
     x = torch.randn(m, k, device=tk.device).to(dtype)
     pw = repack(tk, layer, bn)
     assert tk.launch.wgmma_ok(x, pw)
     cfg = tk.launch.WgmmaConfig(bm=bm, bnw=bnw, codes=codes, stages=stages, num_warps=warps, split=split,
-                                mmas=mmas, pdl=pdl)
+                                mmas=mmas, pdl=pdl, accs=accs)
     check(tk.launch.wgmma(x, pw, layer.bias, cfg), ref_out(x, layer), x)
     if split > 1:  # the workspace is left zeroed for the next call: the same sums again
         check(tk.launch.wgmma(x, pw, layer.bias, cfg), ref_out(x, layer), x)
@@ -96,9 +97,11 @@ def test_wgmma_code_book_matches_reference(tk, quant_type, blocksize, m, n, k, b
     x = torch.randn(m, k, device=tk.device).to(dtype)
     pw = nf4_layers.repack(tk, layer, bn)
     assert tk.launch.wgmma_ok(x, pw)
-    cfg = tk.launch.WgmmaConfig(bm=bm, codes=codes, stages=3, split=split, mmas=2)
-    for _ in range(2 if split > 1 else 1):  # split-K: the workspace is left zeroed for a second call
-        nf4_layers.check(tk.launch.wgmma(x, pw, layer.bias, cfg), nf4_layers.ref_out(x, layer))
+    for accs in (1, 4):
+        cfg = tk.launch.WgmmaConfig(bm=bm, codes=codes, stages=3, split=split, mmas=2, accs=accs)
+        for _ in range(2 if split > 1 else 1):  # split-K: the workspace is left zeroed for a second call
+            nf4_layers.check(tk.launch.wgmma(x, pw, layer.bias, cfg), nf4_layers.ref_out(x, layer))
+
 
 def test_code_book_layers_get_their_own_measured_wgmma_config_else_int4s(tk, tmp_path, monkeypatch):
     monkeypatch.setattr(tk.configs, "WGMMA_LUT", {})  # the measured entries aside

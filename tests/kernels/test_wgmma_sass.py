@@ -11,11 +11,11 @@ import pytest
 pytest.importorskip("triton.experimental.gluon._runtime")
 
 
-def _sass(bm: int, codes: int, split: bool, lut: bool = False) -> str:
-    return offline_sass.sass(__file__, bm=bm, codes=codes, split=split, lut=lut)
+def _sass(bm: int, codes: int, split: bool, lut: bool = False, mmas: int = 2, accs: int = 1) -> str:
+    return offline_sass.sass(__file__, bm=bm, codes=codes, split=split, lut=lut, mmas=mmas, accs=accs)
 
 
-def _compile(bm: int, codes: int, split: bool, lut: bool = False) -> str:
+def _compile(bm: int, codes: int, split: bool, lut: bool = False, mmas: int = 2, accs: int = 1) -> str:
     import torch
     import triton
     from triton.backends.compiler import GPUTarget
@@ -29,7 +29,7 @@ def _compile(bm: int, codes: int, split: bool, lut: bool = False) -> str:
     ptrs = dict(qw_ptr="*i32", s_ptr="*fp16", z_ptr="*fp16", lanes_ptr="*i32", bias_ptr="*fp16", y_ptr="*fp16",
                 ws_ptr="*fp32", cnt_ptr="*i32")
     ints = dict.fromkeys(["M", "N", "KC", "G", "stride_ym", "chunks_per_split", "splits"], "i32")
-    cx = dict(BN=64, BNW=64, BM=bm, GS=64 if lut else 128, STAGES=3, CODES=codes, MMAS=2, SPLIT_K=split, PDL=True,
+    cx = dict(BN=64, BNW=64, BM=bm, GS=64 if lut else 128, STAGES=3, CODES=codes, MMAS=mmas, ACCS=accs, SPLIT_K=split, PDL=True,
               HAS_ZERO=not lut, HAS_BIAS=False, HALF_MATH=True, LUT=lut, RED4=True, num_warps=4)
     sig = {"x_desc": mangle_type(desc), **ptrs, **ints, **dict.fromkeys(cx, "constexpr")}
     attrs = {(kernel.arg_names.index(n),): [["tt.divisibility", 16]]
@@ -39,10 +39,13 @@ def _compile(bm: int, codes: int, split: bool, lut: bool = False) -> str:
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4)).asm["sass"]
 
 
-@pytest.mark.parametrize("bm,codes,split,lut", [(16, 4, True, False), (128, 2, False, False), (16, 4, True, True)])
-def test_wgmma_takes_the_weights_from_registers(bm, codes, split, lut):
+@pytest.mark.parametrize("bm,codes,split,lut,mmas,accs", [
+    (16, 4, True, False, 2, 1), (128, 2, False, False, 2, 1), (16, 4, True, True, 2, 1),
+    (16, 4, False, False, 3, 4), (16, 8, True, True, 1, 2),  # steps into 4 / 2 accumulators in turn
+])
+def test_wgmma_takes_the_weights_from_registers(bm, codes, split, lut, mmas, accs):
     """int4 and code books (lut: the decode shuffles registers between lanes, no memory)."""
-    sass = _sass(bm, codes, split, lut)
+    sass = _sass(bm, codes, split, lut, mmas, accs)
     mmas = re.findall(rf"HGMMA\.64x{bm}x16\.F32 R\d+, (\S+),", sass)
     # A chunk is 8 code positions of two k16 MMAs each; the loop body is emitted once.
     assert len(mmas) == 16

@@ -133,28 +133,34 @@ GEMM_LUT: dict[tuple[int, int, int, int], GemmConfig | DequantConfig | TcConfig]
 #: h100_tune_wgmma_m16_256_run21.jsonl (our us, fp16 us). PDL (``pdl``) only where it measured
 #: faster: it made 4096x14336 (N = 14336) at M = 16 40% slower (run 26).
 WGMMA: dict[tuple[int, int, int, int], WgmmaConfig] = {
-    # split 8 with PDL since s10 run 4 (h100_tune_wgmma_s10run4.jsonl: 7.5 us; split 4 without: 9.3)
-    (4096, 4096, 4, 16): WgmmaConfig(bm=16, codes=4, stages=3, split=8, pdl=True),  # 7.5, 16.1 (mma16 10.1)
+    # 128-column tiles, two accumulators (h100_wgmma_accs_s12run2.txt: 7.2 us; one accumulator,
+    # 64 columns 7.5; split 4 without PDL: 9.3)
+    (4096, 4096, 4, 16): WgmmaConfig(bm=16, bnw=128, num_warps=8, codes=8, stages=2, split=8, accs=2,
+                                     pdl=True),  # 7.2, 16.0 (mma16 10.1)
     (4096, 4096, 4, 32): WgmmaConfig(bm=32, codes=4, stages=3, split=4),  # 11.2, 14.6
     (4096, 4096, 4, 64): WgmmaConfig(bm=64, codes=2, stages=5, split=2),  # 14.2, 14.9
     (4096, 4096, 4, 128): WgmmaConfig(bm=64, codes=4, stages=5, split=1),  # 16.7, 14.8
     (4096, 4096, 4, 256): WgmmaConfig(bm=128, codes=4, stages=3, mmas=2),  # 18.2, 18.5 (run 21)
-    (14336, 4096, 4, 16): WgmmaConfig(bm=16, codes=4, stages=3, split=1),  # 20.6, 44.1 (mma16 24.1)
+    # split 2, two accumulators, PDL (s12 runs 1 and 2: 17.7-18.2 us; split 1, one accumulator,
+    # no PDL: 19.8)
+    (14336, 4096, 4, 16): WgmmaConfig(bm=16, codes=4, stages=3, split=2, accs=2, pdl=True),  # 17.7, 42.9 (mma16 24.1)
     (14336, 4096, 4, 32): WgmmaConfig(bm=32, codes=2, stages=5, split=1),  # 22.3, 45.2
     (14336, 4096, 4, 64): WgmmaConfig(bm=64, codes=4, stages=3, split=1),  # 25.0, 45.0
     (14336, 4096, 4, 128): WgmmaConfig(bm=128, codes=4, stages=3, split=1),  # 31.9, 46.5
     (14336, 4096, 4, 256): WgmmaConfig(bm=256, codes=2, stages=3, split=1),  # 53.2, 51.8
     # with PDL 16.0 us (run 26: the next call's programs load their weights while this one
     # ends); PDL made the other shapes slower (4096x14336 M = 16: 19.5 -> 27.4 us)
-    (4096, 14336, 4, 16): WgmmaConfig(bm=16, codes=4, stages=3, split=8, pdl=True),  # 17.9, 44.9 (mma16 22.9)
+    (4096, 14336, 4, 16): WgmmaConfig(bm=16, codes=4, stages=3, split=8, accs=2, pdl=True),  # 15.9, 45.2 (mma16 22.9)
     (4096, 14336, 4, 32): WgmmaConfig(bm=32, codes=2, stages=5, split=8),  # 20.7, 45.7
     (4096, 14336, 4, 64): WgmmaConfig(bm=64, codes=2, stages=5, split=4),  # 27.4, 46.8
     (4096, 14336, 4, 128): WgmmaConfig(bm=128, codes=4, stages=3, split=4),  # 38.1, 52.5
     # split 2 since the vector-atomic split-K (56.1 us against 59.4 at split 1, s8 run 7)
     (4096, 14336, 4, 256): WgmmaConfig(bm=128, codes=2, stages=5, split=2),  # 56.1, 59.3
-    (1024, 4096, 4, 16): WgmmaConfig(bm=16, codes=4, stages=3, split=16),  # 6.0, 7.6 (mma16 8.1)
+    # four accumulators, three MMAs in flight: a program has one chunk, and its eight steps'
+    # MMAs no longer wait on each other (s12 runs 1 and 2: 4.35-4.43 us; one accumulator 5.3-5.6)
+    (1024, 4096, 4, 16): WgmmaConfig(bm=16, codes=8, stages=3, split=16, mmas=3, accs=4, pdl=True),  # 4.4, 7.6 (mma16 8.1)
     (1024, 4096, 4, 32): WgmmaConfig(bm=32, codes=4, stages=3, split=8),  # 6.7, 7.8
-    (1024, 4096, 4, 64): WgmmaConfig(bm=64, codes=4, stages=3, split=4),  # 9.2, 8.2
+    (1024, 4096, 4, 64): WgmmaConfig(bm=32, codes=4, stages=3, split=8, mmas=2, accs=4, pdl=True),  # 6.3, 8.2 (s12 run 2)
     (1024, 4096, 4, 128): WgmmaConfig(bm=128, codes=4, stages=3, split=8),  # 11.0, 8.4
     (1024, 4096, 4, 256): WgmmaConfig(bm=128, codes=4, stages=3, split=4),  # 12.9, 9.8
     # the decoder's merged q|k|v and gate|up at batch 16 (h100_tune_wgmma_merged_m16_run28.jsonl,

@@ -97,7 +97,8 @@ class WgmmaConfig:
     stages: int = 4
     num_warps: int = 4
     split: int = 1  # K splits
-    mmas: int = 1  # MMAs in flight (1 or 2, at most ``codes``)
+    mmas: int = 1  # MMAs in flight (1 to 3, at most ``codes``)
+    accs: int = 1  # accumulators the steps take in turn (1, 2 or 4; more let more MMAs overlap)
     # programmatic dependent launch: faster for some shapes, much slower for others (run 26)
     pdl: bool = False
 
@@ -367,7 +368,7 @@ def wgmma(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: Wgm
         bias if bias is not None else dummy, y, ws, cnt,
         m, pw.n, pw.chunks, pw.groups, y.stride(0), per, split,
         BN=pw.block_n, BNW=cfg.bnw, BM=cfg.bm, GS=pw.group_size, STAGES=cfg.stages, CODES=cfg.codes,
-        MMAS=min(cfg.mmas, cfg.codes), SPLIT_K=split > 1, RED4=pw.n % 4 == 0,
+        MMAS=min(cfg.mmas, cfg.codes, 3), ACCS=cfg.accs if cfg.accs in (1, 2, 4) else 1, SPLIT_K=split > 1, RED4=pw.n % 4 == 0,
         HAS_ZERO=pw.zeros is not None, HAS_BIAS=bias is not None,
         HALF_MATH=x.dtype == torch.float16 and pw.scales.dtype == torch.float16, LUT=pw.mode == "lut",
         num_warps=cfg.num_warps,

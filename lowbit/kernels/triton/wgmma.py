@@ -150,6 +150,21 @@ if AVAILABLE:
                                  "@p ld.relaxed.gpu.global.f32 $0, [$1]; }")
 
     @gluon.jit
+    def _retire(acc, a, a_p1, a_p2, a_p3, MMAS: gl.constexpr):
+        """After issuing the MMA of operand ``a`` into ``acc``: wait until at most MMAS MMAs
+        are in flight, so the one issued MMAS steps ago has read its operand (a_pMMAS), and
+        shift ``a`` into the operands still in flight (a_p1: the newest)."""
+        if MMAS == 1:
+            acc, a_p1 = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a_p1))
+            return acc, a, a_p2, a_p3
+        elif MMAS == 2:
+            acc, a_p2 = warpgroup_mma_wait(num_outstanding=2, deps=(acc, a_p2))
+            return acc, a, a_p1, a_p3
+        else:
+            acc, a_p3 = warpgroup_mma_wait(num_outstanding=3, deps=(acc, a_p3))
+            return acc, a, a_p1, a_p2
+
+    @gluon.jit
     def _write(out, rows, cols, mask, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS: gl.constexpr):
         if HAS_BIAS:
             out += gl.load(bias_ptr + cols, mask=cols < N, other=0.0).to(gl.float32)
@@ -168,7 +183,7 @@ if AVAILABLE:
         x_desc, qw_ptr, s_ptr, z_ptr, lanes_ptr, bias_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, KC, G, stride_ym,
         chunks_per_split, splits,
         BN: gl.constexpr, BNW: gl.constexpr, BM: gl.constexpr, GS: gl.constexpr, STAGES: gl.constexpr,
-        CODES: gl.constexpr, MMAS: gl.constexpr, SPLIT_K: gl.constexpr, PDL: gl.constexpr,
+        CODES: gl.constexpr, MMAS: gl.constexpr, ACCS: gl.constexpr, SPLIT_K: gl.constexpr, PDL: gl.constexpr,
         HAS_ZERO: gl.constexpr, HAS_BIAS: gl.constexpr, HALF_MATH: gl.constexpr, LUT: gl.constexpr, RED4: gl.constexpr,
         num_warps: gl.constexpr,
     ):
@@ -203,10 +218,18 @@ if AVAILABLE:
         loads = (c_end - c_begin) * PER
         i0 = c_begin * PER  # stage i of this program reads x columns [(i0 + i) * CODES * 32, ...)
 
+        # ACCS accumulators: consecutive steps' MMAs are independent, so the MMAs in flight
+        # overlap in the tensor cores (with few rows an MMA is short and its latency, not its
+        # work, would set the pace of a chain into one accumulator).
+        gl.static_assert(ACCS == 1 or ACCS == 2 or ACCS == 4)
         acc = gl.zeros([BNW, BM], gl.float32, layout=acc_l)
+        acc1 = acc
+        acc2 = acc
+        acc3 = acc
         # The operands of the MMAs still in flight (their registers must not be reused).
         a_p1 = gl.zeros([BNW, PK], dt, layout=a_l)
         a_p2 = a_p1
+        a_p3 = a_p1
         # The next chunk's words, scales and zeros are in flight while a chunk's MMAs run (two
         # chunks ahead measured no faster at M = 16, run 21).
         wn = gl.load(w_ptrs + c_begin * (PK * BN), mask=wmask, other=0)
@@ -244,20 +267,30 @@ if AVAILABLE:
                     else:
                         a = _decode(pairs, u * CODES + jj, s_hi, z_hi, dt, HALF_MATH)
                     xt = x_smem.index(st * BOXES + jj * PK // BOX).slice((jj * PK) % BOX, PK, dim=1).permute((1, 0))
-                    acc = warpgroup_mma(a, xt, acc, is_async=True)
-                    # Retire the MMA issued MMAS steps ago: its operand registers are free.
-                    if MMAS == 1:
-                        acc, a_p1 = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a_p1))
-                        a_p1 = a
+                    # Step t's MMA into accumulator t % ACCS, then retire the MMA issued MMAS
+                    # steps ago (its operand registers are free).
+                    if (u * CODES + jj) % ACCS == 0:
+                        acc = warpgroup_mma(a, xt, acc, is_async=True)
+                        acc, a_p1, a_p2, a_p3 = _retire(acc, a, a_p1, a_p2, a_p3, MMAS)
+                    elif (u * CODES + jj) % ACCS == 1:
+                        acc1 = warpgroup_mma(a, xt, acc1, is_async=True)
+                        acc1, a_p1, a_p2, a_p3 = _retire(acc1, a, a_p1, a_p2, a_p3, MMAS)
+                    elif (u * CODES + jj) % ACCS == 2:
+                        acc2 = warpgroup_mma(a, xt, acc2, is_async=True)
+                        acc2, a_p1, a_p2, a_p3 = _retire(acc2, a, a_p1, a_p2, a_p3, MMAS)
                     else:
-                        acc, a_p2 = warpgroup_mma_wait(num_outstanding=2, deps=(acc, a_p2))
-                        a_p2 = a_p1
-                        a_p1 = a
+                        acc3 = warpgroup_mma(a, xt, acc3, is_async=True)
+                        acc3, a_p1, a_p2, a_p3 = _retire(acc3, a, a_p1, a_p2, a_p3, MMAS)
                 # Every MMA of the previous stage has retired (MMAS <= CODES): refill its slot.
                 nxt = i + STAGES - 1
                 ps = nxt % STAGES
                 _load_x(x_desc, x_smem, ready, i0 + nxt, ps, row0, nxt < loads, CODES * PK, BOX, BOXES)
-        acc, a_p1, a_p2 = warpgroup_mma_wait(num_outstanding=0, deps=(acc, a_p1, a_p2))
+        acc, acc1, acc2, acc3, a_p1, a_p2, a_p3 = warpgroup_mma_wait(
+            num_outstanding=0, deps=(acc, acc1, acc2, acc3, a_p1, a_p2, a_p3))
+        if ACCS > 1:
+            acc += acc1
+        if ACCS > 2:
+            acc += acc2 + acc3
         for b in gl.static_range(STAGES):
             mbarrier.invalidate(ready.index(b))
 
