@@ -116,3 +116,9 @@ def test_code_book_layers_get_their_own_measured_wgmma_config_else_int4s(tk, tmp
     lut = tk.configs.wgmma_config(16, 4096, 4096, torch.device("cpu"), lut=True)
     assert (lut.codes, lut.stages, lut.split) == (8, 5, 2)
     assert tk.configs.wgmma_config(16, 4096, 4096, torch.device("cpu")) == int4  # int4 layers keep theirs
+
+
+@pytest.mark.parametrize("field,value", [("mmas", 4), ("mmas", 0), ("accs", 3)])
+def test_wgmma_config_refuses_counts_the_kernel_has_no_code_for(tk, field, value):
+    with pytest.raises(ValueError, match=f"WgmmaConfig.{field}={value}"):
+        tk.launch.WgmmaConfig(**{field: value})

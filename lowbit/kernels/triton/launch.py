@@ -102,6 +102,12 @@ class WgmmaConfig:
     # programmatic dependent launch: faster for some shapes, much slower for others (run 26)
     pdl: bool = False
 
+    def __post_init__(self):
+        if self.mmas not in (1, 2, 3):
+            raise ValueError(f"WgmmaConfig.mmas={self.mmas}: MMAs in flight must be 1, 2 or 3")
+        if self.accs not in (1, 2, 4):
+            raise ValueError(f"WgmmaConfig.accs={self.accs}: accumulators must be 1, 2 or 4")
+
 
 #: Compiled handle of the last gemm_tc launch (for benchmarks/tune_tc.py --inspect).
 LAST_TC = None
@@ -368,7 +374,7 @@ def wgmma(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: Wgm
         bias if bias is not None else dummy, y, ws, cnt,
         m, pw.n, pw.chunks, pw.groups, y.stride(0), per, split,
         BN=pw.block_n, BNW=cfg.bnw, BM=cfg.bm, GS=pw.group_size, STAGES=cfg.stages, CODES=cfg.codes,
-        MMAS=min(cfg.mmas, cfg.codes, 3), ACCS=cfg.accs if cfg.accs in (1, 2, 4) else 1, SPLIT_K=split > 1, RED4=pw.n % 4 == 0,
+        MMAS=min(cfg.mmas, cfg.codes), ACCS=cfg.accs, SPLIT_K=split > 1, RED4=pw.n % 4 == 0,
         HAS_ZERO=pw.zeros is not None, HAS_BIAS=bias is not None,
         HALF_MATH=x.dtype == torch.float16 and pw.scales.dtype == torch.float16, LUT=pw.mode == "lut",
         num_warps=cfg.num_warps,

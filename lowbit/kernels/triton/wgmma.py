@@ -150,10 +150,11 @@ if AVAILABLE:
                                  "@p ld.relaxed.gpu.global.f32 $0, [$1]; }")
 
     @gluon.jit
-    def _retire(acc, a, a_p1, a_p2, a_p3, MMAS: gl.constexpr):
-        """After issuing the MMA of operand ``a`` into ``acc``: wait until at most MMAS MMAs
-        are in flight, so the one issued MMAS steps ago has read its operand (a_pMMAS), and
-        shift ``a`` into the operands still in flight (a_p1: the newest)."""
+    def _mma(a, xt, acc, a_p1, a_p2, a_p3, MMAS: gl.constexpr):
+        """Issue acc += a @ xt, then wait until at most MMAS MMAs are in flight, so the one
+        issued MMAS steps ago has read its operand (a_pMMAS), and shift ``a`` into the
+        operands still in flight (a_p1: the newest)."""
+        acc = warpgroup_mma(a, xt, acc, is_async=True)
         if MMAS == 1:
             acc, a_p1 = warpgroup_mma_wait(num_outstanding=1, deps=(acc, a_p1))
             return acc, a, a_p2, a_p3
@@ -270,17 +271,13 @@ if AVAILABLE:
                     # Step t's MMA into accumulator t % ACCS, then retire the MMA issued MMAS
                     # steps ago (its operand registers are free).
                     if (u * CODES + jj) % ACCS == 0:
-                        acc = warpgroup_mma(a, xt, acc, is_async=True)
-                        acc, a_p1, a_p2, a_p3 = _retire(acc, a, a_p1, a_p2, a_p3, MMAS)
+                        acc, a_p1, a_p2, a_p3 = _mma(a, xt, acc, a_p1, a_p2, a_p3, MMAS)
                     elif (u * CODES + jj) % ACCS == 1:
-                        acc1 = warpgroup_mma(a, xt, acc1, is_async=True)
-                        acc1, a_p1, a_p2, a_p3 = _retire(acc1, a, a_p1, a_p2, a_p3, MMAS)
+                        acc1, a_p1, a_p2, a_p3 = _mma(a, xt, acc1, a_p1, a_p2, a_p3, MMAS)
                     elif (u * CODES + jj) % ACCS == 2:
-                        acc2 = warpgroup_mma(a, xt, acc2, is_async=True)
-                        acc2, a_p1, a_p2, a_p3 = _retire(acc2, a, a_p1, a_p2, a_p3, MMAS)
+                        acc2, a_p1, a_p2, a_p3 = _mma(a, xt, acc2, a_p1, a_p2, a_p3, MMAS)
                     else:
-                        acc3 = warpgroup_mma(a, xt, acc3, is_async=True)
-                        acc3, a_p1, a_p2, a_p3 = _retire(acc3, a, a_p1, a_p2, a_p3, MMAS)
+                        acc3, a_p1, a_p2, a_p3 = _mma(a, xt, acc3, a_p1, a_p2, a_p3, MMAS)
                 # Every MMA of the previous stage has retired (MMAS <= CODES): refill its slot.
                 nxt = i + STAGES - 1
                 ps = nxt % STAGES
