@@ -34,16 +34,18 @@ hopper = pytest.mark.skipif(not (torch.cuda.is_available() and torch.cuda.get_de
     (9, 128, True, 96, 1024, 32, 16, 64, 2, 5, 4, 1, torch.bfloat16),
     (30, 256, False, 64, 768, 64, 32, 64, 2, 3, 4, 1, torch.float16),
 ])
-# accs: accumulators the steps take in turn, summed at the end
-@pytest.mark.parametrize("mmas,pdl,accs", [(1, False, 1), (2, True, 2), (3, False, 4)])
+# accs: accumulators the steps take in turn, summed at the end; x16: the odd code positions
+# decoded as 16 times the weight into their own accumulators
+@pytest.mark.parametrize("mmas,pdl,accs,x16", [(1, False, 1, False), (2, True, 2, False), (2, True, 2, True),
+                                               (3, False, 4, True)])
 def test_wgmma_matches_reference(tk, m, gs, sym, n, k, bn, bm, bnw, codes, stages, warps, split, dtype, mmas,
-                                 pdl, accs):
+                                 pdl, accs, x16):
     layer = make_layer(n, k, 4, gs, sym, bias=m == 100, seed=m + k, device=tk.device)
     x = torch.randn(m, k, device=tk.device).to(dtype)
     pw = repack(tk, layer, bn)
     assert tk.launch.wgmma_ok(x, pw)
     cfg = tk.launch.WgmmaConfig(bm=bm, bnw=bnw, codes=codes, stages=stages, num_warps=warps, split=split,
-                                mmas=mmas, pdl=pdl, accs=accs)
+                                mmas=mmas, pdl=pdl, accs=accs, x16=x16)
     check(tk.launch.wgmma(x, pw, layer.bias, cfg), ref_out(x, layer), x)
     if split > 1:  # the workspace is left zeroed for the next call: the same sums again
         check(tk.launch.wgmma(x, pw, layer.bias, cfg), ref_out(x, layer), x)
@@ -122,3 +124,10 @@ def test_code_book_layers_get_their_own_measured_wgmma_config_else_int4s(tk, tmp
 def test_wgmma_config_refuses_counts_the_kernel_has_no_code_for(tk, field, value):
     with pytest.raises(ValueError, match=f"WgmmaConfig.{field}={value}"):
         tk.launch.WgmmaConfig(**{field: value})
+
+
+def test_wgmma_config_refuses_x16_with_one_accumulator(tk):
+    """The odd positions' 16-times weights need accumulators of their own to be scaled back."""
+    with pytest.raises(ValueError, match="x16 needs accs=2 or 4"):
+        tk.launch.WgmmaConfig(accs=1, x16=True)
+    assert tk.launch.WgmmaConfig(accs=2, x16=True).x16

@@ -11,11 +11,12 @@ import pytest
 pytest.importorskip("triton.experimental.gluon._runtime")
 
 
-def _sass(bm: int, codes: int, split: bool, lut: bool = False, mmas: int = 2, accs: int = 1) -> str:
-    return offline_sass.sass(__file__, bm=bm, codes=codes, split=split, lut=lut, mmas=mmas, accs=accs)
+def _sass(bm: int, codes: int, split: bool, lut: bool = False, mmas: int = 2, accs: int = 1, x16: bool = False) -> str:
+    return offline_sass.sass(__file__, bm=bm, codes=codes, split=split, lut=lut, mmas=mmas, accs=accs, x16=x16)
 
 
-def _compile(bm: int, codes: int, split: bool, lut: bool = False, mmas: int = 2, accs: int = 1) -> str:
+def _compile(bm: int, codes: int, split: bool, lut: bool = False, mmas: int = 2, accs: int = 1,
+             x16: bool = False) -> str:
     import torch
     import triton
     from triton.backends.compiler import GPUTarget
@@ -29,7 +30,7 @@ def _compile(bm: int, codes: int, split: bool, lut: bool = False, mmas: int = 2,
     ptrs = dict(qw_ptr="*i32", s_ptr="*fp16", z_ptr="*fp16", lanes_ptr="*i32", bias_ptr="*fp16", y_ptr="*fp16",
                 ws_ptr="*fp32", cnt_ptr="*i32")
     ints = dict.fromkeys(["M", "N", "KC", "G", "stride_ym", "chunks_per_split", "splits"], "i32")
-    cx = dict(BN=64, BNW=64, BM=bm, GS=64 if lut else 128, STAGES=3, CODES=codes, MMAS=mmas, ACCS=accs, SPLIT_K=split, PDL=True,
+    cx = dict(BN=64, BNW=64, BM=bm, GS=64 if lut else 128, STAGES=3, CODES=codes, MMAS=mmas, ACCS=accs, X16=x16, SPLIT_K=split, PDL=True,
               HAS_ZERO=not lut, HAS_BIAS=False, HALF_MATH=True, LUT=lut, RED4=True, num_warps=4)
     sig = {"x_desc": mangle_type(desc), **ptrs, **ints, **dict.fromkeys(cx, "constexpr")}
     attrs = {(kernel.arg_names.index(n),): [["tt.divisibility", 16]]
@@ -39,13 +40,14 @@ def _compile(bm: int, codes: int, split: bool, lut: bool = False, mmas: int = 2,
     return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4)).asm["sass"]
 
 
-@pytest.mark.parametrize("bm,codes,split,lut,mmas,accs", [
-    (16, 4, True, False, 2, 1), (128, 2, False, False, 2, 1), (16, 4, True, True, 2, 1),
-    (16, 4, False, False, 3, 4), (16, 8, True, True, 1, 2),  # steps into 4 / 2 accumulators in turn
+@pytest.mark.parametrize("bm,codes,split,lut,mmas,accs,x16", [
+    (16, 4, True, False, 2, 1, False), (128, 2, False, False, 2, 1, False), (16, 4, True, True, 2, 1, False),
+    (16, 4, False, False, 3, 4, False), (16, 8, True, True, 1, 2, False),  # steps into 4 / 2 accumulators in turn
+    (16, 8, True, False, 1, 2, True),  # odd positions as 16 times the weight
 ])
-def test_wgmma_takes_the_weights_from_registers(bm, codes, split, lut, mmas, accs):
+def test_wgmma_takes_the_weights_from_registers(bm, codes, split, lut, mmas, accs, x16):
     """int4 and code books (lut: the decode shuffles registers between lanes, no memory)."""
-    sass = _sass(bm, codes, split, lut, mmas, accs)
+    sass = _sass(bm, codes, split, lut, mmas, accs, x16)
     mmas = re.findall(rf"HGMMA\.64x{bm}x16\.F32 R\d+, (\S+),", sass)
     # A chunk is 8 code positions of two k16 MMAs each; the loop body is emitted once.
     assert len(mmas) == 16
@@ -53,3 +55,17 @@ def test_wgmma_takes_the_weights_from_registers(bm, codes, split, lut, mmas, acc
     ops = re.findall(r"\b(HGMMA|STS|LDS|LDSM)\b", sass)
     first, last = ops.index("HGMMA"), len(ops) - 1 - ops[::-1].index("HGMMA")
     assert not [op for op in ops[first:last] if op != "HGMMA"]
+
+
+def _shifts_between_mmas(sass: str) -> int:
+    ops = re.findall(r"\b(HGMMA|SHF)\.", sass)
+    first, last = ops.index("HGMMA"), len(ops) - 1 - ops[::-1].index("HGMMA")
+    return ops[first:last].count("SHF")
+
+
+def test_x16_decode_shifts_a_pair_register_once_not_each_code_position():
+    """x16: codes 0-1 (4-5) are masked where they lie, codes 2-3 (6-7) after one byte shift of
+    the pair: two shifts per two words, where a shift per code position (6 of 8) was."""
+    old = _shifts_between_mmas(_sass(16, 8, True, False, 1, 2, False))
+    new = _shifts_between_mmas(_sass(16, 8, True, False, 1, 2, True))
+    assert new <= 16 < old  # 8 pair registers a thread a chunk (64 x 32 words over 128 threads, pairs of 2)

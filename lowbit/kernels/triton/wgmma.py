@@ -87,10 +87,15 @@ if AVAILABLE:
         return [along, 32 // along]
 
     @constexpr_function
-    def _decode_asm(j):
+    def _decode_asm(j, x16):
         """PTX for code position j of a pair from ``_pair``: code | 0x6400 in each half, the
-        fp16 1024 + code."""
-        return (f"{{ .reg .b32 t; shr.b32 t, {'$1' if j < 4 else '$2'}, {4 * (j % 4)}; "
+        fp16 1024 + code. x16 (the pair from ``_shift8`` for j % 4 >= 2): the nibble is
+        masked where it lies, so odd j give (code << 4) | 0x6400, the fp16 1024 + 16 code, and
+        no position needs a shift of its own."""
+        src = '$1' if j < 4 else '$2'
+        if x16:
+            return f"lop3.b32 $0, {src}, {'0x00f000f0' if j % 2 else '0x000f000f'}, 0x64006400, 0xea;"
+        return (f"{{ .reg .b32 t; shr.b32 t, {src}, {4 * (j % 4)}; "
                 "lop3.b32 $0, t, 0x000f000f, 0x64006400, 0xea; }")
 
     @gluon.jit
@@ -102,9 +107,18 @@ if AVAILABLE:
                                          "=r,=r,r,r", [words], dtype=gl.int32, is_pure=True, pack=2)
 
     @gluon.jit
-    def _decode(pairs, j: gl.constexpr, s, zz, dt: gl.constexpr, HALF_MATH: gl.constexpr):
-        """Code j of every word -> the weight, in x's dtype (the MMA's left operand)."""
-        v = gl.inline_asm_elementwise(_decode_asm(j), "=r,r,r", [pairs], dtype=gl.float16, is_pure=True, pack=2)
+    def _shift8(pairs):
+        """The pairs' codes 2-3 (6-7) moved down a byte, where codes 0-1 (4-5) lie."""
+        return gl.inline_asm_elementwise("shr.b32 $0, $1, 8;", "=r,r", [pairs], dtype=gl.int32, is_pure=True,
+                                         pack=1)
+
+    @gluon.jit
+    def _decode(pairs, j: gl.constexpr, s, zz, dt: gl.constexpr, HALF_MATH: gl.constexpr, X16: gl.constexpr):
+        """Code j of every word -> the weight, in x's dtype (the MMA's left operand); X16 and
+        odd j: 16 times the weight (``zz``: 1024 + 16 zero), exact, as a power of two scales
+        it (its accumulator is scaled back)."""
+        v = gl.inline_asm_elementwise(_decode_asm(j, X16), "=r,r,r", [pairs], dtype=gl.float16, is_pure=True,
+                                      pack=2)
         w = v - zz.to(gl.float16)  # q - zero, exact
         if HALF_MATH:
             return w * s
@@ -184,8 +198,8 @@ if AVAILABLE:
         x_desc, qw_ptr, s_ptr, z_ptr, lanes_ptr, bias_ptr, y_ptr, ws_ptr, cnt_ptr, M, N, KC, G, stride_ym,
         chunks_per_split, splits,
         BN: gl.constexpr, BNW: gl.constexpr, BM: gl.constexpr, GS: gl.constexpr, STAGES: gl.constexpr,
-        CODES: gl.constexpr, MMAS: gl.constexpr, ACCS: gl.constexpr, SPLIT_K: gl.constexpr, PDL: gl.constexpr,
-        HAS_ZERO: gl.constexpr, HAS_BIAS: gl.constexpr, HALF_MATH: gl.constexpr, LUT: gl.constexpr, RED4: gl.constexpr,
+        CODES: gl.constexpr, MMAS: gl.constexpr, ACCS: gl.constexpr, X16: gl.constexpr, SPLIT_K: gl.constexpr,
+        PDL: gl.constexpr, HAS_ZERO: gl.constexpr, HAS_BIAS: gl.constexpr, HALF_MATH: gl.constexpr, LUT: gl.constexpr, RED4: gl.constexpr,
         num_warps: gl.constexpr,
     ):
         PK: gl.constexpr = 32
@@ -251,7 +265,12 @@ if AVAILABLE:
                 sn0, sn1, sn2, sn3 = _quarters(s_ptr, gl.minimum(c + 1, c_end - 1), n2, nmask, N, G, GS)
             else:
                 pairs = _pair(wn)
+                if X16:
+                    pairs8 = _shift8(pairs)
                 s_lo, z_lo, s_hi, z_hi = sn_lo, zn_lo, sn_hi, zn_hi
+                if X16:  # 1024 + 16 zero, for the odd positions' 1024 + 16 code
+                    z16_lo = z_lo * 16.0 - 15360.0
+                    z16_hi = z_hi * 16.0 - 15360.0
                 wn = gl.load(w_ptrs + (c + 1) * (PK * BN), mask=wmask & (c + 1 < c_end), other=0)
                 sn_lo, zn_lo, sn_hi, zn_hi = _groups(s_ptr, z_ptr, gl.minimum(c + 1, c_end - 1), n2, nmask, N, G,
                                                      GS, HAS_ZERO)
@@ -263,10 +282,15 @@ if AVAILABLE:
                     if LUT:  # times the absmax of the step's quarter chunk
                         a = _decode_lut(words, lanes, u * CODES + jj, (s0, s1, s2, s3)[(u * CODES + jj) // 2], dt,
                                         HALF_MATH)
+                    elif X16:  # odd positions: 16 times the weight, into the odd accumulators
+                        a = _decode(pairs if (u * CODES + jj) % 4 < 2 else pairs8, u * CODES + jj,
+                                    s_lo if u * CODES + jj < 4 else s_hi,
+                                    ((z_lo, z16_lo) if u * CODES + jj < 4 else (z_hi, z16_hi))[(u * CODES + jj) % 2],
+                                    dt, HALF_MATH, X16)
                     elif u * CODES + jj < 4:
-                        a = _decode(pairs, u * CODES + jj, s_lo, z_lo, dt, HALF_MATH)
+                        a = _decode(pairs, u * CODES + jj, s_lo, z_lo, dt, HALF_MATH, X16)
                     else:
-                        a = _decode(pairs, u * CODES + jj, s_hi, z_hi, dt, HALF_MATH)
+                        a = _decode(pairs, u * CODES + jj, s_hi, z_hi, dt, HALF_MATH, X16)
                     xt = x_smem.index(st * BOXES + jj * PK // BOX).slice((jj * PK) % BOX, PK, dim=1).permute((1, 0))
                     # Step t's MMA into accumulator t % ACCS, then retire the MMA issued MMAS
                     # steps ago (its operand registers are free).
@@ -284,10 +308,17 @@ if AVAILABLE:
                 _load_x(x_desc, x_smem, ready, i0 + nxt, ps, row0, nxt < loads, CODES * PK, BOX, BOXES)
         acc, acc1, acc2, acc3, a_p1, a_p2, a_p3 = warpgroup_mma_wait(
             num_outstanding=0, deps=(acc, acc1, acc2, acc3, a_p1, a_p2, a_p3))
-        if ACCS > 1:
-            acc += acc1
-        if ACCS > 2:
-            acc += acc2 + acc3
+        if X16:  # the odd accumulators hold 16 times their sums (exact: a power of two)
+            gl.static_assert(ACCS > 1)
+            if ACCS > 2:
+                acc += acc2 + (acc1 + acc3) * 0.0625
+            else:
+                acc += acc1 * 0.0625
+        else:
+            if ACCS > 1:
+                acc += acc1
+            if ACCS > 2:
+                acc += acc2 + acc3
         for b in gl.static_range(STAGES):
             mbarrier.invalidate(ready.index(b))
 
