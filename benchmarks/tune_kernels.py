@@ -106,9 +106,12 @@ def jobs_for(k: int, n: int, quick: bool) -> list[tuple]:
                                     continue
                                 for pdl in (False, True) if m <= 64 else (False,):
                                     for kind in ("wgmma", "wgmma_lut"):  # int4 g128, NF4 b64
-                                        out.append((bn, kind, m, launch.WgmmaConfig(
-                                            bm=bm, bnw=bnw, codes=codes, stages=st, num_warps=w, split=sp,
-                                            mmas=mmas, accs=accs, pdl=pdl)))
+                                        # x16 (int4, several accumulators): faster on some
+                                        # shapes, slower on others (s13 run 1)
+                                        for x16 in (False, True) if accs > 1 and kind == "wgmma" else (False,):
+                                            out.append((bn, kind, m, launch.WgmmaConfig(
+                                                bm=bm, bnw=bnw, codes=codes, stages=st, num_warps=w, split=sp,
+                                                mmas=mmas, accs=accs, pdl=pdl, x16=x16)))
     for bn in (32, 64):
         nb = -(-n // bn)
         for c, w in ((1, 4), (2, 4), (1, 8), (2, 8), (4, 8)):

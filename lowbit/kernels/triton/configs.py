@@ -143,7 +143,9 @@ WGMMA: dict[tuple[int, int, int, int], WgmmaConfig] = {
     (4096, 4096, 4, 256): WgmmaConfig(bm=128, codes=4, stages=3, mmas=2),  # 18.2, 18.5 (run 21)
     # split 2, two accumulators, PDL (s12 runs 1 and 2: 17.7-18.2 us; split 1, one accumulator,
     # no PDL: 19.8)
-    (14336, 4096, 4, 16): WgmmaConfig(bm=16, codes=4, stages=3, split=2, accs=2, pdl=True),  # 17.7, 42.9 (mma16 24.1)
+    # x16: 17.68 -> 17.50 us (s13 run 1, h100_wgmma_x16_ab_s13run1.txt; it made 14336x4096 and
+    # 4096x4096 slower, 15.34 -> 15.53 and 7.27 -> 7.97)
+    (14336, 4096, 4, 16): WgmmaConfig(bm=16, codes=4, stages=3, split=2, accs=2, pdl=True, x16=True),  # 17.5, 41.7
     (14336, 4096, 4, 32): WgmmaConfig(bm=32, codes=2, stages=5, split=1),  # 22.3, 45.2
     (14336, 4096, 4, 64): WgmmaConfig(bm=64, codes=4, stages=3, split=1),  # 25.0, 45.0
     (14336, 4096, 4, 128): WgmmaConfig(bm=128, codes=4, stages=3, split=1),  # 31.9, 46.5
@@ -158,7 +160,9 @@ WGMMA: dict[tuple[int, int, int, int], WgmmaConfig] = {
     (4096, 14336, 4, 256): WgmmaConfig(bm=128, codes=2, stages=5, split=2),  # 56.1, 59.3
     # four accumulators, three MMAs in flight: a program has one chunk, and its eight steps'
     # MMAs no longer wait on each other (s12 runs 1 and 2: 4.35-4.43 us; one accumulator 5.3-5.6)
-    (1024, 4096, 4, 16): WgmmaConfig(bm=16, codes=8, stages=3, split=16, mmas=3, accs=4, pdl=True),  # 4.4, 7.6 (mma16 8.1)
+    # (x16: 4.37 -> 4.26 us, s13 run 1)
+    (1024, 4096, 4, 16): WgmmaConfig(bm=16, codes=8, stages=3, split=16, mmas=3, accs=4, pdl=True,
+                                     x16=True),  # 4.26, 7.66 (mma16 8.1)
     (1024, 4096, 4, 32): WgmmaConfig(bm=32, codes=4, stages=3, split=8),  # 6.7, 7.8
     (1024, 4096, 4, 64): WgmmaConfig(bm=32, codes=4, stages=3, split=8, mmas=2, accs=4, pdl=True),  # 6.3, 8.2 (s12 run 2)
     (1024, 4096, 4, 128): WgmmaConfig(bm=128, codes=4, stages=3, split=8),  # 11.0, 8.4
