@@ -199,7 +199,8 @@ if AVAILABLE:
         chunks_per_split, splits,
         BN: gl.constexpr, BNW: gl.constexpr, BM: gl.constexpr, GS: gl.constexpr, STAGES: gl.constexpr,
         CODES: gl.constexpr, MMAS: gl.constexpr, ACCS: gl.constexpr, X16: gl.constexpr, SPLIT_K: gl.constexpr,
-        PDL: gl.constexpr, HAS_ZERO: gl.constexpr, HAS_BIAS: gl.constexpr, HALF_MATH: gl.constexpr, LUT: gl.constexpr, RED4: gl.constexpr,
+        PDL: gl.constexpr, HAS_ZERO: gl.constexpr, HAS_BIAS: gl.constexpr, HALF_MATH: gl.constexpr,
+        LUT: gl.constexpr, RED4: gl.constexpr,
         num_warps: gl.constexpr,
     ):
         PK: gl.constexpr = 32
@@ -287,10 +288,9 @@ if AVAILABLE:
                                     s_lo if u * CODES + jj < 4 else s_hi,
                                     ((z_lo, z16_lo) if u * CODES + jj < 4 else (z_hi, z16_hi))[(u * CODES + jj) % 2],
                                     dt, HALF_MATH, X16)
-                    elif u * CODES + jj < 4:
-                        a = _decode(pairs, u * CODES + jj, s_lo, z_lo, dt, HALF_MATH, X16)
                     else:
-                        a = _decode(pairs, u * CODES + jj, s_hi, z_hi, dt, HALF_MATH, X16)
+                        a = _decode(pairs, u * CODES + jj, s_lo if u * CODES + jj < 4 else s_hi,
+                                    z_lo if u * CODES + jj < 4 else z_hi, dt, HALF_MATH, X16)
                     xt = x_smem.index(st * BOXES + jj * PK // BOX).slice((jj * PK) % BOX, PK, dim=1).permute((1, 0))
                     # Step t's MMA into accumulator t % ACCS, then retire the MMA issued MMAS
                     # steps ago (its operand registers are free).
