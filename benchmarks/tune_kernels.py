@@ -109,9 +109,11 @@ def jobs_for(k: int, n: int, quick: bool) -> list[tuple]:
                                         # x16 (int4, several accumulators): faster on some
                                         # shapes, slower on others (s13 run 1)
                                         for x16 in (False, True) if accs > 1 and kind == "wgmma" else (False,):
-                                            out.append((bn, kind, m, launch.WgmmaConfig(
-                                                bm=bm, bnw=bnw, codes=codes, stages=st, num_warps=w, split=sp,
-                                                mmas=mmas, accs=accs, pdl=pdl, x16=x16)))
+                                            # split-K sums met in fp16: half the atomics
+                                            for hs in (False, True) if sp > 1 and kind == "wgmma" else (False,):
+                                                out.append((bn, kind, m, launch.WgmmaConfig(
+                                                    bm=bm, bnw=bnw, codes=codes, stages=st, num_warps=w, split=sp,
+                                                    mmas=mmas, accs=accs, pdl=pdl, x16=x16, half_sums=hs)))
     for bn in (32, 64):
         nb = -(-n // bn)
         for c, w in ((1, 4), (2, 4), (1, 8), (2, 8), (4, 8)):

@@ -6,6 +6,8 @@ tests/kernels/test_wgmma_sass.py compiles the kernel offline.
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 import nf4_layers
@@ -49,6 +51,37 @@ def test_wgmma_matches_reference(tk, m, gs, sym, n, k, bn, bm, bnw, codes, stage
     check(tk.launch.wgmma(x, pw, layer.bias, cfg), ref_out(x, layer), x)
     if split > 1:  # the workspace is left zeroed for the next call: the same sums again
         check(tk.launch.wgmma(x, pw, layer.bias, cfg), ref_out(x, layer), x)
+
+
+@hopper
+@pytest.mark.parametrize("m,n,k,bm,codes,split", [
+    (16, 256, 2048, 16, 4, 8),  # 16-row tiles, 8 splits of a chunk
+    (200, 192, 3072, 128, 4, 4),  # 12 chunks in 4 splits, ragged M, bias
+    (33, 136, 2048, 64, 2, 3),  # uneven splits, N % 64 != 0 (a part-filled column tile)
+])
+def test_wgmma_half_sums_stay_within_a_rounding_a_split_of_float32_sums(tk, m, n, k, bm, codes, split):
+    layer = make_layer(n, k, 4, 128, False, bias=m == 200, seed=m + k, device=tk.device)
+    x = torch.randn(m, k, device=tk.device).half()
+    pw = repack(tk, layer, 64)
+    cfg = tk.launch.WgmmaConfig(bm=bm, codes=codes, stages=3, split=split, mmas=2, accs=2, pdl=True)
+    y32 = tk.launch.wgmma(x, pw, layer.bias, cfg).float()
+    for _ in range(2):  # the fp16 sums leave their workspace zeroed too
+        y16 = tk.launch.wgmma(x, pw, layer.bias, replace(cfg, half_sums=True))
+        check(y16, ref_out(x, layer), x)
+        # each split's sum rounds to fp16 once and each add once more (in any order)
+        assert (y16.float() - y32).abs().max() <= split * 2**-11 * y32.abs().max()
+
+
+@pytest.mark.parametrize("dtype,n,red", [(torch.float16, 136, 8), (torch.bfloat16, 136, 4), (torch.float16, 132, 4),
+                                         (torch.float16, 90, 1)])
+def test_wgmma_half_sums_need_fp16_rows_of_whole_16_byte_groups(tk, dtype, n, red):
+    """fp16 sums for fp16 x only (bf16 sums would round 8x coarser) and N % 8 == 0 (one
+    16-byte vector atomic a group); else float32, four at once where N % 4 == 0."""
+    pw = repack(tk, make_layer(n, 256, 4, 128, False, device=tk.device), 32)
+    x = torch.randn(16, 256, device=tk.device).to(dtype)
+    cfg = tk.launch.WgmmaConfig(bm=16, split=2, half_sums=True)
+    assert tk.launch.wgmma_red(cfg, x, pw) == red
+    assert tk.launch.wgmma_red(replace(cfg, half_sums=False), x, pw) == min(red, 4)
 
 
 @hopper

@@ -11,12 +11,14 @@ import pytest
 pytest.importorskip("triton.experimental.gluon._runtime")
 
 
-def _sass(bm: int, codes: int, split: bool, lut: bool = False, mmas: int = 2, accs: int = 1, x16: bool = False) -> str:
-    return offline_sass.sass(__file__, bm=bm, codes=codes, split=split, lut=lut, mmas=mmas, accs=accs, x16=x16)
+def _sass(bm: int, codes: int, split: bool, lut: bool = False, mmas: int = 2, accs: int = 1, x16: bool = False,
+          red: int = 4) -> str:
+    return offline_sass.sass(__file__, bm=bm, codes=codes, split=split, lut=lut, mmas=mmas, accs=accs, x16=x16,
+                             red=red)
 
 
 def _compile(bm: int, codes: int, split: bool, lut: bool = False, mmas: int = 2, accs: int = 1,
-             x16: bool = False) -> str:
+             x16: bool = False, red: int = 4) -> str:
     import torch
     import triton
     from triton.backends.compiler import GPUTarget
@@ -28,10 +30,10 @@ def _compile(bm: int, codes: int, split: bool, lut: bool = False, mmas: int = 2,
     kernel = wgmma.int4_wgmma_kernel
     desc = wgmma.x_descriptor(torch.empty(512, 4096, dtype=torch.float16), bm, codes)
     ptrs = dict(qw_ptr="*i32", s_ptr="*fp16", z_ptr="*fp16", lanes_ptr="*i32", bias_ptr="*fp16", y_ptr="*fp16",
-                ws_ptr="*fp32", cnt_ptr="*i32")
+                ws_ptr="*fp16" if red == 8 else "*fp32", cnt_ptr="*i32")
     ints = dict.fromkeys(["M", "N", "KC", "G", "stride_ym", "chunks_per_split", "splits"], "i32")
     cx = dict(BN=64, BNW=64, BM=bm, GS=64 if lut else 128, STAGES=3, CODES=codes, MMAS=mmas, ACCS=accs, X16=x16, SPLIT_K=split, PDL=True,
-              HAS_ZERO=not lut, HAS_BIAS=False, HALF_MATH=True, LUT=lut, RED4=True, num_warps=4)
+              HAS_ZERO=not lut, HAS_BIAS=False, HALF_MATH=True, LUT=lut, RED=red, num_warps=4)
     sig = {"x_desc": mangle_type(desc), **ptrs, **ints, **dict.fromkeys(cx, "constexpr")}
     attrs = {(kernel.arg_names.index(n),): [["tt.divisibility", 16]]
              for n in list(ptrs) + ["N", "KC", "G", "stride_ym"]}
@@ -69,3 +71,11 @@ def test_x16_decode_shifts_a_pair_register_once_not_each_code_position():
     old = _shifts_between_mmas(_sass(16, 8, True, False, 1, 2, False))
     new = _shifts_between_mmas(_sass(16, 8, True, False, 1, 2, True))
     assert new <= 16 < old  # 8 pair registers a thread a chunk (64 x 32 words over 128 threads, pairs of 2)
+
+
+def test_half_sums_add_eight_fp16_sums_an_atomic_and_read_them_back_in_one_load():
+    """The split-K meeting in fp16: one 16-byte vector atomic of 8 sums (float32: of 4)."""
+    f32, f16 = _sass(16, 4, True, red=4), _sass(16, 4, True, red=8)
+    assert re.findall(r"REDG\.E\.ADD\.F32x4\S*", f32) and not re.findall(r"REDG\S*F16", f32)
+    assert re.findall(r"REDG\.E\.ADD\.F16x8\S*", f16) and not re.findall(r"REDG\S*F32", f16)
+    assert re.findall(r"LDG\.E\.128\.STRONG\.GPU", f16)  # the last split's read back

@@ -104,6 +104,9 @@ class WgmmaConfig:
     x16: bool = False
     # programmatic dependent launch: faster for some shapes, much slower for others (run 26)
     pdl: bool = False
+    # split-K with fp16 x: the splits' sums meet as fp16 (8 an atomic, not 4 float32): half the
+    # atomics and bytes of the meeting, for at most about one fp16 rounding a split more error
+    half_sums: bool = False
 
     def __post_init__(self):
         if self.mmas not in (1, 2, 3):
@@ -373,6 +376,9 @@ def wgmma(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: Wgm
     dummy = pw.qweight
     grid = (triton.cdiv(m, cfg.bm), triton.cdiv(pw.n, cfg.bnw))
     per, split, ws, cnt = _split_k(x, y, m * pw.n, grid[0] * grid[1], pw.chunks, cfg.split, 1)
+    red = wgmma_red(cfg, x, pw)
+    if split > 1 and red == 8:
+        ws = ws.view(torch.float16)  # the zeroed float32 workspace holds twice the fp16 sums
     _wgmma.int4_wgmma_kernel[grid + (split,)](
         _wgmma.x_descriptor(x, cfg.bm, cfg.codes), pw.qweight, pw.scales,
         pw.zeros if pw.zeros is not None else dummy, pw.lanes if pw.lanes is not None else dummy,
@@ -380,13 +386,21 @@ def wgmma(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: Wgm
         m, pw.n, pw.chunks, pw.groups, y.stride(0), per, split,
         BN=pw.block_n, BNW=cfg.bnw, BM=cfg.bm, GS=pw.group_size, STAGES=cfg.stages, CODES=cfg.codes,
         MMAS=min(cfg.mmas, cfg.codes), ACCS=cfg.accs, X16=cfg.x16 and pw.mode != "lut",
-        SPLIT_K=split > 1, RED4=pw.n % 4 == 0,
+        SPLIT_K=split > 1, RED=red,
         HAS_ZERO=pw.zeros is not None, HAS_BIAS=bias is not None,
         HALF_MATH=x.dtype == torch.float16 and pw.scales.dtype == torch.float16, LUT=pw.mode == "lut",
         num_warps=cfg.num_warps,
         **(pdl.launch_args(x.device) if cfg.pdl else dict(PDL=False)),
     )
     return y
+
+
+def wgmma_red(cfg: WgmmaConfig, x: torch.Tensor, pw: PackedWeight) -> int:
+    """How ``wgmma``'s K splits add their sums: 8 fp16 or 4 float32 adjacent columns a vector
+    atomic (16-byte aligned rows: N a multiple of 8 or 4), else 1 float32 an atomic."""
+    if cfg.half_sums and x.dtype == torch.float16 and pw.n % 8 == 0:
+        return 8
+    return 4 if pw.n % 4 == 0 else 1
 
 
 def gemm(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: GemmConfig,

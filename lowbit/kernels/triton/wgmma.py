@@ -81,9 +81,9 @@ if AVAILABLE:
         return s_lo, z_lo, s_hi, z_hi
 
     @constexpr_function
-    def _red_threads(bnw):
-        """A warp's threads over [bnw, rows] in groups of four columns (no column twice)."""
-        along = min(32, bnw // 4)
+    def _red_threads(bnw, vec):
+        """A warp's threads over [bnw, rows] in groups of ``vec`` columns (no column twice)."""
+        along = min(32, bnw // vec)
         return [along, 32 // along]
 
     @constexpr_function
@@ -162,6 +162,24 @@ if AVAILABLE:
     #: A gpu-scope relaxed load of a float32 ($1) where the mask ($2) is set, else 0.
     _LOAD_RELAXED = gl.constexpr("{ .reg .pred p; setp.ne.b32 p, $2, 0; mov.b32 $0, 0; "
                                  "@p ld.relaxed.gpu.global.f32 $0, [$1]; }")
+    #: Split-K in half precision: round eight float32 sums ($16-$23) to fp16 and add them at
+    #: eight consecutive fp16 addresses ($8, 16-byte aligned) where the first's mask ($24) is
+    #: set, in one vector atomic (sm_90). cvt.f16x2 puts its first operand in the high half.
+    _RED8 = gl.constexpr("{ .reg .pred p; .reg .b32 h0, h1, h2, h3; setp.ne.b32 p, $24, 0; "
+                         "cvt.rn.f16x2.f32 h0, $17, $16; cvt.rn.f16x2.f32 h1, $19, $18; "
+                         "cvt.rn.f16x2.f32 h2, $21, $20; cvt.rn.f16x2.f32 h3, $23, $22; "
+                         "@p red.relaxed.gpu.global.add.noftz.v4.f16x2 [$8], {h0, h1, h2, h3}; "
+                         "mov.b32 $0, 0; mov.b32 $1, 0; mov.b32 $2, 0; mov.b32 $3, 0; "
+                         "mov.b32 $4, 0; mov.b32 $5, 0; mov.b32 $6, 0; mov.b32 $7, 0; }")
+    #: Gpu-scope relaxed loads of eight fp16 sums at $8 (16-byte aligned) as float32, where the
+    #: mask ($16) is set, else 0.
+    _LOAD8_RELAXED = gl.constexpr("{ .reg .pred p; .reg .b32 w0, w1, w2, w3; .reg .b16 l, h; setp.ne.b32 p, $16, 0; "
+                                  "mov.b32 w0, 0; mov.b32 w1, 0; mov.b32 w2, 0; mov.b32 w3, 0; "
+                                  "@p ld.relaxed.gpu.global.v4.b32 {w0, w1, w2, w3}, [$8]; "
+                                  "mov.b32 {l, h}, w0; cvt.f32.f16 $0, l; cvt.f32.f16 $1, h; "
+                                  "mov.b32 {l, h}, w1; cvt.f32.f16 $2, l; cvt.f32.f16 $3, h; "
+                                  "mov.b32 {l, h}, w2; cvt.f32.f16 $4, l; cvt.f32.f16 $5, h; "
+                                  "mov.b32 {l, h}, w3; cvt.f32.f16 $6, l; cvt.f32.f16 $7, h; }")
 
     @gluon.jit
     def _mma(a, xt, acc, a_p1, a_p2, a_p3, MMAS: gl.constexpr):
@@ -200,7 +218,7 @@ if AVAILABLE:
         BN: gl.constexpr, BNW: gl.constexpr, BM: gl.constexpr, GS: gl.constexpr, STAGES: gl.constexpr,
         CODES: gl.constexpr, MMAS: gl.constexpr, ACCS: gl.constexpr, X16: gl.constexpr, SPLIT_K: gl.constexpr,
         PDL: gl.constexpr, HAS_ZERO: gl.constexpr, HAS_BIAS: gl.constexpr, HALF_MATH: gl.constexpr,
-        LUT: gl.constexpr, RED4: gl.constexpr,
+        LUT: gl.constexpr, RED: gl.constexpr,
         num_warps: gl.constexpr,
     ):
         PK: gl.constexpr = 32
@@ -327,22 +345,28 @@ if AVAILABLE:
         rows = gl.expand_dims(row0 + gl.arange(0, BM, layout=gl.SliceLayout(0, acc_l)), 0)  # [1, BM]
         mask = (rows < M) & (cols < N)
         if SPLIT_K:  # the protocol of ``epilogue.store_output``: float32 [M, N] sums, a ticket a tile
+            # (RED = 8: fp16 sums, see ``launch.WgmmaConfig.half_sums``)
             tile = gl.program_id(0) * gl.num_programs(1) + pid_n
-            if RED4:
-                # Four adjacent columns a thread, one vector atomic for them: the atomics set
-                # the cost of split-K here (benchmarks/splitk_cost.py), and this is 4x fewer.
-                # (The vector add flushes denormal sums, < 1.2e-38, to zero: far below what
-                # an fp16 or bf16 output resolves next to the other sums.)
-                red_l: gl.constexpr = gl.BlockedLayout(size_per_thread=[4, 1], threads_per_warp=_red_threads(BNW),
+            if RED > 1:
+                # RED adjacent columns a thread, one vector atomic for them: the atomics set
+                # the cost of split-K here (benchmarks/splitk_cost.py), and this is RED x fewer.
+                # (The float32 vector add flushes denormal sums, < 1.2e-38, to zero: far below
+                # what an fp16 or bf16 output resolves next to the other sums.)
+                red_l: gl.constexpr = gl.BlockedLayout(size_per_thread=[RED, 1], threads_per_warp=_red_threads(BNW, RED),
                                                        warps_per_cta=[1, num_warps], order=[0, 1])
                 acc = gl.convert_layout(acc, red_l)
                 cols = gl.expand_dims(pid_n * BNW + gl.arange(0, BNW, layout=gl.SliceLayout(1, red_l)), 1)
                 rows = gl.expand_dims(row0 + gl.arange(0, BM, layout=gl.SliceLayout(0, red_l)), 0)
-                mask = (rows < M) & (cols < N)  # whole groups of four: N % 4 == 0
+                mask = (rows < M) & (cols < N)  # whole groups of RED: N % RED == 0
                 ws = ws_ptr + rows * N + cols
-                gl.inline_asm_elementwise(_RED4, "=r,=r,=r,=r,l,l,l,l,f,f,f,f,r,r,r,r",
-                                          [ws.to(gl.int64), acc, mask.to(gl.int32)], dtype=gl.int32,
-                                          is_pure=False, pack=4)
+                if RED == 8:
+                    gl.inline_asm_elementwise(_RED8, "=r,=r,=r,=r,=r,=r,=r,=r,l,l,l,l,l,l,l,l,f,f,f,f,f,f,f,f,"
+                                              "r,r,r,r,r,r,r,r", [ws.to(gl.int64), acc, mask.to(gl.int32)],
+                                              dtype=gl.int32, is_pure=False, pack=8)
+                else:
+                    gl.inline_asm_elementwise(_RED4, "=r,=r,=r,=r,l,l,l,l,f,f,f,f,r,r,r,r",
+                                              [ws.to(gl.int64), acc, mask.to(gl.int32)], dtype=gl.int32,
+                                              is_pure=False, pack=4)
             else:
                 ws = ws_ptr + rows * N + cols
                 gl.atomic_add(ws, acc, mask=mask, sem="relaxed")
@@ -352,10 +376,14 @@ if AVAILABLE:
                 # The ticket's acquire orders these after every split's sums: plain gpu-scope
                 # loads then see them (acq_rel on each would fence each: 3x the kernel; an
                 # atomic add of 0 per sum costs as much as the sums' atomics).
-                zero = gl.zeros_like(acc)
-                total = gl.inline_asm_elementwise(_LOAD_RELAXED, "=f,l,r", [ws.to(gl.int64), mask.to(gl.int32)],
-                                                  dtype=gl.float32, is_pure=False, pack=1)
-                gl.store(ws, zero, mask=mask)
+                if RED == 8:
+                    total = gl.inline_asm_elementwise(_LOAD8_RELAXED, "=f,=f,=f,=f,=f,=f,=f,=f,l,l,l,l,l,l,l,l,"
+                                                      "r,r,r,r,r,r,r,r", [ws.to(gl.int64), mask.to(gl.int32)],
+                                                      dtype=gl.float32, is_pure=False, pack=8)
+                else:
+                    total = gl.inline_asm_elementwise(_LOAD_RELAXED, "=f,l,r", [ws.to(gl.int64), mask.to(gl.int32)],
+                                                      dtype=gl.float32, is_pure=False, pack=1)
+                gl.store(ws, gl.zeros_like(acc).to(ws_ptr.dtype.element_ty), mask=mask)
                 gl.atomic_xchg(cnt_ptr + tile, 0)
                 _write(total, rows, cols, mask, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS)
         else:
