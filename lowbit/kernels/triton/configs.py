@@ -138,7 +138,7 @@ WGMMA: dict[tuple[int, int, int, int], WgmmaConfig] = {
     (4096, 4096, 4, 16): WgmmaConfig(bm=16, bnw=128, num_warps=8, codes=8, stages=2, split=8, accs=2,
                                      pdl=True),  # 7.2, 16.0 (mma16 10.1)
     (4096, 4096, 4, 32): WgmmaConfig(bm=32, codes=4, stages=3, split=4),  # 11.2, 14.6
-    (4096, 4096, 4, 64): WgmmaConfig(bm=64, codes=2, stages=5, split=2),  # 14.2, 14.9
+    (4096, 4096, 4, 64): WgmmaConfig(bm=64, codes=2, stages=5, split=2, half_sums=True),  # 12.4, 14.7 (s14 run 1)
     (4096, 4096, 4, 128): WgmmaConfig(bm=64, codes=4, stages=5, split=1),  # 16.7, 14.8
     (4096, 4096, 4, 256): WgmmaConfig(bm=128, codes=4, stages=3, mmas=2),  # 18.2, 18.5 (run 21)
     # split 2, two accumulators, PDL (s12 runs 1 and 2: 17.7-18.2 us; split 1, one accumulator,
@@ -154,19 +154,21 @@ WGMMA: dict[tuple[int, int, int, int], WgmmaConfig] = {
     # ends); PDL made the other shapes slower (4096x14336 M = 16: 19.5 -> 27.4 us)
     (4096, 14336, 4, 16): WgmmaConfig(bm=16, codes=4, stages=3, split=8, accs=2, pdl=True),  # 15.9, 45.2 (mma16 22.9)
     (4096, 14336, 4, 32): WgmmaConfig(bm=32, codes=2, stages=5, split=8),  # 20.7, 45.7
-    (4096, 14336, 4, 64): WgmmaConfig(bm=64, codes=2, stages=5, split=4),  # 27.4, 46.8
+    (4096, 14336, 4, 64): WgmmaConfig(bm=64, codes=2, stages=5, split=4, half_sums=True),  # 23.7, 45.4 (s14 run 1)
     (4096, 14336, 4, 128): WgmmaConfig(bm=128, codes=4, stages=3, split=4),  # 38.1, 52.5
     # split 2 since the vector-atomic split-K (56.1 us against 59.4 at split 1, s8 run 7)
-    (4096, 14336, 4, 256): WgmmaConfig(bm=128, codes=2, stages=5, split=2),  # 56.1, 59.3
+    (4096, 14336, 4, 256): WgmmaConfig(bm=128, codes=2, stages=5, split=2, half_sums=True),  # 52.1, 61.1 (s14 run 1)
     # four accumulators, three MMAs in flight: a program has one chunk, and its eight steps'
     # MMAs no longer wait on each other (s12 runs 1 and 2: 4.35-4.43 us; one accumulator 5.3-5.6)
     # (x16: 4.37 -> 4.26 us, s13 run 1)
     (1024, 4096, 4, 16): WgmmaConfig(bm=16, codes=8, stages=3, split=16, mmas=3, accs=4, pdl=True,
                                      x16=True),  # 4.26, 7.66 (mma16 8.1)
     (1024, 4096, 4, 32): WgmmaConfig(bm=32, codes=4, stages=3, split=8),  # 6.7, 7.8
-    (1024, 4096, 4, 64): WgmmaConfig(bm=32, codes=4, stages=3, split=8, mmas=2, accs=4, pdl=True),  # 6.3, 8.2 (s12 run 2)
+    (1024, 4096, 4, 64): WgmmaConfig(bm=32, codes=4, stages=3, split=8, mmas=2, accs=4, pdl=True,
+                                     half_sums=True),  # 6.2, 8.2 (s14 run 1; s12 run 2: 6.3)
     (1024, 4096, 4, 128): WgmmaConfig(bm=128, codes=4, stages=3, split=8),  # 11.0, 8.4
-    (1024, 4096, 4, 256): WgmmaConfig(bm=128, codes=4, stages=3, split=4),  # 12.9, 9.8
+    # fp16 split-K sums: 11.13 -> 8.96 us (fp16 9.29; s14 run 1, h100_wgmma_half_sums_ab_s14run1.txt)
+    (1024, 4096, 4, 256): WgmmaConfig(bm=128, codes=4, stages=3, split=4, half_sums=True),  # 9.0, 9.3
     # the decoder's merged q|k|v and gate|up at batch 16 (h100_tune_wgmma_merged_m16_run28.jsonl,
     # block 64; without PDL 11.5 and 31.2 us)
     (6144, 4096, 4, 16): WgmmaConfig(bm=16, codes=4, stages=3, split=4, pdl=True),  # 10.1, 21.1
