@@ -145,7 +145,8 @@ WGMMA: dict[tuple[int, int, int, int], WgmmaConfig] = {
     # no PDL: 19.8)
     # x16: 17.68 -> 17.50 us (s13 run 1, h100_wgmma_x16_ab_s13run1.txt; it made 14336x4096 and
     # 4096x4096 slower, 15.34 -> 15.53 and 7.27 -> 7.97)
-    (14336, 4096, 4, 16): WgmmaConfig(bm=16, codes=4, stages=3, split=2, accs=2, pdl=True, x16=True),  # 17.5, 41.7
+    # eight codes a stage: 17.64 -> 17.04 us (s14 run 2 sweep, h100_wgmma_sweep_m16_s14.txt)
+    (14336, 4096, 4, 16): WgmmaConfig(bm=16, codes=8, stages=3, split=2, accs=2, pdl=True, x16=True),  # 17.0, 41.7
     (14336, 4096, 4, 32): WgmmaConfig(bm=32, codes=2, stages=5, split=1),  # 22.3, 45.2
     (14336, 4096, 4, 64): WgmmaConfig(bm=64, codes=4, stages=3, split=1),  # 25.0, 45.0
     (14336, 4096, 4, 128): WgmmaConfig(bm=128, codes=4, stages=3, split=1),  # 31.9, 46.5
@@ -155,7 +156,7 @@ WGMMA: dict[tuple[int, int, int, int], WgmmaConfig] = {
     (4096, 14336, 4, 16): WgmmaConfig(bm=16, codes=4, stages=3, split=8, accs=2, pdl=True),  # 15.9, 45.2 (mma16 22.9)
     (4096, 14336, 4, 32): WgmmaConfig(bm=32, codes=2, stages=5, split=8),  # 20.7, 45.7
     (4096, 14336, 4, 64): WgmmaConfig(bm=64, codes=2, stages=5, split=4, half_sums=True),  # 23.7, 45.4 (s14 run 1)
-    (4096, 14336, 4, 128): WgmmaConfig(bm=128, codes=4, stages=3, split=4),  # 38.1, 52.5
+    (4096, 14336, 4, 128): WgmmaConfig(bm=128, codes=4, stages=3, split=4, half_sums=True),  # 29.1, 51.1 (s14 run 2)
     # split 2 since the vector-atomic split-K (56.1 us against 59.4 at split 1, s8 run 7)
     (4096, 14336, 4, 256): WgmmaConfig(bm=128, codes=2, stages=5, split=2, half_sums=True),  # 52.1, 61.1 (s14 run 1)
     # four accumulators, three MMAs in flight: a program has one chunk, and its eight steps'
@@ -166,7 +167,7 @@ WGMMA: dict[tuple[int, int, int, int], WgmmaConfig] = {
     (1024, 4096, 4, 32): WgmmaConfig(bm=32, codes=4, stages=3, split=8),  # 6.7, 7.8
     (1024, 4096, 4, 64): WgmmaConfig(bm=32, codes=4, stages=3, split=8, mmas=2, accs=4, pdl=True,
                                      half_sums=True),  # 6.2, 8.2 (s14 run 1; s12 run 2: 6.3)
-    (1024, 4096, 4, 128): WgmmaConfig(bm=128, codes=4, stages=3, split=8),  # 11.0, 8.4
+    (1024, 4096, 4, 128): WgmmaConfig(bm=128, codes=4, stages=3, split=8, half_sums=True),  # 7.2, 8.4 (s14 run 2)
     # fp16 split-K sums: 11.13 -> 8.96 us (fp16 9.29; s14 run 1, h100_wgmma_half_sums_ab_s14run1.txt)
     (1024, 4096, 4, 256): WgmmaConfig(bm=128, codes=4, stages=3, split=4, half_sums=True),  # 9.0, 9.3
     # the decoder's merged q|k|v and gate|up at batch 16 (h100_tune_wgmma_merged_m16_run28.jsonl,
