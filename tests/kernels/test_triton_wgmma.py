@@ -84,6 +84,12 @@ def test_wgmma_half_sums_need_fp16_rows_of_whole_16_byte_groups(tk, dtype, n, re
     assert tk.launch.wgmma_red(replace(cfg, half_sums=False), x, pw) == min(red, 4)
 
 
+def test_wgmma_half_sums_leave_code_book_layers_on_float32_sums(tk):
+    pw = nf4_layers.repack(tk, nf4_layers.make_layer(136, 256, "nf4", 64, device=tk.device), 32)
+    x = torch.randn(16, 256, device=tk.device).half()
+    assert tk.launch.wgmma_red(tk.launch.WgmmaConfig(bm=16, split=2, half_sums=True), x, pw) == 4
+
+
 @hopper
 def test_wgmma_dispatch_takes_many_rows(tk):
     layer = make_layer(128, 512, 4, 128, False, device=tk.device)
@@ -115,7 +121,9 @@ def test_dispatch_sends_8_to_512_rows_to_wgmma_and_fewer_or_more_elsewhere(tk):
 def test_wgmma_heuristic_config_fits_rows_and_fills_the_gpu(tk):
     cfg = tk.configs.wgmma_config(20, 6144, 4096, torch.device("cpu"))  # unmeasured shape, 132 SMs assumed
     assert cfg.bm == 32 and cfg.split == 2  # 96 column tiles: two K splits fill 132 SMs
-    assert tk.configs.wgmma_config(512, 6144, 4096, torch.device("cpu")).bm == 128
+    assert not cfg.half_sums  # fp16 split sums measured slower with few rows
+    big = tk.configs.wgmma_config(512, 6144, 4096, torch.device("cpu"))
+    assert big.bm == 128 and big.half_sums
 
 
 @hopper

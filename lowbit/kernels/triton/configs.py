@@ -302,7 +302,8 @@ def prefers_wgmma(m: int, n: int, k: int) -> bool:
 def wgmma_config(m: int, n: int, k: int, device: torch.device, lut: bool = False) -> WgmmaConfig:
     """wgmma config: measured (``lut``: on a code-book layer if measured there, else int4's),
     else what won on the measured shapes: one row tile of >= M rows under 64 rows, 128-row
-    tiles when they fill the SMs (else 64), and a K split until they do."""
+    tiles when they fill the SMs (else 64), a K split until they do, and from 64 rows split
+    sums met in fp16 (faster on every measured split config at M = 64-256, slower at 16)."""
     b = m_bucket(m)
     if lut and (n, k, 4, b) in WGMMA_LUT:
         return WGMMA_LUT[(n, k, 4, b)]
@@ -314,7 +315,7 @@ def wgmma_config(m: int, n: int, k: int, device: torch.device, lut: bool = False
         bm = 128 if triton.cdiv(m, 128) * triton.cdiv(n, 64) >= _sms(device) else 64
     tiles = triton.cdiv(m, bm) * triton.cdiv(n, 64)
     split = _fill_split(tiles, triton.cdiv(k, 256), _sms(device), per_sm=1)
-    return WgmmaConfig(bm=bm, codes=4, stages=3, split=split)
+    return WgmmaConfig(bm=bm, codes=4, stages=3, split=split, half_sums=m >= 64)
 
 
 def m_bucket(m: int) -> int:

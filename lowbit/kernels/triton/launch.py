@@ -397,8 +397,9 @@ def wgmma(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: Wgm
 
 def wgmma_red(cfg: WgmmaConfig, x: torch.Tensor, pw: PackedWeight) -> int:
     """How ``wgmma``'s K splits add their sums: 8 fp16 or 4 float32 adjacent columns a vector
-    atomic (16-byte aligned rows: N a multiple of 8 or 4), else 1 float32 an atomic."""
-    if cfg.half_sums and x.dtype == torch.float16 and pw.n % 8 == 0:
+    atomic (16-byte aligned rows: N a multiple of 8 or 4), else 1 float32 an atomic. fp16
+    sums for int4 codes only: code-book layers were neither timed nor GPU-tested with them."""
+    if cfg.half_sums and x.dtype == torch.float16 and pw.n % 8 == 0 and pw.mode == "int":
         return 8
     return 4 if pw.n % 4 == 0 else 1
 
