@@ -104,8 +104,8 @@ class WgmmaConfig:
     x16: bool = False
     # programmatic dependent launch: faster for some shapes, much slower for others (run 26)
     pdl: bool = False
-    # split-K with fp16 x: the splits' sums meet as fp16 (8 an atomic, not 4 float32): half the
-    # atomics and bytes of the meeting, for at most about one fp16 rounding a split more error
+    # split-K, int4 codes, fp16 x: the splits' sums meet as fp16 (8 an atomic, not 4 float32): half
+    # the atomics and bytes of the meeting, for at most about one fp16 rounding a split more error
     half_sums: bool = False
 
     def __post_init__(self):
