@@ -72,6 +72,48 @@ def test_wgmma_half_sums_stay_within_a_rounding_a_split_of_float32_sums(tk, m, n
         assert (y16.float() - y32).abs().max() <= split * 2**-11 * y32.abs().max()
 
 
+@hopper
+@pytest.mark.parametrize("m,gs,n,k,bn,bm,bnw,warps,codes,stages,split,accs,x16,dtype,pdl", [
+    (16, 128, 256, 2048, 64, 16, 64, 4, 4, 3, 2, 2, True, torch.float16, True),  # 2 CTAs, 4 chunks each
+    (16, 128, 256, 2048, 64, 16, 64, 4, 4, 3, 8, 4, True, torch.float16, True),  # 8 CTAs, a chunk each
+    (13, 128, 200, 1792, 64, 16, 64, 4, 4, 3, 4, 1, False, torch.float16, False),  # ragged M, N, bias; 2,2,2,1 chunks
+    (16, 128, 128, 4608, 32, 16, 64, 4, 2, 3, 16, 2, False, torch.float16, True),  # 16 CTAs (non-portable), 7 idle
+    (40, 128, 192, 2048, 64, 64, 64, 4, 2, 4, 2, 1, False, torch.bfloat16, False),  # two row tiles of clusters, bf16
+    (16, -1, 64, 1024, 64, 32, 64, 4, 4, 3, 4, 2, False, torch.float16, True),  # per channel
+    (16, 128, 512, 2048, 64, 16, 128, 8, 8, 2, 8, 2, False, torch.float16, True),  # two warpgroups a CTA
+])
+def test_wgmma_cluster_split_k_matches_reference(tk, m, gs, n, k, bn, bm, bnw, warps, codes, stages, split, accs,
+                                                 x16, dtype, pdl):
+    """The K splits of a tile as one cluster, meeting in distributed shared memory."""
+    layer = make_layer(n, k, 4, gs, False, bias=m == 13, seed=m + k, device=tk.device)
+    x = torch.randn(m, k, device=tk.device).to(dtype)
+    pw = repack(tk, layer, bn)
+    cfg = tk.launch.WgmmaConfig(bm=bm, bnw=bnw, num_warps=warps, codes=codes, stages=stages, split=split, mmas=1,
+                                accs=accs, x16=x16, pdl=pdl, cluster=True)
+    for _ in range(2):  # nothing left behind between calls
+        check(tk.launch.wgmma(x, pw, layer.bias, cfg), ref_out(x, layer), x)
+
+
+@hopper
+def test_wgmma_cluster_takes_code_books(tk):
+    layer = nf4_layers.make_layer(192, 2048, "nf4", 64, bias=True, seed=3, device=tk.device)
+    x = torch.randn(16, 2048, device=tk.device).half()
+    pw = nf4_layers.repack(tk, layer, 64)
+    cfg = tk.launch.WgmmaConfig(bm=16, codes=8, stages=4, split=8, mmas=2, pdl=True, cluster=True)
+    nf4_layers.check(tk.launch.wgmma(x, pw, layer.bias, cfg), nf4_layers.ref_out(x, layer))
+
+
+@pytest.mark.parametrize("fields,problem", [
+    (dict(split=3), "2, 4, 8 or 16 K splits dividing bnw"),
+    (dict(split=32), "2, 4, 8 or 16 K splits dividing bnw"),
+    (dict(split=6), "2, 4, 8 or 16 K splits dividing bnw"),
+    (dict(split=2, codes=1, stages=3), "bnw \\* 2 <= stages \\* codes \\* 32"),  # a [64, bm] float32 tile > the x ring
+])
+def test_wgmma_cluster_config_refuses_sizes_the_meeting_cannot_take(tk, fields, problem):
+    with pytest.raises(ValueError, match=problem):
+        tk.launch.WgmmaConfig(bm=16, cluster=True, **fields)
+
+
 @pytest.mark.parametrize("dtype,n,red", [(torch.float16, 136, 8), (torch.bfloat16, 136, 4), (torch.float16, 132, 4),
                                          (torch.float16, 90, 1)])
 def test_wgmma_half_sums_need_fp16_rows_of_whole_16_byte_groups(tk, dtype, n, red):

@@ -12,13 +12,13 @@ pytest.importorskip("triton.experimental.gluon._runtime")
 
 
 def _sass(bm: int, codes: int, split: bool, lut: bool = False, mmas: int = 2, accs: int = 1, x16: bool = False,
-          red: int = 4) -> str:
+          red: int = 4, cluster: int = 1) -> str:
     return offline_sass.sass(__file__, bm=bm, codes=codes, split=split, lut=lut, mmas=mmas, accs=accs, x16=x16,
-                             red=red)
+                             red=red, cluster=cluster)
 
 
 def _compile(bm: int, codes: int, split: bool, lut: bool = False, mmas: int = 2, accs: int = 1,
-             x16: bool = False, red: int = 4) -> str:
+             x16: bool = False, red: int = 4, cluster: int = 1) -> str:
     import torch
     import triton
     from triton.backends.compiler import GPUTarget
@@ -33,7 +33,8 @@ def _compile(bm: int, codes: int, split: bool, lut: bool = False, mmas: int = 2,
                 ws_ptr="*fp16" if red == 8 else "*fp32", cnt_ptr="*i32")
     ints = dict.fromkeys(["M", "N", "KC", "G", "stride_ym", "chunks_per_split", "splits"], "i32")
     cx = dict(BN=64, BNW=64, BM=bm, GS=64 if lut else 128, STAGES=3, CODES=codes, MMAS=mmas, ACCS=accs, X16=x16, SPLIT_K=split, PDL=True,
-              HAS_ZERO=not lut, HAS_BIAS=False, HALF_MATH=True, LUT=lut, RED=red, num_warps=4)
+              HAS_ZERO=not lut, HAS_BIAS=False, HALF_MATH=True, LUT=lut, RED=red, CLUSTER=cluster,
+              num_warps=4)
     sig = {"x_desc": mangle_type(desc), **ptrs, **ints, **dict.fromkeys(cx, "constexpr")}
     attrs = {(kernel.arg_names.index(n),): [["tt.divisibility", 16]]
              for n in list(ptrs) + ["N", "KC", "G", "stride_ym"]}
@@ -79,3 +80,19 @@ def test_half_sums_add_eight_fp16_sums_an_atomic_and_read_them_back_in_one_load(
     assert re.findall(r"REDG\.E\.ADD\.F32x4\S*", f32) and not re.findall(r"REDG\S*F16", f32)
     assert re.findall(r"REDG\.E\.ADD\.F16x8\S*", f16) and not re.findall(r"REDG\S*F32", f16)
     assert re.findall(r"LDG\.E\.128\.STRONG\.GPU", f16)  # the last split's read back
+
+
+def test_cluster_splits_meet_in_shared_memory_without_global_atomics():
+    """Split-K in a cluster: two cluster barriers, only the second with a fence (MEMBAR); between
+    them the partial tile is stored to the cluster's shared memory (generic ``ST.E`` through
+    the shared window), after them summed from this CTA's own (``LDS``); no atomics, no ticket."""
+    sass = _sass(16, 4, False, accs=2, mmas=1, cluster=2)
+    ops = re.findall(r"\b(UCGABAR_ARV|UCGABAR_WAIT|MEMBAR\.\S+|ST\.E|LDS|RED\S*|ATOM\S*)[ ;]", sass)
+    arrive = [i for i, op in enumerate(ops) if op == "UCGABAR_ARV"]
+    assert len(arrive) == 2
+    between = ops[arrive[0] + 1:arrive[1]]
+    assert between.count("ST.E") == 8  # a [64, 16] tile over 128 threads
+    assert [op for op in ops[:arrive[0]] if op.startswith("MEMBAR")] == []
+    assert "MEMBAR.ALL.GPU" in between  # the second barrier's release
+    assert ops[arrive[1] + 1:].count("LDS") == 8  # 2 slots of [32, 16] over 128 threads
+    assert not [op for op in ops if op.startswith(("RED", "ATOM"))]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, replace
 import torch
 import triton
 
+from . import cluster as _cluster
 from . import pdl
 from .dequant import dequant_kernel
 from .gemm import int_gemm_kernel
@@ -107,6 +108,10 @@ class WgmmaConfig:
     # split-K, int4 codes, fp16 x: the splits' sums meet as fp16 (8 an atomic, not 4 float32): half
     # the atomics and bytes of the meeting, for at most about one fp16 rounding a split more error
     half_sums: bool = False
+    # the ``split`` K splits of a tile as one thread-block cluster, meeting in distributed shared
+    # memory (``cluster``) instead of global atomics; split 2, 4, 8 or 16, dividing ``bnw``, and
+    # the float32 [bnw, bm] tile must fit where the x ring was
+    cluster: bool = False
 
     def __post_init__(self):
         if self.mmas not in (1, 2, 3):
@@ -115,6 +120,14 @@ class WgmmaConfig:
             raise ValueError(f"WgmmaConfig.accs={self.accs}: accumulators must be 1, 2 or 4")
         if self.x16 and self.accs == 1:
             raise ValueError("WgmmaConfig.x16 needs accs=2 or 4: the odd code positions have accumulators of their own")
+        if self.cluster:
+            if self.split not in _cluster.SIZES or self.bnw % self.split:
+                raise ValueError(f"WgmmaConfig(cluster=True, split={self.split}, bnw={self.bnw}): a cluster is "
+                                 f"2, 4, 8 or 16 K splits dividing bnw")
+            if not _wgmma.cluster_fits(self.bnw, self.codes, self.stages):
+                raise ValueError(f"WgmmaConfig(cluster=True, bnw={self.bnw}, codes={self.codes}, "
+                                 f"stages={self.stages}): the float32 tile needs bnw * 2 <= stages * codes * 32 "
+                                 f"(its shared memory is the x ring's)")
 
 
 #: Compiled handle of the last gemm_tc launch (for benchmarks/tune_tc.py --inspect).
@@ -375,23 +388,33 @@ def wgmma(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: Wgm
     y = torch.empty(m, pw.n, dtype=x.dtype, device=x.device) if out is None else out
     dummy = pw.qweight
     grid = (triton.cdiv(m, cfg.bm), triton.cdiv(pw.n, cfg.bnw))
-    per, split, ws, cnt = _split_k(x, y, m * pw.n, grid[0] * grid[1], pw.chunks, cfg.split, 1)
     red = wgmma_red(cfg, x, pw)
-    if split > 1 and red == 8:
-        ws = ws.view(torch.float16)  # the zeroed float32 workspace holds twice the fp16 sums
-    _wgmma.int4_wgmma_kernel[grid + (split,)](
+    if cfg.cluster:  # a cluster of ``split`` CTAs a tile (the grid counts clusters); no workspace
+        per, split, ws, cnt, ctas = triton.cdiv(pw.chunks, cfg.split), 1, y, y, cfg.split
+    else:
+        per, split, ws, cnt = _split_k(x, y, m * pw.n, grid[0] * grid[1], pw.chunks, cfg.split, 1)
+        ctas = 1
+        if split > 1 and red == 8:
+            ws = ws.view(torch.float16)  # the zeroed float32 workspace holds twice the fp16 sums
+    args = (
         _wgmma.x_descriptor(x, cfg.bm, cfg.codes), pw.qweight, pw.scales,
         pw.zeros if pw.zeros is not None else dummy, pw.lanes if pw.lanes is not None else dummy,
         bias if bias is not None else dummy, y, ws, cnt,
         m, pw.n, pw.chunks, pw.groups, y.stride(0), per, split,
+    )
+    kwargs = dict(
         BN=pw.block_n, BNW=cfg.bnw, BM=cfg.bm, GS=pw.group_size, STAGES=cfg.stages, CODES=cfg.codes,
         MMAS=min(cfg.mmas, cfg.codes), ACCS=cfg.accs, X16=cfg.x16 and pw.mode != "lut",
-        SPLIT_K=split > 1, RED=red,
+        SPLIT_K=split > 1, RED=red, CLUSTER=ctas,
         HAS_ZERO=pw.zeros is not None, HAS_BIAS=bias is not None,
         HALF_MATH=x.dtype == torch.float16 and pw.scales.dtype == torch.float16, LUT=pw.mode == "lut",
         num_warps=cfg.num_warps,
         **(pdl.launch_args(x.device) if cfg.pdl else dict(PDL=False)),
     )
+    if ctas > 1:
+        _cluster.launch(_wgmma.int4_wgmma_kernel, grid + (1,), ctas, *args, **kwargs)
+    else:
+        _wgmma.int4_wgmma_kernel[grid + (split,)](*args, **kwargs)
     return y
 
 

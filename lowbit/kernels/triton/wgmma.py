@@ -28,7 +28,8 @@ absmax of its block, loaded per quarter chunk (64 columns: two steps).
 Grid: (row tiles of BM, column tiles of BNW, K splits): the row tiles of one weight tile run
 side by side, so the weights come from DRAM once and from L2 after; split-K partial sums
 meet as in ``epilogue``, but four sums a vector atomic (N % 4 == 0) and read back with plain
-gpu-scope loads.
+gpu-scope loads. Or (``CLUSTER`` > 1) the K splits of a tile are one thread-block cluster, in
+(row tiles x CLUSTER, column tiles, 1), and meet in its shared memory (``cluster``).
 """
 from __future__ import annotations
 
@@ -41,6 +42,7 @@ try:  # Gluon: Triton >= 3.5, with the API of 3.6
     from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
     from triton.runtime.jit import constexpr_function
 
+    from . import cluster
     from .mma16 import cta_barrier
     from .pdl import gluon_release, gluon_wait
 
@@ -60,6 +62,12 @@ def x_descriptor(x: torch.Tensor, bm: int, codes: int) -> "TensorDescriptor":
     dt = gl.float16 if x.dtype == torch.float16 else gl.bfloat16
     block = [bm, STEP_K * min(codes, 2)]  # rows of at most 128 bytes (the swizzle span)
     return TensorDescriptor.from_tensor(x, block, gl.NVMMASharedLayout.get_default_for(block, dt))
+
+
+def cluster_fits(bnw: int, codes: int, stages: int) -> bool:
+    """Whether a program's float32 [bnw, bm] tile fits where its x ring ([stages, bm, codes *
+    32] fp16/bf16) was: the split-K meeting in a cluster reuses that shared memory."""
+    return bnw * 4 <= stages * codes * STEP_K * 2
 
 
 if AVAILABLE:
@@ -218,7 +226,7 @@ if AVAILABLE:
         BN: gl.constexpr, BNW: gl.constexpr, BM: gl.constexpr, GS: gl.constexpr, STAGES: gl.constexpr,
         CODES: gl.constexpr, MMAS: gl.constexpr, ACCS: gl.constexpr, X16: gl.constexpr, SPLIT_K: gl.constexpr,
         PDL: gl.constexpr, HAS_ZERO: gl.constexpr, HAS_BIAS: gl.constexpr, HALF_MATH: gl.constexpr,
-        LUT: gl.constexpr, RED: gl.constexpr,
+        LUT: gl.constexpr, RED: gl.constexpr, CLUSTER: gl.constexpr,
         num_warps: gl.constexpr,
     ):
         PK: gl.constexpr = 32
@@ -227,9 +235,14 @@ if AVAILABLE:
                                                          instr_shape=[16, BM, 16])
         a_l: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=acc_l, k_width=2)
         gluon_release(PDL)
-        row0 = gl.program_id(0) * BM
         pid_n = gl.program_id(1)
-        c_begin = gl.program_id(2) * chunks_per_split
+        if CLUSTER > 1:  # the K splits of a tile are the CTAs of one cluster (``cluster``)
+            row0 = (gl.program_id(0) // CLUSTER) * BM
+            split_id = cluster.rank()
+        else:
+            row0 = gl.program_id(0) * BM
+            split_id = gl.program_id(2)
+        c_begin = split_id * chunks_per_split
         c_end = gl.minimum(c_begin + chunks_per_split, KC)
 
         n2 = gl.expand_dims(pid_n * BNW + gl.arange(0, BNW, layout=gl.SliceLayout(1, a_l)), 1)  # [BNW, 1]
@@ -266,7 +279,8 @@ if AVAILABLE:
         a_p3 = a_p1
         # The next chunk's words, scales and zeros are in flight while a chunk's MMAs run (two
         # chunks ahead measured no faster at M = 16, run 21).
-        wn = gl.load(w_ptrs + c_begin * (PK * BN), mask=wmask, other=0)
+        wn = gl.load(w_ptrs + c_begin * (PK * BN), mask=wmask & (c_begin < c_end), other=0)  # (a cluster's
+        # last splits may be empty)
         if LUT:
             sn0, sn1, sn2, sn3 = _quarters(s_ptr, c_begin, n2, nmask, N, G, GS)
         else:
@@ -344,7 +358,23 @@ if AVAILABLE:
         cols = gl.expand_dims(pid_n * BNW + gl.arange(0, BNW, layout=gl.SliceLayout(1, acc_l)), 1)  # [BNW, 1]
         rows = gl.expand_dims(row0 + gl.arange(0, BM, layout=gl.SliceLayout(0, acc_l)), 0)  # [1, BM]
         mask = (rows < M) & (cols < N)
-        if SPLIT_K:  # the protocol of ``epilogue.store_output``: float32 [M, N] sums, a ticket a tile
+        if CLUSTER > 1:  # the splits meet in shared memory (``cluster``): CTA j sums and writes
+            # the tile's weight columns [j R, (j + 1) R)
+            gl.static_assert(BNW * 4 <= STAGES * CODES * PK * 2, "the tile must fit where the x ring was")
+            R: gl.constexpr = BNW // CLUSTER
+            # Every CTA of the cluster is done with its x ring (its MMAs have read it: nothing
+            # to publish, so no fence).
+            cluster.sync(num_warps, False)
+            cluster.scatter(acc, cols - pid_n * BNW, rows - row0, split_id, R, BM, CLUSTER)
+            cluster.sync(num_warps, True)
+            sum_l: gl.constexpr = cluster.slice_layout(R, BM, num_warps)
+            rr = gl.expand_dims(gl.arange(0, R, layout=gl.SliceLayout(1, sum_l)), 1)  # [R, 1]
+            cc = gl.expand_dims(gl.arange(0, BM, layout=gl.SliceLayout(0, sum_l)), 0)  # [1, BM]
+            total = cluster.gather_sum(rr, cc, R, BM, CLUSTER)
+            cols = pid_n * BNW + split_id * R + rr
+            rows = row0 + cc
+            _write(total, rows, cols, (rows < M) & (cols < N), N, y_ptr, stride_ym, bias_ptr, HAS_BIAS)
+        elif SPLIT_K:  # the protocol of ``epilogue.store_output``: float32 [M, N] sums, a ticket a tile
             # (RED = 8: fp16 sums, see ``launch.WgmmaConfig.half_sums``)
             tile = gl.program_id(0) * gl.num_programs(1) + pid_n
             if RED > 1:

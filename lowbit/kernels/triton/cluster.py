@@ -1,0 +1,107 @@
+"""Split-K inside a thread-block cluster (Hopper): the K splits of one output tile meet in
+distributed shared memory instead of global atomics (Gluon).
+
+A kernel is launched in clusters of S CTAs along the grid's first axis (``launch``): the CTAs
+of a cluster are consecutive there, and ``rank()`` is a CTA's place in its cluster, its K
+split. The meeting is a reduce-scatter: the tile's rows are cut into S slices of R = rows / S;
+after a first ``sync()`` (every CTA is done with the shared memory it reuses), CTA r stores
+slice j of its partial tile into slot r of CTA j's shared memory (``scatter``: remote stores,
+which do not wait for a reply), a second ``sync()`` makes the stores visible, and CTA j adds
+its S slots (``gather_sum``: local loads) and writes rows [j R, (j + 1) R) of y. No workspace,
+no ticket, no read back over global memory (at M = 16 the global split-K meeting costs 1-2.6 us
+a call, ``benchmarks/splitk_cost.py``).
+
+Why by hand: Triton 3.6 launches clusters only for kernels compiled for several CTAs a program
+(``num_ctas``), whose layouts it then spreads over the CTAs, and its Hopper MMA lowering rejects
+such layouts. So the kernel is compiled for one CTA, and ``launch`` asks Triton's launcher for
+the cluster (the ``num_ctas`` of the compiled kernel's launch metadata: the launcher then
+multiplies the grid's first axis by S and sets the cluster dimension). Gluon has no
+shared-memory address (3.6) and no cluster-memory ops, so the meeting is PTX on Triton's
+dynamic shared memory (``global_smem``, from offset 0), reused after the kernel's last use of
+its own buffers (every TMA copy waited for, every MMA retired, its barriers invalidated).
+"""
+from __future__ import annotations
+
+try:  # Gluon: Triton >= 3.5, with the API of 3.6
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.runtime.jit import constexpr_function
+
+    AVAILABLE = True
+except ImportError:  # pragma: no cover - older Triton: split-K meets in global memory
+    AVAILABLE = False
+
+#: Cluster sizes the meeting takes (16 is "non-portable" on Hopper; Triton's launcher allows it).
+SIZES = (2, 4, 8, 16)
+
+def launch(kernel, grid: tuple[int, int, int], ctas: int, *args, **kwargs) -> None:
+    """Launch Gluon ``kernel`` over ``grid`` with every program a cluster of ``ctas`` CTAs along
+    the first axis (grid[0] * ctas CTAs there)."""
+    compiled = kernel.warmup(*args, grid=grid, **kwargs)
+    if hasattr(compiled, "result"):  # asynchronous compilation
+        compiled = compiled.result()
+    num_warps, num_ctas, shared = compiled.packed_metadata
+    if num_ctas != ctas:  # this compiled kernel (one per CLUSTER value) is always launched so
+        # (the launcher sizes a global scratch buffer by the compiled CTA count: none may exist)
+        if getattr(compiled.metadata, "global_scratch_size", 0):
+            raise RuntimeError(f"{compiled.name}: a cluster launch needs a kernel without global scratch")
+        compiled.packed_metadata = (num_warps, ctas, shared)
+    kernel[grid](*args, **kwargs)
+
+
+if AVAILABLE:
+    #: Wait until every thread of the cluster has arrived, its shared-memory stores visible to
+    #: the cluster (``.aligned``: every thread of the CTA executes it). The release costs a
+    #: gpu-scope fence (MEMBAR.ALL.GPU in the SASS).
+    _SYNC = gl.constexpr("barrier.cluster.arrive.release.aligned; barrier.cluster.wait.acquire.aligned; "
+                         "mov.b32 $0, 0;")
+    #: The same without ordering this thread's memory accesses (no fence).
+    _SYNC_RELAXED = gl.constexpr("barrier.cluster.arrive.relaxed.aligned; barrier.cluster.wait.aligned; "
+                                 "mov.b32 $0, 0;")
+    #: Store float32 $3 at byte offset $1 of CTA $2's dynamic shared memory (in this cluster).
+    _ST_REMOTE = gl.constexpr("{ .reg .b32 a, b; mov.u32 a, global_smem; add.u32 a, a, $1; "
+                              "mapa.shared::cluster.u32 b, a, $2; st.shared::cluster.f32 [b], $3; mov.b32 $0, 0; }")
+    #: Load the float32 at byte offset $1 of this CTA's dynamic shared memory.
+    _LD = gl.constexpr("{ .reg .b32 a; mov.u32 a, global_smem; add.u32 a, a, $1; ld.shared.f32 $0, [a]; }")
+
+    @gluon.jit
+    def rank():
+        """This CTA's index in its cluster (int32 scalar)."""
+        return gl.inline_asm_elementwise("mov.u32 $0, %cluster_ctarank;", "=r", [], dtype=gl.int32, is_pure=True,
+                                         pack=1)
+
+    @gluon.jit
+    def sync(num_warps: gl.constexpr, RELEASE: gl.constexpr):
+        """A cluster-wide barrier, every thread once; RELEASE: this thread's shared-memory stores
+        before it are visible to the cluster after it (else it only orders execution)."""
+        L: gl.constexpr = gl.BlockedLayout([1], [32], [num_warps], [0])
+        gl.inline_asm_elementwise(_SYNC if RELEASE else _SYNC_RELAXED, "=r,r", [gl.arange(0, 32 * num_warps, layout=L)],
+                                  dtype=gl.int32, is_pure=False, pack=1)
+
+    @gluon.jit
+    def scatter(tile, r, c, me, R: gl.constexpr, C: gl.constexpr, CTAS: gl.constexpr):
+        """Store float32 ``tile`` [CTAS * R, C] (any layout; r, c: each element's row and
+        column, broadcastable to it) as CTAS slices of R rows: slice j into slot ``me`` of CTA
+        j's shared memory, column-major ([CTAS slots, C, R] float32 from offset 0: y's rows are
+        the tile's columns, so its reads and y's writes both run along r)."""
+        dest = r // R
+        off = ((me * C + c) * R + r % R) * 4
+        gl.inline_asm_elementwise(_ST_REMOTE, "=r,r,r,f", [off, dest, tile], dtype=gl.int32, is_pure=False, pack=1)
+
+    @gluon.jit
+    def gather_sum(r, c, R: gl.constexpr, C: gl.constexpr, CTAS: gl.constexpr):
+        """The sum over this CTA's CTAS slots, in rank order, of element (r, c) of its slice
+        (r < R; int32, broadcastable to one shape), float32."""
+        off = (c * R + r) * 4
+        total = gl.inline_asm_elementwise(_LD, "=f,r", [off], dtype=gl.float32, is_pure=False, pack=1)
+        for j in gl.static_range(1, CTAS):
+            total += gl.inline_asm_elementwise(_LD, "=f,r", [off + j * (R * C * 4)], dtype=gl.float32,
+                                               is_pure=False, pack=1)
+        return total
+
+    @constexpr_function
+    def slice_layout(rows, cols, num_warps):
+        """A blocked layout for one CTA's slice [rows, cols] of a tile (threads along the rows
+        first: the slots' column-major order, and y's contiguous dimension)."""
+        tr = min(32, rows)
+        return gl.BlockedLayout([1, 1], [tr, 32 // tr], [1, num_warps], [0, 1])
