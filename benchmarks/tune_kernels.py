@@ -17,6 +17,7 @@ import torch
 
 from kernels import SHAPES, baseline_us, copies_for, graph_us, random_linear4bit, random_quant_linear
 from lowbit.kernels.triton import configs, launch
+from lowbit.kernels.triton import wgmma as wgmma_kernel
 from lowbit.kernels.triton.layout import repack_int_group, repack_nf4
 
 #: Kinds timed on an NF4 (blocks of 64, double-quantized) layer instead of int4 g128 asym.
@@ -33,6 +34,21 @@ def fill_split(programs: int, chunks: int) -> int:
 def splits_around(programs: int, chunks: int) -> list[int]:
     f = fill_split(programs, chunks)
     return sorted({s for s in (max(1, f // 2), f, f * 2, f * 4) if s <= chunks})
+
+
+def split_meetings(kind: str, split: int, bnw: int, codes: int, stages: int) -> list[dict]:
+    """How ``wgmma``'s K splits may meet (WgmmaConfig fields): float32 global atomics; fp16 ones
+    (int4: half the atomics); or, for 2 or 4 splits, a cluster meeting in shared memory (16.8 ->
+    15.3 us on 4096x14336 M = 16 at split 2; clusters of 8-16 measured slower than the atomics,
+    s15 run 3)."""
+    if split == 1:
+        return [{}]
+    out = [dict(half_sums=False)]
+    if kind == "wgmma":
+        out.append(dict(half_sums=True))
+    if split in (2, 4) and wgmma_kernel.cluster_fits(bnw, codes, stages):
+        out.append(dict(cluster=True))
+    return out
 
 
 def jobs_for(k: int, n: int, quick: bool) -> list[tuple]:
@@ -109,11 +125,10 @@ def jobs_for(k: int, n: int, quick: bool) -> list[tuple]:
                                         # x16 (int4, several accumulators): faster on some
                                         # shapes, slower on others (s13 run 1)
                                         for x16 in (False, True) if accs > 1 and kind == "wgmma" else (False,):
-                                            # split-K sums met in fp16: half the atomics
-                                            for hs in (False, True) if sp > 1 and kind == "wgmma" else (False,):
+                                            for meet in split_meetings(kind, sp, bnw, codes, st):
                                                 out.append((bn, kind, m, launch.WgmmaConfig(
                                                     bm=bm, bnw=bnw, codes=codes, stages=st, num_warps=w, split=sp,
-                                                    mmas=mmas, accs=accs, pdl=pdl, x16=x16, half_sums=hs)))
+                                                    mmas=mmas, accs=accs, pdl=pdl, x16=x16, **meet)))
     for bn in (32, 64):
         nb = -(-n // bn)
         for c, w in ((1, 4), (2, 4), (1, 8), (2, 8), (4, 8)):

@@ -146,7 +146,10 @@ WGMMA: dict[tuple[int, int, int, int], WgmmaConfig] = {
     # x16: 17.68 -> 17.50 us (s13 run 1, h100_wgmma_x16_ab_s13run1.txt; it made 14336x4096 and
     # 4096x4096 slower, 15.34 -> 15.53 and 7.27 -> 7.97)
     # eight codes a stage: 17.64 -> 17.04 us (s14 run 2 sweep, h100_wgmma_sweep_m16_s14.txt)
-    (14336, 4096, 4, 16): WgmmaConfig(bm=16, codes=8, stages=3, split=2, accs=2, pdl=True, x16=True),  # 17.0, 41.7
+    # the two K splits as a cluster, meeting in shared memory: 16.76 -> 15.31 us (s15 run 3,
+    # h100_wgmma_cluster_m16_s15.txt; the global meeting cost 2.59 us, h100_splitk_cost_wgmma_s15.txt)
+    (14336, 4096, 4, 16): WgmmaConfig(bm=16, codes=8, stages=2, split=2, accs=2, pdl=True, x16=True,
+                                      cluster=True),  # 15.3, 42.4
     (14336, 4096, 4, 32): WgmmaConfig(bm=32, codes=2, stages=5, split=1),  # 22.3, 45.2
     (14336, 4096, 4, 64): WgmmaConfig(bm=64, codes=4, stages=3, split=1),  # 25.0, 45.0
     (14336, 4096, 4, 128): WgmmaConfig(bm=128, codes=4, stages=3, split=1),  # 31.9, 46.5
