@@ -138,8 +138,10 @@ WGMMA: dict[tuple[int, int, int, int], WgmmaConfig] = {
     (4096, 4096, 4, 16): WgmmaConfig(bm=16, bnw=128, num_warps=8, codes=8, stages=2, split=8, accs=2,
                                      pdl=True),  # 7.2, 16.0 (mma16 10.1)
     (4096, 4096, 4, 32): WgmmaConfig(bm=32, codes=4, stages=3, split=4),  # 11.2, 14.6
-    (4096, 4096, 4, 64): WgmmaConfig(bm=64, codes=2, stages=5, split=2, half_sums=True),  # 12.4, 14.7 (s14 run 1)
-    (4096, 4096, 4, 128): WgmmaConfig(bm=64, codes=4, stages=5, split=1),  # 16.7, 14.8
+    # two K splits as a cluster (s15 run 5, h100_wgmma_cluster_m32_256_s15.txt): M = 64 12.35 ->
+    # 10.92 us (global fp16 sums), M = 128 16.37 -> 13.88 (split 1)
+    (4096, 4096, 4, 64): WgmmaConfig(bm=64, codes=4, stages=3, split=2, cluster=True),  # 10.9, 14.7
+    (4096, 4096, 4, 128): WgmmaConfig(bm=64, codes=4, stages=3, split=2, cluster=True),  # 13.9, 15.0
     (4096, 4096, 4, 256): WgmmaConfig(bm=128, codes=4, stages=3, mmas=2),  # 18.2, 18.5 (run 21)
     # split 2, two accumulators, PDL (s12 runs 1 and 2: 17.7-18.2 us; split 1, one accumulator,
     # no PDL: 19.8)
@@ -150,7 +152,7 @@ WGMMA: dict[tuple[int, int, int, int], WgmmaConfig] = {
     # h100_wgmma_cluster_m16_s15.txt; the global meeting cost 2.59 us, h100_splitk_cost_wgmma_s15.txt)
     (14336, 4096, 4, 16): WgmmaConfig(bm=16, codes=8, stages=2, split=2, accs=2, pdl=True, x16=True,
                                       cluster=True),  # 15.3, 42.4
-    (14336, 4096, 4, 32): WgmmaConfig(bm=32, codes=2, stages=5, split=1),  # 22.3, 45.2
+    (14336, 4096, 4, 32): WgmmaConfig(bm=32, codes=2, stages=5, split=2, cluster=True),  # 21.3, 43.8 (split 1: 22.6, s15 run 5)
     (14336, 4096, 4, 64): WgmmaConfig(bm=64, codes=4, stages=3, split=1),  # 25.0, 45.0
     (14336, 4096, 4, 128): WgmmaConfig(bm=128, codes=4, stages=3, split=1),  # 31.9, 46.5
     (14336, 4096, 4, 256): WgmmaConfig(bm=256, codes=2, stages=3, split=1),  # 53.2, 51.8
