@@ -214,3 +214,29 @@ def test_wgmma_config_refuses_x16_with_one_accumulator(tk):
     with pytest.raises(ValueError, match="x16 needs accs=2 or 4"):
         tk.launch.WgmmaConfig(accs=1, x16=True)
     assert tk.launch.WgmmaConfig(accs=2, x16=True).x16
+
+
+def test_cluster_launcher_asks_load_balancing_and_leaves_triton_as_it_was(tk, monkeypatch):
+    """The cluster launch swaps the scheduling policy in the C source of its own kernel's
+    launcher only; Triton's launcher factory is restored afterwards."""
+    import types
+
+    import sys
+
+    from triton.backends.nvidia import driver as nvidia
+
+    from lowbit.kernels.triton import cluster
+
+    def make(*args, **kwargs):
+        return "attr.value.clusterSchedulingPolicyPreference = CU_CLUSTER_SCHEDULING_POLICY_SPREAD;"
+
+    monkeypatch.setattr(nvidia, "make_launcher", make, raising=False)
+    sources = []
+    fake_driver = types.SimpleNamespace(active=types.SimpleNamespace(
+        launcher_cls=lambda src, metadata: sources.append(nvidia.make_launcher(None, None, None)) or "launcher"))
+    monkeypatch.setattr(sys.modules["triton.runtime.driver"], "driver", fake_driver)
+    compiled = types.SimpleNamespace(_run="spread launcher", src="src", metadata="md")
+    cluster._load_balanced(compiled)
+    assert compiled._run == "launcher"
+    assert sources == ["attr.value.clusterSchedulingPolicyPreference = CU_CLUSTER_SCHEDULING_POLICY_LOAD_BALANCING;"]
+    assert nvidia.make_launcher is make
