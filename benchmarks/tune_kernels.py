@@ -38,15 +38,14 @@ def splits_around(programs: int, chunks: int) -> list[int]:
 
 def split_meetings(kind: str, split: int, bnw: int, codes: int, stages: int) -> list[dict]:
     """How ``wgmma``'s K splits may meet (WgmmaConfig fields): float32 global atomics; fp16 ones
-    (int4: half the atomics); or, for 2 or 4 splits, a cluster meeting in shared memory (16.8 ->
-    15.3 us on 4096x14336 M = 16 at split 2; clusters of 8-16 measured slower than the atomics,
-    s15 run 3)."""
+    (int4: half the atomics); or, for 2, 4 or 8 splits, a cluster meeting in shared memory
+    (session 15: faster at 2 and 8 splits on three M = 16 shapes; clusters of 16 never were)."""
     if split == 1:
         return [{}]
     out = [dict(half_sums=False)]
     if kind == "wgmma":
         out.append(dict(half_sums=True))
-    if split in (2, 4) and wgmma_kernel.cluster_fits(bnw, codes, stages):
+    if split in (2, 4, 8) and wgmma_kernel.cluster_fits(bnw, codes, stages):
         out.append(dict(cluster=True))
     return out
 

@@ -135,8 +135,10 @@ GEMM_LUT: dict[tuple[int, int, int, int], GemmConfig | DequantConfig | TcConfig]
 WGMMA: dict[tuple[int, int, int, int], WgmmaConfig] = {
     # 128-column tiles, two accumulators (h100_wgmma_accs_s12run2.txt: 7.2 us; one accumulator,
     # 64 columns 7.5; split 4 without PDL: 9.3)
-    (4096, 4096, 4, 16): WgmmaConfig(bm=16, bnw=128, num_warps=8, codes=8, stages=2, split=8, accs=2,
-                                     pdl=True),  # 7.2, 16.0 (mma16 10.1)
+    # a cluster of 8 K splits, launched load-balanced: 7.19 -> 6.14 us (s15 runs 10-11,
+    # h100_wgmma_cluster_lb_m16_s15.txt)
+    (4096, 4096, 4, 16): WgmmaConfig(bm=16, codes=8, stages=2, split=8, accs=2, x16=True, pdl=True,
+                                     cluster=True),  # 6.1, 15.7 (mma16 10.1)
     (4096, 4096, 4, 32): WgmmaConfig(bm=32, codes=4, stages=3, split=4),  # 11.2, 14.6
     # two K splits as a cluster (s15 run 5, h100_wgmma_cluster_m32_256_s15.txt): M = 64 12.35 ->
     # 10.92 us (global fp16 sums), M = 128 16.37 -> 13.88 (split 1)
@@ -158,7 +160,9 @@ WGMMA: dict[tuple[int, int, int, int], WgmmaConfig] = {
     (14336, 4096, 4, 256): WgmmaConfig(bm=256, codes=2, stages=3, split=1),  # 53.2, 51.8
     # with PDL 16.0 us (run 26: the next call's programs load their weights while this one
     # ends); PDL made the other shapes slower (4096x14336 M = 16: 19.5 -> 27.4 us)
-    (4096, 14336, 4, 16): WgmmaConfig(bm=16, codes=4, stages=3, split=8, accs=2, pdl=True),  # 15.9, 45.2 (mma16 22.9)
+    # a cluster of 8 K splits, launched load-balanced: 15.45 -> 14.95 us (s15 run 10)
+    (4096, 14336, 4, 16): WgmmaConfig(bm=16, codes=4, stages=3, split=8, accs=2, pdl=True,
+                                      cluster=True),  # 15.0, 43.4 (mma16 22.9)
     (4096, 14336, 4, 32): WgmmaConfig(bm=32, codes=2, stages=5, split=8),  # 20.7, 45.7
     (4096, 14336, 4, 64): WgmmaConfig(bm=64, codes=2, stages=5, split=4, half_sums=True),  # 23.7, 45.4 (s14 run 1)
     (4096, 14336, 4, 128): WgmmaConfig(bm=128, codes=4, stages=3, split=4, half_sums=True),  # 29.1, 51.1 (s14 run 2)
