@@ -240,3 +240,63 @@ def test_cluster_launcher_asks_load_balancing_and_leaves_triton_as_it_was(tk, mo
     assert compiled._run == "launcher"
     assert sources == ["attr.value.clusterSchedulingPolicyPreference = CU_CLUSTER_SCHEDULING_POLICY_LOAD_BALANCING;"]
     assert nvidia.make_launcher is make
+
+
+class _FakeKernel:
+    """A compiled-kernel stand-in: ``warmup`` returns ``compiled``; launches are recorded."""
+
+    def __init__(self, compiled):
+        self.compiled, self.launches = compiled, []
+
+    def warmup(self, *args, grid, **kwargs):
+        return self.compiled
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.launches.append((grid, args, kwargs))
+
+
+def test_cluster_launch_sets_the_cluster_size_in_the_launch_metadata_once(tk, monkeypatch):
+    import types
+
+    balanced = []
+    monkeypatch.setattr(tk.launch._cluster, "_load_balanced", balanced.append)
+    compiled = types.SimpleNamespace(packed_metadata=(4, 1, 24576), metadata=types.SimpleNamespace(), name="k")
+    kernel = _FakeKernel(compiled)
+    for _ in range(2):
+        assert tk.launch._cluster.launch(kernel, (1, 64, 1), 8, "a", K=1)
+    assert compiled.packed_metadata == (4, 8, 24576)
+    assert balanced == [compiled]  # the launcher is swapped once
+    assert kernel.launches == [((1, 64, 1), ("a",), dict(K=1))] * 2
+
+
+def test_cluster_launch_declines_where_triton_has_no_launch_metadata_to_set(tk, monkeypatch):
+    import types
+
+    kernel = _FakeKernel(types.SimpleNamespace(metadata=types.SimpleNamespace(), name="k"))
+    assert not tk.launch._cluster.launch(kernel, (1, 64, 1), 8)
+    assert kernel.launches == []
+
+
+@pytest.mark.parametrize("cluster_launches", [True, False])
+def test_wgmma_cluster_config_meets_in_global_memory_where_no_cluster_launches(tk, monkeypatch, cluster_launches):
+    """The same config and grid; where this Triton cannot launch a cluster, the K splits meet
+    through the workspace instead (one program a split along the grid's last axis)."""
+    pw = repack(tk, make_layer(256, 2048, 4, 128, False), 64)  # 8 chunks
+    x = torch.randn(16, 2048).half()
+    calls = []
+
+    def fake_cluster(kernel, grid, ctas, *args, **kwargs):
+        calls.append(("cluster", grid, ctas, args[-2:], kwargs["SPLIT_K"], kwargs["CLUSTER"]))
+        return cluster_launches
+
+    global_kernel = _FakeKernel(None)
+    monkeypatch.setattr(tk.launch._cluster, "launch", fake_cluster)
+    monkeypatch.setattr(tk.launch._wgmma, "int4_wgmma_kernel", global_kernel)
+    cfg = tk.launch.WgmmaConfig(bm=16, codes=4, stages=3, split=4, cluster=True)
+    tk.launch.wgmma(x, pw, None, cfg)
+    assert calls == [("cluster", (1, 4, 1), 4, (2, 1), False, 4)]  # 2 chunks a CTA, no workspace
+    if cluster_launches:
+        assert global_kernel.launches == []
+    else:
+        [(grid, args, kwargs)] = global_kernel.launches
+        assert grid == (1, 4, 4) and args[-2:] == (2, 4) and kwargs["SPLIT_K"] and kwargs["CLUSTER"] == 1

@@ -24,6 +24,13 @@ its own buffers (every TMA copy waited for, every MMA retired, its barriers inva
 """
 from __future__ import annotations
 
+import logging
+
+import triton
+
+log = logging.getLogger(__name__)
+_WARNED = False
+
 try:  # Gluon: Triton >= 3.5, with the API of 3.6
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
@@ -36,20 +43,28 @@ except ImportError:  # pragma: no cover - older Triton: split-K meets in global 
 #: Cluster sizes the meeting takes (16 is "non-portable" on Hopper; Triton's launcher allows it).
 SIZES = (2, 4, 8, 16)
 
-def launch(kernel, grid: tuple[int, int, int], ctas: int, *args, **kwargs) -> None:
+def launch(kernel, grid: tuple[int, int, int], ctas: int, *args, **kwargs) -> bool:
     """Launch Gluon ``kernel`` over ``grid`` with every program a cluster of ``ctas`` CTAs along
-    the first axis (grid[0] * ctas CTAs there)."""
+    the first axis (grid[0] * ctas CTAs there); False, with nothing launched (and one warning a
+    process), where this Triton's compiled kernel is not the 3.6 one this relies on."""
+    global _WARNED
     compiled = kernel.warmup(*args, grid=grid, **kwargs)
     if hasattr(compiled, "result"):  # asynchronous compilation
         compiled = compiled.result()
-    num_warps, num_ctas, shared = compiled.packed_metadata
-    if num_ctas != ctas:  # this compiled kernel (one per CLUSTER value) is always launched so
+    meta = getattr(compiled, "packed_metadata", None)
+    if not (isinstance(meta, tuple) and len(meta) == 3) or getattr(compiled.metadata, "global_scratch_size", 0):
         # (the launcher sizes a global scratch buffer by the compiled CTA count: none may exist)
-        if getattr(compiled.metadata, "global_scratch_size", 0):
-            raise RuntimeError(f"{compiled.name}: a cluster launch needs a kernel without global scratch")
+        if not _WARNED:
+            _WARNED = True
+            log.warning("triton %s: no cluster launch for %s; its K splits meet in global memory",
+                        triton.__version__, getattr(compiled, "name", "the kernel"))
+        return False
+    num_warps, num_ctas, shared = meta
+    if num_ctas != ctas:  # this compiled kernel (one per CLUSTER value) is always launched so
         compiled.packed_metadata = (num_warps, ctas, shared)
         _load_balanced(compiled)
     kernel[grid](*args, **kwargs)
+    return True
 
 
 def _load_balanced(compiled) -> None:

@@ -389,32 +389,31 @@ def wgmma(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: Wgm
     dummy = pw.qweight
     grid = (triton.cdiv(m, cfg.bm), triton.cdiv(pw.n, cfg.bnw))
     red = wgmma_red(cfg, x, pw)
-    if cfg.cluster:  # a cluster of ``split`` CTAs a tile (the grid counts clusters); no workspace
-        per, split, ws, cnt, ctas = triton.cdiv(pw.chunks, cfg.split), 1, y, y, cfg.split
-    else:
-        per, split, ws, cnt = _split_k(x, y, m * pw.n, grid[0] * grid[1], pw.chunks, cfg.split, 1)
-        ctas = 1
-        if split > 1 and red == 8:
-            ws = ws.view(torch.float16)  # the zeroed float32 workspace holds twice the fp16 sums
-    args = (
-        _wgmma.x_descriptor(x, cfg.bm, cfg.codes), pw.qweight, pw.scales,
-        pw.zeros if pw.zeros is not None else dummy, pw.lanes if pw.lanes is not None else dummy,
-        bias if bias is not None else dummy, y, ws, cnt,
-        m, pw.n, pw.chunks, pw.groups, y.stride(0), per, split,
-    )
     kwargs = dict(
         BN=pw.block_n, BNW=cfg.bnw, BM=cfg.bm, GS=pw.group_size, STAGES=cfg.stages, CODES=cfg.codes,
-        MMAS=min(cfg.mmas, cfg.codes), ACCS=cfg.accs, X16=cfg.x16 and pw.mode != "lut",
-        SPLIT_K=split > 1, RED=red, CLUSTER=ctas,
+        MMAS=min(cfg.mmas, cfg.codes), ACCS=cfg.accs, X16=cfg.x16 and pw.mode != "lut", RED=red,
         HAS_ZERO=pw.zeros is not None, HAS_BIAS=bias is not None,
         HALF_MATH=x.dtype == torch.float16 and pw.scales.dtype == torch.float16, LUT=pw.mode == "lut",
         num_warps=cfg.num_warps,
         **(pdl.launch_args(x.device) if cfg.pdl else dict(PDL=False)),
     )
-    if ctas > 1:
-        _cluster.launch(_wgmma.int4_wgmma_kernel, grid + (1,), ctas, *args, **kwargs)
-    else:
-        _wgmma.int4_wgmma_kernel[grid + (split,)](*args, **kwargs)
+
+    def args(per, split, ws, cnt):
+        return (_wgmma.x_descriptor(x, cfg.bm, cfg.codes), pw.qweight, pw.scales,
+                pw.zeros if pw.zeros is not None else dummy, pw.lanes if pw.lanes is not None else dummy,
+                bias if bias is not None else dummy, y, ws, cnt,
+                m, pw.n, pw.chunks, pw.groups, y.stride(0), per, split)
+
+    # a cluster of ``split`` CTAs a tile (the grid counts clusters), no workspace; False where
+    # this Triton cannot launch one (then the same config meets in global memory)
+    if cfg.cluster and _cluster.launch(_wgmma.int4_wgmma_kernel, grid + (1,), cfg.split,
+                                       *args(triton.cdiv(pw.chunks, cfg.split), 1, y, y),
+                                       SPLIT_K=False, CLUSTER=cfg.split, **kwargs):
+        return y
+    per, split, ws, cnt = _split_k(x, y, m * pw.n, grid[0] * grid[1], pw.chunks, cfg.split, 1)
+    if split > 1 and red == 8:
+        ws = ws.view(torch.float16)  # the zeroed float32 workspace holds twice the fp16 sums
+    _wgmma.int4_wgmma_kernel[grid + (split,)](*args(per, split, ws, cnt), SPLIT_K=split > 1, CLUSTER=1, **kwargs)
     return y
 
 
