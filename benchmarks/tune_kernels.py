@@ -7,6 +7,7 @@ configs go into lowbit/kernels/triton/configs.py by hand, with the log as the re
 """
 from __future__ import annotations
 
+import itertools
 import json
 import multiprocessing as mp
 import os
@@ -47,6 +48,39 @@ def split_meetings(kind: str, split: int, bnw: int, codes: int, stages: int) -> 
         out.append(dict(half_sums=True))
     if split in (2, 4, 8) and wgmma_kernel.cluster_fits(bnw, codes, stages):
         out.append(dict(cluster=True))
+    return out
+
+
+def wgmma_jobs(m: int, n: int, kc: int, quick: bool) -> list[tuple]:
+    """(kind, WgmmaConfig) swept at M = m for N = n and kc chunks."""
+    out = []
+    # one row tile of >= M rows (from 16) below 64 rows; from 64 on, tiles of 64 up to M (and two
+    # of 32 at 64: 4096x1024's best, s12 run 2)
+    row_tiles = ([max(16, 1 << (m - 1).bit_length())] if m < 64 else
+                 [b for b in (32, 64, 128, 256) if b <= m and (b > 32 or m == 64)])
+    # (128, 4): two row blocks a warp measured 2-4x slower (run 16); 128 columns of 8 warps were
+    # 4096x4096's best at M = 16 (s12 run 2)
+    for bm, (bnw, w) in itertools.product(row_tiles, ((64, 4), (128, 8))):
+        tiles = -(-m // bm) * -(-n // bnw)
+        grid = itertools.product(
+            # one step a stage measured slower everywhere (run 16); a whole chunk a stage (8
+            # codes, 4 TMA boxes) fits 3 stages up to 128 rows
+            (2, 4, 8) if bm <= 128 else (2, 4),
+            (4,) if quick else (3, 5),
+            sorted({1} | set(splits_around(tiles, kc))) if tiles < 132 else (1,),
+            # several accumulators pay where a program has few steps (s12 runs 1-2)
+            ((1, 1), (2, 1), (1, 2), (3, 4)),
+            # PDL helped at M = 16 and 64 and hurt most at 256 (run 26, s12 run 2)
+            (False, True) if m <= 64 else (False,),
+            ("wgmma", "wgmma_lut"))  # int4 g128, NF4 b64
+        for codes, st, sp, (mmas, accs), pdl, kind in grid:
+            if mmas > codes:
+                continue
+            # x16 (int4, several accumulators): faster on some shapes, slower on others (s13 run 1)
+            for x16 in (False, True) if accs > 1 and kind == "wgmma" else (False,):
+                for meet in split_meetings(kind, sp, bnw, codes, st):
+                    out.append((kind, launch.WgmmaConfig(bm=bm, bnw=bnw, codes=codes, stages=st, num_warps=w,
+                                                         split=sp, mmas=mmas, accs=accs, pdl=pdl, x16=x16, **meet)))
     return out
 
 
@@ -101,33 +135,7 @@ def jobs_for(k: int, n: int, quick: bool) -> list[tuple]:
                                 chunks=c, wc=wc, wr=wr, v=v, cols=cols, split=sp, depth=depth)))
     bn = configs.block_n(n, k, 4)  # the layout the layer gets (shared with the M = 1 GEMV)
     for m in (2, 8, 16, 32, 64, 128, 256):
-        # one row tile of >= M rows (from 16) below 64 rows; from 64 on, tiles of 64 up to M
-        # (and two of 32 at 64: 4096x1024's best, s12 run 2)
-        for bm in ([max(16, 1 << (m - 1).bit_length())] if m < 64 else
-                   [b for b in (32, 64, 128, 256) if b <= m and (b > 32 or m == 64)]):
-            # (128, 4): two row blocks a warp measured 2-4x slower (run 16); 128 columns of 8
-            # warps were 4096x4096's best at M = 16 (s12 run 2)
-            for bnw, w in ((64, 4), (128, 8)):
-                tiles = -(-m // bm) * -(-n // bnw)
-                # one step a stage measured slower everywhere (run 16); a whole chunk a stage
-                # (8 codes, 4 TMA boxes) fits 3 stages up to 128 rows
-                for codes in (2, 4, 8) if bm <= 128 else (2, 4):
-                    for st in ((4,) if quick else (3, 5)):
-                        for sp in sorted({1} | set(splits_around(tiles, kc))) if tiles < 132 else (1,):
-                            # PDL helped at M = 16 and 64 and hurt most at 256 (run 26, s12 run 2);
-                            # several accumulators pay where a program has few steps (s12 runs 1-2)
-                            for mmas, accs in ((1, 1), (2, 1), (1, 2), (3, 4)):
-                                if mmas > codes:
-                                    continue
-                                for pdl in (False, True) if m <= 64 else (False,):
-                                    for kind in ("wgmma", "wgmma_lut"):  # int4 g128, NF4 b64
-                                        # x16 (int4, several accumulators): faster on some
-                                        # shapes, slower on others (s13 run 1)
-                                        for x16 in (False, True) if accs > 1 and kind == "wgmma" else (False,):
-                                            for meet in split_meetings(kind, sp, bnw, codes, st):
-                                                out.append((bn, kind, m, launch.WgmmaConfig(
-                                                    bm=bm, bnw=bnw, codes=codes, stages=st, num_warps=w, split=sp,
-                                                    mmas=mmas, accs=accs, pdl=pdl, x16=x16, **meet)))
+        out += [(bn, kind, m, cfg) for kind, cfg in wgmma_jobs(m, n, kc, quick)]
     for bn in (32, 64):
         nb = -(-n // bn)
         for c, w in ((1, 4), (2, 4), (1, 8), (2, 8), (4, 8)):
