@@ -43,6 +43,7 @@ except ImportError:  # pragma: no cover - older Triton: split-K meets in global 
 #: Cluster sizes the meeting takes (16 is "non-portable" on Hopper; Triton's launcher allows it).
 SIZES = (2, 4, 8, 16)
 
+
 def launch(kernel, grid: tuple[int, int, int], ctas: int, *args, **kwargs) -> bool:
     """Launch Gluon ``kernel`` over ``grid`` with every program a cluster of ``ctas`` CTAs along
     the first axis (grid[0] * ctas CTAs there); False, with nothing launched (and one warning a
@@ -127,10 +128,10 @@ if AVAILABLE:
                                   dtype=gl.int32, is_pure=False, pack=1)
 
     @gluon.jit
-    def scatter(tile, r, c, me, R: gl.constexpr, C: gl.constexpr, CTAS: gl.constexpr):
-        """Store float32 ``tile`` [CTAS * R, C] (any layout; r, c: each element's row and
-        column, broadcastable to it) as CTAS slices of R rows: slice j into slot ``me`` of CTA
-        j's shared memory, column-major ([CTAS slots, C, R] float32 from offset 0: y's rows are
+    def scatter(tile, r, c, me, R: gl.constexpr, C: gl.constexpr):
+        """Store float32 ``tile`` [S * R, C] (any layout; r, c: each element's row and column,
+        broadcastable to it) as S slices of R rows: slice j into slot ``me`` of CTA j's shared
+        memory, column-major ([S slots, C, R] float32 from offset 0: y's rows are
         the tile's columns, so its reads and y's writes both run along r)."""
         dest = r // R
         off = ((me * C + c) * R + r % R) * 4

@@ -133,10 +133,9 @@ GEMM_LUT: dict[tuple[int, int, int, int], GemmConfig | DequantConfig | TcConfig]
 #: h100_tune_wgmma_m16_256_run21.jsonl (our us, fp16 us). PDL (``pdl``) only where it measured
 #: faster: it made 4096x14336 (N = 14336) at M = 16 40% slower (run 26).
 WGMMA: dict[tuple[int, int, int, int], WgmmaConfig] = {
-    # 128-column tiles, two accumulators (h100_wgmma_accs_s12run2.txt: 7.2 us; one accumulator,
-    # 64 columns 7.5; split 4 without PDL: 9.3)
     # a cluster of 8 K splits, launched load-balanced: 7.19 -> 6.14 us (s15 runs 10-11,
-    # h100_wgmma_cluster_lb_m16_s15.txt)
+    # h100_wgmma_cluster_lb_m16_s15.txt); before it 128-column tiles of 8 warps, two
+    # accumulators, 8 global splits (h100_wgmma_accs_s12run2.txt: 7.2 us; split 4 without PDL 9.3)
     (4096, 4096, 4, 16): WgmmaConfig(bm=16, codes=8, stages=2, split=8, accs=2, x16=True, pdl=True,
                                      cluster=True),  # 6.1, 15.7 (mma16 10.1)
     (4096, 4096, 4, 32): WgmmaConfig(bm=32, codes=4, stages=3, split=4),  # 11.2, 14.6

@@ -365,7 +365,7 @@ if AVAILABLE:
             # Every CTA of the cluster is done with its x ring (its MMAs have read it: nothing
             # to publish, so no fence).
             cluster.sync(num_warps, False)
-            cluster.scatter(acc, cols - pid_n * BNW, rows - row0, split_id, R, BM, CLUSTER)
+            cluster.scatter(acc, cols - pid_n * BNW, rows - row0, split_id, R, BM)
             cluster.sync(num_warps, True)
             sum_l: gl.constexpr = cluster.slice_layout(R, BM, num_warps)
             rr = gl.expand_dims(gl.arange(0, R, layout=gl.SliceLayout(1, sum_l)), 1)  # [R, 1]
