@@ -5,8 +5,8 @@ alternate twice in the same run, so clock drift hits both.
     PYTHONPATH=.:benchmarks python benchmarks/wgmma_ab.py --m 16 64 256 --set x16=True
     PYTHONPATH=.:benchmarks python benchmarks/wgmma_ab.py --m 16 --set x16=True --set x16=False
 
-Each ``--set field=value`` is a variant (the table's own config is always the first); a
-variant the config refuses (e.g. x16 with one accumulator) is reported and skipped.
+Each ``--set field=value[,field=value...]`` is a variant (the table's own config is always the
+first); a variant the config refuses (e.g. x16 with one accumulator) is reported and skipped.
 """
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("wgmma_ab.py needs a CUDA GPU (Hopper)")
-    variants = [(s, *s.split("=", 1)) for s in args.set]
+    variants = [(s, dict(f.split("=", 1) for f in s.split(","))) for s in args.set]
     gen = torch.Generator().manual_seed(0)
     print(f"device: {torch.cuda.get_device_name()}; int4 g128 asym, fp16; us per call (best of two, then both)")
     for k, n in SHAPES:
@@ -38,9 +38,9 @@ def main(argv=None) -> int:
             x = torch.randn(m, k, device="cuda", dtype=torch.float16)
             table = configs.wgmma_config(m, n, k, x.device)
             cfgs = {"table": table}
-            for name, field, value in variants:
+            for name, fields in variants:
                 try:
-                    cfgs[name] = replace(table, **{field: ast.literal_eval(value)})
+                    cfgs[name] = replace(table, **{f: ast.literal_eval(v) for f, v in fields.items()})
                 except (ValueError, TypeError) as e:
                     print(f"  {k}x{n} M={m} {name}: skipped ({e})")
             times = {name: [] for name in cfgs}

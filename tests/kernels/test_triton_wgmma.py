@@ -82,24 +82,27 @@ def test_wgmma_half_sums_stay_within_a_rounding_a_split_of_float32_sums(tk, m, n
     (16, -1, 64, 1024, 64, 32, 64, 4, 4, 3, 4, 2, False, torch.float16, True),  # per channel
     (16, 128, 512, 2048, 64, 16, 128, 8, 8, 2, 8, 2, False, torch.float16, True),  # two warpgroups a CTA
 ])
+@pytest.mark.parametrize("meet_async", [False, True])
 def test_wgmma_cluster_split_k_matches_reference(tk, m, gs, n, k, bn, bm, bnw, warps, codes, stages, split, accs,
-                                                 x16, dtype, pdl):
+                                                 x16, dtype, pdl, meet_async):
     """The K splits of a tile as one cluster, meeting in distributed shared memory."""
     layer = make_layer(n, k, 4, gs, False, bias=m == 13, seed=m + k, device=tk.device)
     x = torch.randn(m, k, device=tk.device).to(dtype)
     pw = repack(tk, layer, bn)
     cfg = tk.launch.WgmmaConfig(bm=bm, bnw=bnw, num_warps=warps, codes=codes, stages=stages, split=split, mmas=1,
-                                accs=accs, x16=x16, pdl=pdl, cluster=True)
+                                accs=accs, x16=x16, pdl=pdl, cluster=True, meet_async=meet_async)
     for _ in range(2):  # nothing left behind between calls
         check(tk.launch.wgmma(x, pw, layer.bias, cfg), ref_out(x, layer), x)
 
 
 @hopper
-def test_wgmma_cluster_takes_code_books(tk):
+@pytest.mark.parametrize("meet_async", [False, True])
+def test_wgmma_cluster_takes_code_books(tk, meet_async):
     layer = nf4_layers.make_layer(192, 2048, "nf4", 64, bias=True, seed=3, device=tk.device)
     x = torch.randn(16, 2048, device=tk.device).half()
     pw = nf4_layers.repack(tk, layer, 64)
-    cfg = tk.launch.WgmmaConfig(bm=16, codes=8, stages=4, split=8, mmas=2, pdl=True, cluster=True)
+    cfg = tk.launch.WgmmaConfig(bm=16, codes=8, stages=4, split=8, mmas=2, pdl=True, cluster=True,
+                                meet_async=meet_async)
     nf4_layers.check(tk.launch.wgmma(x, pw, layer.bias, cfg), nf4_layers.ref_out(x, layer))
 
 
@@ -218,7 +221,8 @@ def test_wgmma_config_refuses_x16_with_one_accumulator(tk):
 
 def test_cluster_launcher_asks_load_balancing_and_leaves_triton_as_it_was(tk, monkeypatch):
     """The cluster launch swaps the scheduling policy in the C source of its own kernel's
-    launcher only; Triton's launcher factory is restored afterwards."""
+    launcher only, and loads the kernel again for the launch's shared memory; Triton's launcher
+    factory is restored afterwards."""
     import types
 
     import sys
@@ -231,14 +235,18 @@ def test_cluster_launcher_asks_load_balancing_and_leaves_triton_as_it_was(tk, mo
         return "attr.value.clusterSchedulingPolicyPreference = CU_CLUSTER_SCHEDULING_POLICY_SPREAD;"
 
     monkeypatch.setattr(nvidia, "make_launcher", make, raising=False)
-    sources = []
+    sources, loads = [], []
     fake_driver = types.SimpleNamespace(active=types.SimpleNamespace(
-        launcher_cls=lambda src, metadata: sources.append(nvidia.make_launcher(None, None, None)) or "launcher"))
+        launcher_cls=lambda src, metadata: sources.append(nvidia.make_launcher(None, None, None)) or "launcher",
+        get_current_device=lambda: 0,
+        utils=types.SimpleNamespace(load_binary=lambda *a: loads.append(a) or ("module", "function", 0, 0, 0))))
     monkeypatch.setattr(sys.modules["triton.runtime.driver"], "driver", fake_driver)
-    compiled = types.SimpleNamespace(_run="spread launcher", src="src", metadata="md")
+    compiled = types.SimpleNamespace(_run="spread launcher", module="loaded", function="old", src="src", name="k",
+                                     kernel=b"cubin", metadata=types.SimpleNamespace(shared=70000))
     cluster._load_balanced(compiled)
     assert compiled._run == "launcher"
     assert sources == ["attr.value.clusterSchedulingPolicyPreference = CU_CLUSTER_SCHEDULING_POLICY_LOAD_BALANCING;"]
+    assert loads == [("k", b"cubin", 70000, 0)] and compiled.function == "function"
     assert nvidia.make_launcher is make
 
 
@@ -267,6 +275,20 @@ def test_cluster_launch_sets_the_cluster_size_in_the_launch_metadata_once(tk, mo
     assert compiled.packed_metadata == (4, 8, 24576)
     assert balanced == [compiled]  # the launcher is swapped once
     assert kernel.launches == [((1, 64, 1), ("a",), dict(K=1))] * 2
+
+
+def test_cluster_launch_adds_the_meeting_past_the_compilers_shared_memory(tk, monkeypatch):
+    """``extra_shared`` bytes start 16-byte aligned past the compiled kernel's shared memory,
+    in the launch metadata and in the metadata the kernel is loaded with (the opt-in > 48 KB)."""
+    import collections
+    import types
+
+    monkeypatch.setattr(tk.launch._cluster, "_load_balanced", lambda compiled: None)
+    Meta = collections.namedtuple("Meta", "name shared")
+    compiled = types.SimpleNamespace(packed_metadata=(4, 1, 49000), metadata=Meta("k", 49000), name="k")
+    assert tk.launch._cluster.launch(_FakeKernel(compiled), (1, 64, 1), 16, extra_shared=4112)
+    assert compiled.packed_metadata == (4, 16, 49008 + 4112)
+    assert compiled.metadata.shared == 49008 + 4112
 
 
 def test_cluster_launch_declines_where_triton_has_no_launch_metadata_to_set(tk, monkeypatch):

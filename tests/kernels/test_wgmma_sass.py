@@ -12,13 +12,13 @@ pytest.importorskip("triton.experimental.gluon._runtime")
 
 
 def _sass(bm: int, codes: int, split: bool, lut: bool = False, mmas: int = 2, accs: int = 1, x16: bool = False,
-          red: int = 4, cluster: int = 1) -> str:
+          red: int = 4, cluster: int = 1, meet_async: bool = False) -> str:
     return offline_sass.sass(__file__, bm=bm, codes=codes, split=split, lut=lut, mmas=mmas, accs=accs, x16=x16,
-                             red=red, cluster=cluster)
+                             red=red, cluster=cluster, meet_async=meet_async)
 
 
 def _compile(bm: int, codes: int, split: bool, lut: bool = False, mmas: int = 2, accs: int = 1,
-             x16: bool = False, red: int = 4, cluster: int = 1) -> str:
+             x16: bool = False, red: int = 4, cluster: int = 1, meet_async: bool = False) -> str:
     import torch
     import triton
     from triton.backends.compiler import GPUTarget
@@ -34,7 +34,7 @@ def _compile(bm: int, codes: int, split: bool, lut: bool = False, mmas: int = 2,
     ints = dict.fromkeys(["M", "N", "KC", "G", "stride_ym", "chunks_per_split", "splits"], "i32")
     cx = dict(BN=64, BNW=64, BM=bm, GS=64 if lut else 128, STAGES=3, CODES=codes, MMAS=mmas, ACCS=accs, X16=x16, SPLIT_K=split, PDL=True,
               HAS_ZERO=not lut, HAS_BIAS=False, HALF_MATH=True, LUT=lut, RED=red, CLUSTER=cluster,
-              num_warps=4)
+              MEET_ASYNC=meet_async, num_warps=4)
     sig = {"x_desc": mangle_type(desc), **ptrs, **ints, **dict.fromkeys(cx, "constexpr")}
     attrs = {(kernel.arg_names.index(n),): [["tt.divisibility", 16]]
              for n in list(ptrs) + ["N", "KC", "G", "stride_ym"]}

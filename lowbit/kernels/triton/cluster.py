@@ -44,10 +44,11 @@ except ImportError:  # pragma: no cover - older Triton: split-K meets in global 
 SIZES = (2, 4, 8, 16)
 
 
-def launch(kernel, grid: tuple[int, int, int], ctas: int, *args, **kwargs) -> bool:
+def launch(kernel, grid: tuple[int, int, int], ctas: int, *args, extra_shared: int = 0, **kwargs) -> bool:
     """Launch Gluon ``kernel`` over ``grid`` with every program a cluster of ``ctas`` CTAs along
-    the first axis (grid[0] * ctas CTAs there); False, with nothing launched (and one warning a
-    process), where this Triton's compiled kernel is not the 3.6 one this relies on."""
+    the first axis (grid[0] * ctas CTAs there), with ``extra_shared`` bytes of dynamic shared
+    memory past the compiler's own (``meeting_bytes``); False, with nothing launched (and one
+    warning a process), where this Triton's compiled kernel is not the 3.6 one this relies on."""
     global _WARNED
     compiled = kernel.warmup(*args, grid=grid, **kwargs)
     if hasattr(compiled, "result"):  # asynchronous compilation
@@ -62,6 +63,9 @@ def launch(kernel, grid: tuple[int, int, int], ctas: int, *args, **kwargs) -> bo
         return False
     num_warps, num_ctas, shared = meta
     if num_ctas != ctas:  # this compiled kernel (one per CLUSTER value) is always launched so
+        if extra_shared:  # the meeting's region starts 16-byte aligned past the compiler's
+            shared = -(-shared // 16) * 16 + extra_shared
+            compiled.metadata = compiled.metadata._replace(shared=shared)
         compiled.packed_metadata = (num_warps, ctas, shared)
         _load_balanced(compiled)
     kernel[grid](*args, **kwargs)
@@ -90,10 +94,14 @@ def _load_balanced(compiled) -> None:
 
     nvidia.make_launcher = balanced
     try:
-        if compiled._run is None:  # not loaded yet: load it with this launcher
+        if compiled.module is None:  # not loaded yet: load it with this launcher
             compiled._init_handles()
-        else:
+        else:  # (loaded for its compiled shared memory: load it again for the launch's, which
+            # may need the opt-in above 48 KB)
             compiled._run = driver.active.launcher_cls(compiled.src, compiled.metadata)
+            device = driver.active.get_current_device()
+            compiled.module, compiled.function, *_ = driver.active.utils.load_binary(
+                compiled.name, compiled.kernel, compiled.metadata.shared, device)
     finally:
         nvidia.make_launcher = make
 
@@ -145,6 +153,84 @@ if AVAILABLE:
         total = gl.inline_asm_elementwise(_LD, "=f,r", [off], dtype=gl.float32, is_pure=False, pack=1)
         for j in gl.static_range(1, CTAS):
             total += gl.inline_asm_elementwise(_LD, "=f,r", [off + j * (R * C * 4)], dtype=gl.float32,
+                                               is_pure=False, pack=1)
+        return total
+
+    @constexpr_function
+    def _base_asm(extra):
+        """PTX putting the address of the meeting's region (the last ``extra`` bytes of the
+        dynamic shared memory: an mbarrier, then the slots from byte 16) in register ``base``."""
+        return ("mov.u32 base, global_smem; mov.u32 dyn, %dynamic_smem_size; add.u32 base, base, dyn; "
+                f"sub.u32 base, base, {extra};")
+
+    @constexpr_function
+    def _arm_asm(extra, nbytes):
+        return ("{ .reg .b32 base, dyn, tid; .reg .pred p; " + _base_asm(extra) +
+                " mov.u32 tid, %tid.x; setp.eq.u32 p, tid, 0; "
+                "@p mbarrier.init.shared::cta.b64 [base], 1; "
+                f"@p mbarrier.arrive.expect_tx.shared::cta.b64 _, [base], {nbytes}; "
+                "@p fence.mbarrier_init.release.cluster; "
+                "barrier.cluster.arrive.relaxed; mov.b32 $0, 0; }")
+
+    @constexpr_function
+    def _st_async_asm(extra):
+        return ("{ .reg .b32 base, dyn, a, b, m; " + _base_asm(extra) +
+                " add.u32 a, base, $1; mapa.shared::cluster.u32 b, a, $2; mapa.shared::cluster.u32 m, base, $2; "
+                "st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [b], $3, [m]; mov.b32 $0, 0; }")
+
+    @constexpr_function
+    def _wait_asm(extra):
+        return ("{ .reg .b32 base, dyn; .reg .pred p; " + _base_asm(extra) +
+                " WAIT: mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [base], 0; "
+                "@!p bra WAIT; mov.b32 $0, 0; }")
+
+    @constexpr_function
+    def _ld_asm(extra):
+        return "{ .reg .b32 base, dyn, a; " + _base_asm(extra) + " add.u32 a, base, $1; ld.shared.f32 $0, [a]; }"
+
+    @constexpr_function
+    def meeting_bytes(rows, cols):
+        """Shared memory of a meeting of float32 [rows, cols] tiles past the compiler's: its
+        mbarrier (16 bytes, for the slots' alignment) and the slots, the size of one tile."""
+        return 16 + rows * cols * 4
+
+    @gluon.jit
+    def _each_thread(asm: gl.constexpr, num_warps: gl.constexpr):
+        L: gl.constexpr = gl.BlockedLayout([1], [32], [num_warps], [0])
+        gl.inline_asm_elementwise(asm, "=r,r", [gl.arange(0, 32 * num_warps, layout=L)], dtype=gl.int32,
+                                  is_pure=False, pack=1)
+
+    @gluon.jit
+    def arm(ROWS: gl.constexpr, COLS: gl.constexpr, num_warps: gl.constexpr):
+        """Open the meeting of float32 [ROWS, COLS] tiles: the mbarrier of this CTA's slots
+        expects a whole tile of bytes (every CTA's slice for this CTA), and this CTA arrives at
+        the cluster barrier that ``deliver`` waits for (its mbarrier is initialized by then).
+        Call early: the barrier is then long complete when the sums are delivered."""
+        EXTRA: gl.constexpr = meeting_bytes(ROWS, COLS)
+        _each_thread(_arm_asm(EXTRA, ROWS * COLS * 4), num_warps)
+
+    @gluon.jit
+    def deliver(tile, r, c, me, R: gl.constexpr, C: gl.constexpr, CTAS: gl.constexpr, num_warps: gl.constexpr):
+        """Send float32 ``tile`` [S * R, C] (any layout; r, c: each element's row and column,
+        broadcastable to it) as S slices of R rows: slice j into slot ``me`` of CTA j's slots
+        (column-major [S slots, C, R]), each store counting its bytes on CTA j's mbarrier
+        (``st.async``: nothing waits for a reply, and no fence)."""
+        EXTRA: gl.constexpr = meeting_bytes(CTAS * R, C)
+        _each_thread("barrier.cluster.wait; mov.b32 $0, 0;", num_warps)  # every mbarrier armed
+        off = 16 + ((me * C + c) * R + r % R) * 4
+        gl.inline_asm_elementwise(_st_async_asm(EXTRA), "=r,r,r,f", [off, r // R, tile], dtype=gl.int32,
+                                  is_pure=False, pack=1)
+
+    @gluon.jit
+    def collect_sum(r, c, R: gl.constexpr, C: gl.constexpr, CTAS: gl.constexpr, num_warps: gl.constexpr):
+        """Wait until every CTA's slice has arrived in this CTA's slots, then their sum in rank
+        order, element (r, c) of the slice (r < R; int32, broadcastable to one shape), float32."""
+        EXTRA: gl.constexpr = meeting_bytes(CTAS * R, C)
+        _each_thread(_wait_asm(EXTRA), num_warps)
+        off = 16 + (c * R + r) * 4
+        total = gl.inline_asm_elementwise(_ld_asm(EXTRA), "=f,r", [off], dtype=gl.float32, is_pure=False, pack=1)
+        for j in gl.static_range(1, CTAS):
+            total += gl.inline_asm_elementwise(_ld_asm(EXTRA), "=f,r", [off + j * (R * C * 4)], dtype=gl.float32,
                                                is_pure=False, pack=1)
         return total
 

@@ -112,6 +112,7 @@ class WgmmaConfig:
     # memory (``cluster``) instead of global atomics; split 2, 4, 8 or 16, dividing ``bnw``, and
     # the float32 [bnw, bm] tile must fit where the x ring was
     cluster: bool = False
+    meet_async: bool = False  # (experiment) the cluster meeting on st.async and an mbarrier
 
     def __post_init__(self):
         if self.mmas not in (1, 2, 3):
@@ -124,7 +125,7 @@ class WgmmaConfig:
             if self.split not in _cluster.SIZES or self.bnw % self.split:
                 raise ValueError(f"WgmmaConfig(cluster=True, split={self.split}, bnw={self.bnw}): a cluster is "
                                  f"2, 4, 8 or 16 K splits dividing bnw")
-            if not _wgmma.cluster_fits(self.bnw, self.codes, self.stages):
+            if not self.meet_async and not _wgmma.cluster_fits(self.bnw, self.codes, self.stages):
                 raise ValueError(f"WgmmaConfig(cluster=True, bnw={self.bnw}, codes={self.codes}, "
                                  f"stages={self.stages}): the float32 tile needs bnw * 2 <= stages * codes * 32 "
                                  f"(its shared memory is the x ring's)")
@@ -408,12 +409,14 @@ def wgmma(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: Wgm
     # this Triton cannot launch one (then the same config meets in global memory)
     if cfg.cluster and _cluster.launch(_wgmma.int4_wgmma_kernel, grid + (1,), cfg.split,
                                        *args(triton.cdiv(pw.chunks, cfg.split), 1, y, y),
-                                       SPLIT_K=False, CLUSTER=cfg.split, **kwargs):
+                                       extra_shared=16 + cfg.bnw * cfg.bm * 4 if cfg.meet_async else 0,
+                                       SPLIT_K=False, CLUSTER=cfg.split, MEET_ASYNC=cfg.meet_async, **kwargs):
         return y
     per, split, ws, cnt = _split_k(x, y, m * pw.n, grid[0] * grid[1], pw.chunks, cfg.split, 1)
     if split > 1 and red == 8:
         ws = ws.view(torch.float16)  # the zeroed float32 workspace holds twice the fp16 sums
-    _wgmma.int4_wgmma_kernel[grid + (split,)](*args(per, split, ws, cnt), SPLIT_K=split > 1, CLUSTER=1, **kwargs)
+    _wgmma.int4_wgmma_kernel[grid + (split,)](*args(per, split, ws, cnt), SPLIT_K=split > 1, CLUSTER=1, MEET_ASYNC=False,
+                                                  **kwargs)
     return y
 
 

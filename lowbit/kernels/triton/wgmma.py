@@ -226,7 +226,7 @@ if AVAILABLE:
         BN: gl.constexpr, BNW: gl.constexpr, BM: gl.constexpr, GS: gl.constexpr, STAGES: gl.constexpr,
         CODES: gl.constexpr, MMAS: gl.constexpr, ACCS: gl.constexpr, X16: gl.constexpr, SPLIT_K: gl.constexpr,
         PDL: gl.constexpr, HAS_ZERO: gl.constexpr, HAS_BIAS: gl.constexpr, HALF_MATH: gl.constexpr,
-        LUT: gl.constexpr, RED: gl.constexpr, CLUSTER: gl.constexpr,
+        LUT: gl.constexpr, RED: gl.constexpr, CLUSTER: gl.constexpr, MEET_ASYNC: gl.constexpr,
         num_warps: gl.constexpr,
     ):
         PK: gl.constexpr = 32
@@ -261,6 +261,8 @@ if AVAILABLE:
         ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
         for b in gl.static_range(STAGES):
             mbarrier.init(ready.index(b), count=1)
+        if CLUSTER > 1 and MEET_ASYNC:
+            cluster.arm(BNW, BM, num_warps)
         PER: gl.constexpr = 8 // CODES  # stages a chunk
         loads = (c_end - c_begin) * PER
         i0 = c_begin * PER  # stage i of this program reads x columns [(i0 + i) * CODES * 32, ...)
@@ -360,17 +362,21 @@ if AVAILABLE:
         mask = (rows < M) & (cols < N)
         if CLUSTER > 1:  # the splits meet in shared memory (``cluster``): CTA j sums and writes
             # the tile's weight columns [j R, (j + 1) R)
-            gl.static_assert(BNW * 4 <= STAGES * CODES * PK * 2, "the tile must fit where the x ring was")
             R: gl.constexpr = BNW // CLUSTER
-            # Every CTA of the cluster is done with its x ring (its MMAs have read it: nothing
-            # to publish, so no fence).
-            cluster.sync(num_warps, False)
-            cluster.scatter(acc, cols - pid_n * BNW, rows - row0, split_id, R, BM)
-            cluster.sync(num_warps, True)
             sum_l: gl.constexpr = cluster.slice_layout(R, BM, num_warps)
             rr = gl.expand_dims(gl.arange(0, R, layout=gl.SliceLayout(1, sum_l)), 1)  # [R, 1]
             cc = gl.expand_dims(gl.arange(0, BM, layout=gl.SliceLayout(0, sum_l)), 0)  # [1, BM]
-            total = cluster.gather_sum(rr, cc, R, BM, CLUSTER)
+            if MEET_ASYNC:
+                cluster.deliver(acc, cols - pid_n * BNW, rows - row0, split_id, R, BM, CLUSTER, num_warps)
+                total = cluster.collect_sum(rr, cc, R, BM, CLUSTER, num_warps)
+            else:
+                gl.static_assert(BNW * 4 <= STAGES * CODES * PK * 2, "the tile must fit where the x ring was")
+                # Every CTA of the cluster is done with its x ring (its MMAs have read it:
+                # nothing to publish, so no fence).
+                cluster.sync(num_warps, False)
+                cluster.scatter(acc, cols - pid_n * BNW, rows - row0, split_id, R, BM)
+                cluster.sync(num_warps, True)
+                total = cluster.gather_sum(rr, cc, R, BM, CLUSTER)
             cols = pid_n * BNW + split_id * R + rr
             rows = row0 + cc
             _write(total, rows, cols, (rows < M) & (cols < N), N, y_ptr, stride_ym, bias_ptr, HAS_BIAS)
