@@ -366,7 +366,8 @@ if AVAILABLE:
             sum_l: gl.constexpr = cluster.slice_layout(R, BM, num_warps)
             rr = gl.expand_dims(gl.arange(0, R, layout=gl.SliceLayout(1, sum_l)), 1)  # [R, 1]
             cc = gl.expand_dims(gl.arange(0, BM, layout=gl.SliceLayout(0, sum_l)), 0)  # [1, BM]
-            if MEET_ASYNC:
+            if MEET_ASYNC:  # (each element of acc on one thread: the slots count every byte once)
+                gl.static_assert(BNW % (16 * num_warps) == 0, "one accumulator row block a warp")
                 cluster.deliver(acc, cols - pid_n * BNW, rows - row0, split_id, R, BM, CLUSTER, num_warps)
                 total = cluster.collect_sum(rr, cc, R, BM, CLUSTER, num_warps)
             else:
