@@ -11,6 +11,14 @@ its S slots (``gather_sum``: local loads) and writes rows [j R, (j + 1) R) of y.
 no ticket, no read back over global memory (at M = 16 the global split-K meeting costs 1-2.6 us
 a call, ``benchmarks/splitk_cost.py``).
 
+The second meeting (``arm``, ``deliver``, ``collect_sum``; ``WgmmaConfig.meet_async``) needs
+one cluster barrier, passed long before the meeting, and no fence: each CTA's slots lie past
+the compiler's shared memory (``launch``'s ``extra_shared``: an mbarrier, then one tile of
+float32), so nothing waits for them to be free; the mbarrier is armed for a whole tile of
+bytes at the kernel's start, the barrier then only says that every CTA's is armed; each CTA
+sends its slices with ``st.async``, which counts their bytes on the receiver's mbarrier (with
+release semantics at cluster scope), and only the receiver waits, for its own bytes.
+
 Why by hand: Triton 3.6 launches clusters only for kernels compiled for several CTAs a program
 (``num_ctas``), whose layouts it then spreads over the CTAs, and its Hopper MMA lowering rejects
 such layouts. So the kernel is compiled for one CTA, and ``launch`` asks Triton's launcher for
