@@ -96,3 +96,22 @@ def test_cluster_splits_meet_in_shared_memory_without_global_atomics():
     assert "MEMBAR.ALL.GPU" in between  # the second barrier's release
     assert ops[arrive[1] + 1:].count("LDS") == 8  # 2 slots of [32, 16] over 128 threads
     assert not [op for op in ops if op.startswith(("RED", "ATOM"))]
+
+
+def test_async_cluster_meeting_sends_with_st_async_and_needs_no_fence():
+    """The st.async meeting: the one cluster barrier arrives before the loop and is waited for
+    after it, then the partial tile goes out as ``STAS`` (bytes counted on the receiver's
+    mbarrier), and the sums are read locally after a wait on this CTA's own mbarrier; no
+    fence (MEMBAR), no atomics."""
+    sass = _sass(16, 4, False, accs=2, mmas=1, cluster=2, meet_async=True)
+    ops = re.findall(r"\b(UCGABAR_ARV|UCGABAR_WAIT|HGMMA\S*|MEMBAR\.\S+|STAS|LDS|SYNCS\.PHASECHK\S*|RED\S*|ATOM\S*)[ ;]",
+                     sass)
+    assert ops.count("UCGABAR_ARV") == 1 and ops.count("UCGABAR_WAIT") == 1
+    arrive, wait = ops.index("UCGABAR_ARV"), ops.index("UCGABAR_WAIT")
+    mmas = [i for i, op in enumerate(ops) if op.startswith("HGMMA")]
+    assert arrive < mmas[0] and mmas[-1] < wait
+    sends = [i for i, op in enumerate(ops) if op == "STAS"]
+    assert len(sends) == 8 and wait < sends[0]  # a [64, 16] tile over 128 threads
+    after = ops[sends[-1] + 1:]
+    assert after[0].startswith("SYNCS.PHASECHK") and after.count("LDS") == 8
+    assert not [op for op in ops if op.startswith(("MEMBAR", "RED", "ATOM"))]
