@@ -82,7 +82,7 @@ def test_wgmma_half_sums_stay_within_a_rounding_a_split_of_float32_sums(tk, m, n
     (16, -1, 64, 1024, 64, 32, 64, 4, 4, 3, 4, 2, False, torch.float16, True),  # per channel
     (16, 128, 512, 2048, 64, 16, 128, 8, 8, 2, 8, 2, False, torch.float16, True),  # two warpgroups a CTA
 ])
-@pytest.mark.parametrize("meet_async", [False, True])
+@pytest.mark.parametrize("meet_async", [False, True], ids=["ring", "async"])
 def test_wgmma_cluster_split_k_matches_reference(tk, m, gs, n, k, bn, bm, bnw, warps, codes, stages, split, accs,
                                                  x16, dtype, pdl, meet_async):
     """The K splits of a tile as one cluster, meeting in distributed shared memory."""
@@ -96,7 +96,7 @@ def test_wgmma_cluster_split_k_matches_reference(tk, m, gs, n, k, bn, bm, bnw, w
 
 
 @hopper
-@pytest.mark.parametrize("meet_async", [False, True])
+@pytest.mark.parametrize("meet_async", [False, True], ids=["ring", "async"])
 def test_wgmma_cluster_takes_code_books(tk, meet_async):
     layer = nf4_layers.make_layer(192, 2048, "nf4", 64, bias=True, seed=3, device=tk.device)
     x = torch.randn(16, 2048, device=tk.device).half()
