@@ -17,7 +17,7 @@ from dataclasses import asdict
 import torch
 
 from kernels import SHAPES, baseline_us, copies_for, graph_us, random_linear4bit, random_quant_linear
-from lowbit.kernels.triton import configs, launch
+from lowbit.kernels.triton import cluster, configs, launch
 from lowbit.kernels.triton import wgmma as wgmma_kernel
 from lowbit.kernels.triton.layout import repack_int_group, repack_nf4
 
@@ -40,7 +40,8 @@ def splits_around(programs: int, chunks: int) -> list[int]:
 def split_meetings(kind: str, split: int, bnw: int, codes: int, stages: int) -> list[dict]:
     """How ``wgmma``'s K splits may meet (WgmmaConfig fields): float32 global atomics; fp16 ones
     (int4: half the atomics); or, for 2, 4 or 8 splits, a cluster meeting in shared memory
-    (session 15: faster at 2 and 8 splits on three M = 16 shapes; clusters of 16 never were)."""
+    (session 15: faster at 2 and 8 splits on three M = 16 shapes; clusters of 16 never were);
+    or, for 2-16 splits, the cluster meeting on st.async (session 16: not yet timed)."""
     if split == 1:
         return [{}]
     out = [dict(half_sums=False)]
@@ -48,6 +49,8 @@ def split_meetings(kind: str, split: int, bnw: int, codes: int, stages: int) -> 
         out.append(dict(half_sums=True))
     if split in (2, 4, 8) and wgmma_kernel.cluster_fits(bnw, codes, stages):
         out.append(dict(cluster=True))
+    if split in cluster.SIZES and bnw % split == 0:
+        out.append(dict(cluster=True, meet_async=True))
     return out
 
 

@@ -117,6 +117,18 @@ def test_wgmma_cluster_config_refuses_sizes_the_meeting_cannot_take(tk, fields, 
         tk.launch.WgmmaConfig(bm=16, cluster=True, **fields)
 
 
+@pytest.mark.parametrize("fields", [dict(cluster=False, split=4), dict(cluster=True, split=4, bnw=64, num_warps=8)])
+def test_wgmma_async_meeting_config_needs_a_cluster_and_one_thread_a_sum(tk, fields):
+    with pytest.raises(ValueError, match="st.async meeting"):
+        tk.launch.WgmmaConfig(bm=16, meet_async=True, **fields)
+
+
+def test_wgmma_async_meeting_takes_tiles_larger_than_the_x_ring(tk):
+    """Its slots are its own: a float32 tile larger than the x ring is no obstacle."""
+    cfg = tk.launch.WgmmaConfig(bm=16, split=2, codes=1, stages=3, cluster=True, meet_async=True)
+    assert cfg.meet_async and not tk.launch._wgmma.cluster_fits(cfg.bnw, cfg.codes, cfg.stages)
+
+
 @pytest.mark.parametrize("dtype,n,red", [(torch.float16, 136, 8), (torch.bfloat16, 136, 4), (torch.float16, 132, 4),
                                          (torch.float16, 90, 1)])
 def test_wgmma_half_sums_need_fp16_rows_of_whole_16_byte_groups(tk, dtype, n, red):

@@ -112,7 +112,10 @@ class WgmmaConfig:
     # memory (``cluster``) instead of global atomics; split 2, 4, 8 or 16, dividing ``bnw``, and
     # the float32 [bnw, bm] tile must fit where the x ring was
     cluster: bool = False
-    meet_async: bool = False  # (experiment) the cluster meeting on st.async and an mbarrier
+    # the cluster meeting on st.async: slots of its own past the x ring, bytes counted on an
+    # mbarrier, one cluster barrier and no fence (``cluster``); compiled and SASS-checked
+    # offline in session 16, not yet run on a GPU (no device came): no table config uses it
+    meet_async: bool = False
 
     def __post_init__(self):
         if self.mmas not in (1, 2, 3):
@@ -121,6 +124,10 @@ class WgmmaConfig:
             raise ValueError(f"WgmmaConfig.accs={self.accs}: accumulators must be 1, 2 or 4")
         if self.x16 and self.accs == 1:
             raise ValueError("WgmmaConfig.x16 needs accs=2 or 4: the odd code positions have accumulators of their own")
+        if self.meet_async and not (self.cluster and self.bnw % (16 * self.num_warps) == 0):
+            raise ValueError(f"WgmmaConfig(meet_async=True, cluster={self.cluster}, bnw={self.bnw}, "
+                             f"num_warps={self.num_warps}): the st.async meeting is a cluster's (cluster=True) "
+                             f"and needs bnw a multiple of 16 * num_warps (each sum on one thread)")
         if self.cluster:
             if self.split not in _cluster.SIZES or self.bnw % self.split:
                 raise ValueError(f"WgmmaConfig(cluster=True, split={self.split}, bnw={self.bnw}): a cluster is "
