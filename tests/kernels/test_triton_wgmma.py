@@ -334,3 +334,17 @@ def test_wgmma_cluster_config_meets_in_global_memory_where_no_cluster_launches(t
     else:
         [(grid, args, kwargs)] = global_kernel.launches
         assert grid == (1, 4, 4) and args[-2:] == (2, 4) and kwargs["SPLIT_K"] and kwargs["CLUSTER"] == 1
+
+
+@pytest.mark.parametrize("meet_async,extra", [(False, 0), (True, 16 + 64 * 16 * 4)])
+def test_wgmma_async_meeting_launches_with_its_slots_past_the_kernels_shared_memory(tk, monkeypatch, meet_async,
+                                                                                    extra):
+    """The st.async meeting's mbarrier and one float32 [bnw, bm] tile of slots are added to the
+    launch's shared memory; the ring meeting reuses the x ring and adds nothing."""
+    pw = repack(tk, make_layer(256, 2048, 4, 128, False), 64)
+    calls = []
+    monkeypatch.setattr(tk.launch._cluster, "launch",
+                        lambda kernel, grid, ctas, *a, **kw: calls.append((kw["extra_shared"], kw["MEET_ASYNC"])) or True)
+    cfg = tk.launch.WgmmaConfig(bm=16, codes=4, stages=3, split=4, cluster=True, meet_async=meet_async)
+    tk.launch.wgmma(torch.randn(16, 2048).half(), pw, None, cfg)
+    assert calls == [(extra, meet_async)]

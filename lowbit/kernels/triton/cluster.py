@@ -80,6 +80,13 @@ def launch(kernel, grid: tuple[int, int, int], ctas: int, *args, extra_shared: i
     return True
 
 
+def meeting_bytes(rows: int, cols: int) -> int:
+    """Shared memory the st.async meeting of float32 [rows, cols] tiles takes past the
+    compiler's (``launch``'s ``extra_shared``): its mbarrier (16 bytes, keeping the slots
+    16-byte aligned) and the slots, one tile."""
+    return 16 + rows * cols * 4
+
+
 def _load_balanced(compiled) -> None:
     """Give ``compiled`` a launcher that asks the hardware to load-balance a cluster's CTAs over
     the SMs (CU_CLUSTER_SCHEDULING_POLICY_LOAD_BALANCING) where Triton's asks to spread them one
@@ -136,12 +143,20 @@ if AVAILABLE:
                                          pack=1)
 
     @gluon.jit
+    def _each_thread(asm: gl.constexpr, num_warps: gl.constexpr):
+        """Run ``asm`` (no operands, result $0 unused) once in every thread of the CTA."""
+        L: gl.constexpr = gl.BlockedLayout([1], [32], [num_warps], [0])
+        gl.inline_asm_elementwise(asm, "=r,r", [gl.arange(0, 32 * num_warps, layout=L)], dtype=gl.int32,
+                                  is_pure=False, pack=1)
+
+    @gluon.jit
     def sync(num_warps: gl.constexpr, RELEASE: gl.constexpr):
         """A cluster-wide barrier, every thread once; RELEASE: this thread's shared-memory stores
         before it are visible to the cluster after it (else it only orders execution)."""
-        L: gl.constexpr = gl.BlockedLayout([1], [32], [num_warps], [0])
-        gl.inline_asm_elementwise(_SYNC if RELEASE else _SYNC_RELAXED, "=r,r", [gl.arange(0, 32 * num_warps, layout=L)],
-                                  dtype=gl.int32, is_pure=False, pack=1)
+        if RELEASE:
+            _each_thread(_SYNC, num_warps)
+        else:
+            _each_thread(_SYNC_RELAXED, num_warps)
 
     @gluon.jit
     def scatter(tile, r, c, me, R: gl.constexpr, C: gl.constexpr):
@@ -157,11 +172,16 @@ if AVAILABLE:
     def gather_sum(r, c, R: gl.constexpr, C: gl.constexpr, CTAS: gl.constexpr):
         """The sum over this CTA's CTAS slots, in rank order, of element (r, c) of its slice
         (r < R; int32, broadcastable to one shape), float32."""
-        off = (c * R + r) * 4
-        total = gl.inline_asm_elementwise(_LD, "=f,r", [off], dtype=gl.float32, is_pure=False, pack=1)
+        return _sum_slots(_LD, (c * R + r) * 4, R, C, CTAS)
+
+    @gluon.jit
+    def _sum_slots(ld: gl.constexpr, off, R: gl.constexpr, C: gl.constexpr, CTAS: gl.constexpr):
+        """The sum, in rank order, of the float32 at byte ``off`` of each of CTAS slots of R * C
+        (``ld``: PTX loading the float32 at byte offset $1 of the slots into $0)."""
+        total = gl.inline_asm_elementwise(ld, "=f,r", [off], dtype=gl.float32, is_pure=False, pack=1)
         for j in gl.static_range(1, CTAS):
-            total += gl.inline_asm_elementwise(_LD, "=f,r", [off + j * (R * C * 4)], dtype=gl.float32,
-                                               is_pure=False, pack=1)
+            total += gl.inline_asm_elementwise(ld, "=f,r", [off + j * (R * C * 4)], dtype=gl.float32, is_pure=False,
+                                               pack=1)
         return total
 
     @constexpr_function
@@ -173,6 +193,8 @@ if AVAILABLE:
 
     @constexpr_function
     def _arm_asm(extra, nbytes):
+        """Thread 0 initializes the mbarrier and arms it for ``nbytes``; every thread arrives
+        at the cluster barrier."""
         return ("{ .reg .b32 base, dyn, tid; .reg .pred p; " + _base_asm(extra) +
                 " mov.u32 tid, %tid.x; setp.eq.u32 p, tid, 0; "
                 "@p mbarrier.init.shared::cta.b64 [base], 1; "
@@ -182,31 +204,24 @@ if AVAILABLE:
 
     @constexpr_function
     def _st_async_asm(extra):
+        """Send float32 $3 to byte $1 of CTA $2's region, counted on that CTA's mbarrier."""
         return ("{ .reg .b32 base, dyn, a, b, m; " + _base_asm(extra) +
                 " add.u32 a, base, $1; mapa.shared::cluster.u32 b, a, $2; mapa.shared::cluster.u32 m, base, $2; "
                 "st.async.shared::cluster.mbarrier::complete_tx::bytes.b32 [b], $3, [m]; mov.b32 $0, 0; }")
 
     @constexpr_function
     def _wait_asm(extra):
+        """Wait for the first phase of this CTA's mbarrier (every byte of its slots arrived)."""
         return ("{ .reg .b32 base, dyn; .reg .pred p; " + _base_asm(extra) +
                 " WAIT: mbarrier.try_wait.parity.acquire.cluster.shared::cta.b64 p, [base], 0; "
                 "@!p bra WAIT; mov.b32 $0, 0; }")
 
     @constexpr_function
     def _ld_asm(extra):
+        """Load the float32 at byte $1 of this CTA's region."""
         return "{ .reg .b32 base, dyn, a; " + _base_asm(extra) + " add.u32 a, base, $1; ld.shared.f32 $0, [a]; }"
 
-    @constexpr_function
-    def meeting_bytes(rows, cols):
-        """Shared memory of a meeting of float32 [rows, cols] tiles past the compiler's: its
-        mbarrier (16 bytes, for the slots' alignment) and the slots, the size of one tile."""
-        return 16 + rows * cols * 4
-
-    @gluon.jit
-    def _each_thread(asm: gl.constexpr, num_warps: gl.constexpr):
-        L: gl.constexpr = gl.BlockedLayout([1], [32], [num_warps], [0])
-        gl.inline_asm_elementwise(asm, "=r,r", [gl.arange(0, 32 * num_warps, layout=L)], dtype=gl.int32,
-                                  is_pure=False, pack=1)
+    _meeting_bytes = constexpr_function(meeting_bytes)
 
     @gluon.jit
     def arm(ROWS: gl.constexpr, COLS: gl.constexpr, num_warps: gl.constexpr):
@@ -214,7 +229,7 @@ if AVAILABLE:
         expects a whole tile of bytes (every CTA's slice for this CTA), and this CTA arrives at
         the cluster barrier that ``deliver`` waits for (its mbarrier is initialized by then).
         Call early: the barrier is then long complete when the sums are delivered."""
-        EXTRA: gl.constexpr = meeting_bytes(ROWS, COLS)
+        EXTRA: gl.constexpr = _meeting_bytes(ROWS, COLS)
         _each_thread(_arm_asm(EXTRA, ROWS * COLS * 4), num_warps)
 
     @gluon.jit
@@ -223,7 +238,7 @@ if AVAILABLE:
         broadcastable to it) as S slices of R rows: slice j into slot ``me`` of CTA j's slots
         (column-major [S slots, C, R]), each store counting its bytes on CTA j's mbarrier
         (``st.async``: nothing waits for a reply, and no fence)."""
-        EXTRA: gl.constexpr = meeting_bytes(CTAS * R, C)
+        EXTRA: gl.constexpr = _meeting_bytes(CTAS * R, C)
         _each_thread("barrier.cluster.wait; mov.b32 $0, 0;", num_warps)  # every mbarrier armed
         off = 16 + ((me * C + c) * R + r % R) * 4
         gl.inline_asm_elementwise(_st_async_asm(EXTRA), "=r,r,r,f", [off, r // R, tile], dtype=gl.int32,
@@ -233,14 +248,9 @@ if AVAILABLE:
     def collect_sum(r, c, R: gl.constexpr, C: gl.constexpr, CTAS: gl.constexpr, num_warps: gl.constexpr):
         """Wait until every CTA's slice has arrived in this CTA's slots, then their sum in rank
         order, element (r, c) of the slice (r < R; int32, broadcastable to one shape), float32."""
-        EXTRA: gl.constexpr = meeting_bytes(CTAS * R, C)
+        EXTRA: gl.constexpr = _meeting_bytes(CTAS * R, C)
         _each_thread(_wait_asm(EXTRA), num_warps)
-        off = 16 + (c * R + r) * 4
-        total = gl.inline_asm_elementwise(_ld_asm(EXTRA), "=f,r", [off], dtype=gl.float32, is_pure=False, pack=1)
-        for j in gl.static_range(1, CTAS):
-            total += gl.inline_asm_elementwise(_ld_asm(EXTRA), "=f,r", [off + j * (R * C * 4)], dtype=gl.float32,
-                                               is_pure=False, pack=1)
-        return total
+        return _sum_slots(_ld_asm(EXTRA), 16 + (c * R + r) * 4, R, C, CTAS)
 
     @constexpr_function
     def slice_layout(rows, cols, num_warps):

@@ -416,7 +416,7 @@ def wgmma(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: Wgm
     # this Triton cannot launch one (then the same config meets in global memory)
     if cfg.cluster and _cluster.launch(_wgmma.int4_wgmma_kernel, grid + (1,), cfg.split,
                                        *args(triton.cdiv(pw.chunks, cfg.split), 1, y, y),
-                                       extra_shared=16 + cfg.bnw * cfg.bm * 4 if cfg.meet_async else 0,
+                                       extra_shared=_cluster.meeting_bytes(cfg.bnw, cfg.bm) if cfg.meet_async else 0,
                                        SPLIT_K=False, CLUSTER=cfg.split, MEET_ASYNC=cfg.meet_async, **kwargs):
         return y
     per, split, ws, cnt = _split_k(x, y, m * pw.n, grid[0] * grid[1], pw.chunks, cfg.split, 1)
