@@ -26,9 +26,10 @@ the cluster (the ``num_ctas`` of the compiled kernel's launch metadata: the laun
 multiplies the grid's first axis by S and sets the cluster dimension), with the scheduling
 policy changed from spreading a cluster's CTAs one an SM to load balancing (``_load_balanced``:
 clusters of 8 measured a quarter faster). Gluon has no
-shared-memory address (3.6) and no cluster-memory ops, so the meeting is PTX on Triton's
-dynamic shared memory (``global_smem``, from offset 0), reused after the kernel's last use of
-its own buffers (every TMA copy waited for, every MMA retired, its barriers invalidated).
+shared-memory address (3.6) and no cluster-memory ops, so both meetings are PTX on Triton's
+dynamic shared memory (``global_smem``): the first from offset 0, reused after the kernel's
+last use of its own buffers (every TMA copy waited for, every MMA retired, its barriers
+invalidated); the second past the end, found from ``%dynamic_smem_size``.
 """
 from __future__ import annotations
 

@@ -110,11 +110,12 @@ class WgmmaConfig:
     half_sums: bool = False
     # the ``split`` K splits of a tile as one thread-block cluster, meeting in distributed shared
     # memory (``cluster``) instead of global atomics; split 2, 4, 8 or 16, dividing ``bnw``, and
-    # the float32 [bnw, bm] tile must fit where the x ring was
+    # (the first meeting, which reuses the x ring) the float32 [bnw, bm] tile must fit there
     cluster: bool = False
-    # the cluster meeting on st.async: slots of its own past the x ring, bytes counted on an
-    # mbarrier, one cluster barrier and no fence (``cluster``); compiled and SASS-checked
-    # offline in session 16, not yet run on a GPU (no device came): no table config uses it
+    # the cluster meeting on st.async: slots of its own past the compiler's shared memory,
+    # bytes counted on an mbarrier, one cluster barrier and no fence (``cluster``); compiled and
+    # SASS-checked offline in session 16, not yet run on a GPU (no device came): no table
+    # config uses it
     meet_async: bool = False
 
     def __post_init__(self):
