@@ -348,3 +348,25 @@ def test_wgmma_async_meeting_launches_with_its_slots_past_the_kernels_shared_mem
     cfg = tk.launch.WgmmaConfig(bm=16, codes=4, stages=3, split=4, cluster=True, meet_async=meet_async)
     tk.launch.wgmma(torch.randn(16, 2048).half(), pw, None, cfg)
     assert calls == [(extra, meet_async)]
+
+
+@pytest.mark.parametrize("maxnreg", [0, 16, 256])
+def test_wgmma_config_refuses_register_limits_ptxas_cannot_take(tk, maxnreg):
+    with pytest.raises(ValueError, match="maxnreg"):
+        tk.launch.WgmmaConfig(bm=16, maxnreg=maxnreg)
+
+
+@pytest.mark.parametrize("cluster", [True, False])
+@pytest.mark.parametrize("maxnreg", [None, 112])
+def test_wgmma_register_limit_reaches_the_compiler_in_both_meetings(tk, monkeypatch, cluster, maxnreg):
+    """``maxnreg`` is a compile option of the launch (cluster or global split-K); None leaves
+    the compiler's choice (no option at all: the same compiled kernel as before the field)."""
+    pw = repack(tk, make_layer(256, 2048, 4, 128, False), 64)
+    seen = []
+    monkeypatch.setattr(tk.launch._cluster, "launch", lambda kernel, grid, ctas, *a, **kw: seen.append(kw) or True)
+    global_kernel = _FakeKernel(None)
+    monkeypatch.setattr(tk.launch._wgmma, "int4_wgmma_kernel", global_kernel)
+    cfg = tk.launch.WgmmaConfig(bm=16, codes=4, stages=3, split=4, cluster=cluster, maxnreg=maxnreg)
+    tk.launch.wgmma(torch.randn(16, 2048).half(), pw, None, cfg)
+    [kwargs] = seen if cluster else [kw for _, _, kw in global_kernel.launches]
+    assert kwargs.get("maxnreg") == maxnreg and ("maxnreg" in kwargs) == (maxnreg is not None)

@@ -12,13 +12,14 @@ pytest.importorskip("triton.experimental.gluon._runtime")
 
 
 def _sass(bm: int, codes: int, split: bool, lut: bool = False, mmas: int = 2, accs: int = 1, x16: bool = False,
-          red: int = 4, cluster: int = 1, meet_async: bool = False) -> str:
+          red: int = 4, cluster: int = 1, meet_async: bool = False, stages: int = 3, maxnreg: int | None = None) -> str:
     return offline_sass.sass(__file__, bm=bm, codes=codes, split=split, lut=lut, mmas=mmas, accs=accs, x16=x16,
-                             red=red, cluster=cluster, meet_async=meet_async)
+                             red=red, cluster=cluster, meet_async=meet_async, stages=stages, maxnreg=maxnreg)
 
 
 def _compile(bm: int, codes: int, split: bool, lut: bool = False, mmas: int = 2, accs: int = 1,
-             x16: bool = False, red: int = 4, cluster: int = 1, meet_async: bool = False) -> str:
+             x16: bool = False, red: int = 4, cluster: int = 1, meet_async: bool = False, stages: int = 3,
+             maxnreg: int | None = None) -> str:
     import torch
     import triton
     from triton.backends.compiler import GPUTarget
@@ -32,7 +33,7 @@ def _compile(bm: int, codes: int, split: bool, lut: bool = False, mmas: int = 2,
     ptrs = dict(qw_ptr="*i32", s_ptr="*fp16", z_ptr="*fp16", lanes_ptr="*i32", bias_ptr="*fp16", y_ptr="*fp16",
                 ws_ptr="*fp16" if red == 8 else "*fp32", cnt_ptr="*i32")
     ints = dict.fromkeys(["M", "N", "KC", "G", "stride_ym", "chunks_per_split", "splits"], "i32")
-    cx = dict(BN=64, BNW=64, BM=bm, GS=64 if lut else 128, STAGES=3, CODES=codes, MMAS=mmas, ACCS=accs, X16=x16, SPLIT_K=split, PDL=True,
+    cx = dict(BN=64, BNW=64, BM=bm, GS=64 if lut else 128, STAGES=stages, CODES=codes, MMAS=mmas, ACCS=accs, X16=x16, SPLIT_K=split, PDL=True,
               HAS_ZERO=not lut, HAS_BIAS=False, HALF_MATH=True, LUT=lut, RED=red, CLUSTER=cluster,
               MEET_ASYNC=meet_async, num_warps=4)
     sig = {"x_desc": mangle_type(desc), **ptrs, **ints, **dict.fromkeys(cx, "constexpr")}
@@ -40,7 +41,8 @@ def _compile(bm: int, codes: int, split: bool, lut: bool = False, mmas: int = 2,
              for n in list(ptrs) + ["N", "KC", "G", "stride_ym"]}
     src = runtime.GluonASTSource(fn=kernel, signature=sig, attrs=attrs,
                                  constexprs={(kernel.arg_names.index(k),): v for k, v in cx.items()})
-    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=dict(num_warps=4)).asm["sass"]
+    options = dict(num_warps=4, **({} if maxnreg is None else dict(maxnreg=maxnreg)))
+    return triton.compile(src, target=GPUTarget("cuda", 90, 32), options=options).asm["sass"]
 
 
 @pytest.mark.parametrize("bm,codes,split,lut,mmas,accs,x16", [
@@ -115,3 +117,20 @@ def test_async_cluster_meeting_sends_with_st_async_and_needs_no_fence():
     after = ops[sends[-1] + 1:]
     assert after[0].startswith("SYNCS.PHASECHK") and after.count("LDS") == 8
     assert not [op for op in ops if op.startswith(("MEMBAR", "RED", "ATOM"))]
+
+
+def _registers(sass: str) -> int:
+    """Registers a thread the SASS uses (its highest general register + 1)."""
+    return 1 + max(int(r) for r in re.findall(r"\bR(\d+)\b", sass))
+
+
+@pytest.mark.parametrize("cluster,meet_async", [(1, False), (16, True)], ids=["global", "async"])
+def test_register_limit_fits_four_ctas_an_sm_without_spilling(cluster, meet_async):
+    """4096x1024 M = 16's config (a chunk a CTA, four accumulators, three MMAs in flight): the
+    compiler's choice takes more than 128 registers a thread (3 CTAs of 128 threads an SM);
+    ``maxnreg=112`` fits 4 (2 calls' CTAs under PDL) with nothing spilled to local memory."""
+    table = dict(bm=16, codes=8, split=cluster == 1, mmas=3, accs=4, x16=True, cluster=cluster, meet_async=meet_async)
+    assert _registers(_sass(**table)) > 128
+    limited = _sass(**table, maxnreg=112)
+    assert _registers(limited) <= 112
+    assert not re.findall(r"\b(LDL|STL)\b", limited)

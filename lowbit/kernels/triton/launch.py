@@ -117,8 +117,17 @@ class WgmmaConfig:
     # SASS-checked offline in session 16, not yet run on a GPU (no device came): no table
     # config uses it
     meet_async: bool = False
+    # registers a thread at most (ptxas ``.maxnreg``; None: the compiler's choice). Fewer
+    # registers fit more CTAs an SM, so that under PDL the next call's CTAs can all start and
+    # load their weights while this call runs: 4096x1024 M = 16's table config (256 CTAs) takes
+    # about 148 (3 CTAs of 4 warps an SM), 112 fits 4 with nothing spilled (compiled offline,
+    # tests/kernels/test_wgmma_sass.py); session 17, not yet timed on a GPU
+    maxnreg: int | None = None
 
     def __post_init__(self):
+        if self.maxnreg is not None and not 24 <= self.maxnreg <= 255:
+            raise ValueError(f"WgmmaConfig.maxnreg={self.maxnreg}: registers a thread must be 24 to 255 "
+                             f"(or None for the compiler's choice)")
         if self.mmas not in (1, 2, 3):
             raise ValueError(f"WgmmaConfig.mmas={self.mmas}: MMAs in flight must be 1, 2 or 3")
         if self.accs not in (1, 2, 4):
@@ -405,6 +414,7 @@ def wgmma(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: Wgm
         HALF_MATH=x.dtype == torch.float16 and pw.scales.dtype == torch.float16, LUT=pw.mode == "lut",
         num_warps=cfg.num_warps,
         **(pdl.launch_args(x.device) if cfg.pdl else dict(PDL=False)),
+        **({} if cfg.maxnreg is None else dict(maxnreg=cfg.maxnreg)),
     )
 
     def args(per, split, ws, cnt):
