@@ -106,6 +106,19 @@ def test_wgmma_cluster_takes_code_books(tk, meet_async):
     nf4_layers.check(tk.launch.wgmma(x, pw, layer.bias, cfg), nf4_layers.ref_out(x, layer))
 
 
+@hopper
+@pytest.mark.parametrize("cluster", [False, True], ids=["global", "async"])
+def test_wgmma_register_limit_keeps_the_results(tk, cluster):
+    """4096x1024 M = 16's config (a chunk a split, 16 splits) capped at 112 registers a thread."""
+    layer = make_layer(256, 4096, 4, 128, False, seed=17, device=tk.device)
+    x = torch.randn(16, 4096, device=tk.device).half()
+    pw = repack(tk, layer, 64)
+    cfg = tk.launch.WgmmaConfig(bm=16, codes=8, stages=3, split=16, mmas=3, accs=4, pdl=True, x16=True,
+                                cluster=cluster, meet_async=cluster, maxnreg=112)
+    for _ in range(2):
+        check(tk.launch.wgmma(x, pw, None, cfg), ref_out(x, layer), x)
+
+
 @pytest.mark.parametrize("fields,problem", [
     (dict(split=3), "2, 4, 8 or 16 K splits dividing bnw"),
     (dict(split=32), "2, 4, 8 or 16 K splits dividing bnw"),
