@@ -120,7 +120,7 @@ class WgmmaConfig:
     # registers a thread at most (ptxas ``.maxnreg``; None: the compiler's choice). Fewer
     # registers fit more CTAs an SM, so that under PDL the next call's CTAs can all start and
     # load their weights while this call runs: 4096x1024 M = 16's table config (256 CTAs) takes
-    # about 148 (3 CTAs of 4 warps an SM), 112 fits 4 with nothing spilled (compiled offline,
+    # 149 (ptxas -v; 3 CTAs of 4 warps an SM), 112 fits 4 with nothing spilled (compiled offline,
     # tests/kernels/test_wgmma_sass.py); session 17, not yet timed on a GPU
     maxnreg: int | None = None
 
