@@ -17,8 +17,7 @@ from dataclasses import asdict
 import torch
 
 from kernels import SHAPES, baseline_us, copies_for, graph_us, random_linear4bit, random_quant_linear
-from lowbit.kernels.triton import cluster, configs, launch
-from lowbit.kernels.triton import wgmma as wgmma_kernel
+from lowbit.kernels.triton import configs, launch
 from lowbit.kernels.triton.layout import repack_int_group, repack_nf4
 
 #: Kinds timed on an NF4 (blocks of 64, double-quantized) layer instead of int4 g128 asym.
@@ -37,21 +36,19 @@ def splits_around(programs: int, chunks: int) -> list[int]:
     return sorted({s for s in (max(1, f // 2), f, f * 2, f * 4) if s <= chunks})
 
 
-def split_meetings(kind: str, split: int, bnw: int, codes: int, stages: int) -> list[dict]:
-    """How ``wgmma``'s K splits may meet (WgmmaConfig fields): float32 global atomics; fp16 ones
-    (int4: half the atomics); or, for 2, 4 or 8 splits, a cluster meeting in shared memory
-    (session 15: faster at 2 and 8 splits on three M = 16 shapes; clusters of 16 never were);
-    or, for 2-16 splits, the cluster meeting on st.async (session 16: not yet timed)."""
-    if split == 1:
+def split_meetings(kind: str, fields: dict) -> list[dict]:
+    """How ``wgmma``'s K splits may meet (WgmmaConfig fields) for a config of ``fields``:
+    float32 global atomics; fp16 ones (int4: half the atomics); a cluster meeting in shared
+    memory (session 15: faster at 2 and 8 splits on three M = 16 shapes; clusters of 16 never
+    were, so not swept); or the cluster meeting on st.async (session 16: not yet timed). Those
+    the config refuses (WgmmaConfig.valid) are left out."""
+    if fields["split"] == 1:
         return [{}]
-    out = [dict(half_sums=False)]
-    if kind == "wgmma":
-        out.append(dict(half_sums=True))
-    if split in (2, 4, 8) and wgmma_kernel.cluster_fits(bnw, codes, stages):
+    out = [dict(half_sums=False)] + ([dict(half_sums=True)] if kind == "wgmma" else [])
+    if fields["split"] != 16:
         out.append(dict(cluster=True))
-    if split in cluster.SIZES and bnw % split == 0:
-        out.append(dict(cluster=True, meet_async=True))
-    return out
+    out.append(dict(cluster=True, meet_async=True))
+    return [meet for meet in out if launch.WgmmaConfig.valid(**fields, **meet)]
 
 
 def wgmma_jobs(m: int, n: int, kc: int, quick: bool) -> list[tuple]:
@@ -81,9 +78,10 @@ def wgmma_jobs(m: int, n: int, kc: int, quick: bool) -> list[tuple]:
                 continue
             # x16 (int4, several accumulators): faster on some shapes, slower on others (s13 run 1)
             for x16 in (False, True) if accs > 1 and kind == "wgmma" else (False,):
-                for meet in split_meetings(kind, sp, bnw, codes, st):
-                    out.append((kind, launch.WgmmaConfig(bm=bm, bnw=bnw, codes=codes, stages=st, num_warps=w,
-                                                         split=sp, mmas=mmas, accs=accs, pdl=pdl, x16=x16, **meet)))
+                fields = dict(bm=bm, bnw=bnw, codes=codes, stages=st, num_warps=w, split=sp, mmas=mmas,
+                              accs=accs, pdl=pdl, x16=x16)
+                for meet in split_meetings(kind, fields):
+                    out.append((kind, launch.WgmmaConfig(**fields, **meet)))
     return out
 
 

@@ -6,7 +6,10 @@ tests/kernels/test_wgmma_sass.py compiles the kernel offline.
 """
 from __future__ import annotations
 
+import importlib
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -140,6 +143,37 @@ def test_wgmma_async_meeting_takes_tiles_larger_than_the_x_ring(tk):
     """Its slots are its own: a float32 tile larger than the x ring is no obstacle."""
     cfg = tk.launch.WgmmaConfig(bm=16, split=2, codes=1, stages=3, cluster=True, meet_async=True)
     assert cfg.meet_async and not tk.launch._wgmma.cluster_fits(cfg.bnw, cfg.codes, cfg.stages)
+
+
+@pytest.mark.parametrize("fields", [dict(cluster=True, split=4), dict(cluster=True, split=3),
+                                    dict(cluster=True, meet_async=True, split=4, bnw=64, num_warps=8),
+                                    dict(cluster=True, meet_async=True, split=16, bnw=64, num_warps=4), dict(accs=3)])
+def test_wgmma_config_valid_says_what_the_constructor_accepts(tk, fields):
+    try:
+        tk.launch.WgmmaConfig(bm=16, **fields)
+        accepted = True
+    except ValueError:
+        accepted = False
+    assert tk.launch.WgmmaConfig.valid(bm=16, **fields) is accepted
+
+
+def test_tuner_sweeps_only_the_meetings_a_config_accepts(tk, monkeypatch):
+    """benchmarks/tune_kernels.py filters by WgmmaConfig.valid: a tile of 8 warps over 64
+    columns (one sum a thread needs 16 * 8) is swept without the st.async meeting instead of
+    failing the sweep; 4 warps over it takes every meeting, 16-CTA clusters on st.async only."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    for name in ("kernels", "tune_kernels"):  # "kernels" may be an installed package's (Hugging Face's)
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    tune = importlib.import_module("tune_kernels")
+    tile = dict(bm=16, bnw=64, codes=8, stages=3)
+    async_meeting = dict(cluster=True, meet_async=True)
+    assert tune.split_meetings("wgmma", dict(tile, num_warps=8, split=4)) == [
+        dict(half_sums=False), dict(half_sums=True), dict(cluster=True)]
+    assert tune.split_meetings("wgmma_lut", dict(tile, num_warps=4, split=4)) == [
+        dict(half_sums=False), dict(cluster=True), async_meeting]
+    assert tune.split_meetings("wgmma", dict(tile, num_warps=4, split=16))[-1] == async_meeting
+    assert dict(cluster=True) not in tune.split_meetings("wgmma", dict(tile, num_warps=4, split=16))
+    assert tune.split_meetings("wgmma", dict(tile, num_warps=4, split=1)) == [{}]
 
 
 @pytest.mark.parametrize("dtype,n,red", [(torch.float16, 136, 8), (torch.bfloat16, 136, 4), (torch.float16, 132, 4),

@@ -124,6 +124,16 @@ class WgmmaConfig:
     # tests/kernels/test_wgmma_sass.py); session 17, not yet timed on a GPU
     maxnreg: int | None = None
 
+    @classmethod
+    def valid(cls, **fields) -> bool:
+        """Whether ``fields`` make a config: the rules live in ``__post_init__`` only, and a
+        sweep (benchmarks/tune_kernels.py) filters its candidates by them."""
+        try:
+            cls(**fields)
+        except ValueError:
+            return False
+        return True
+
     def __post_init__(self):
         if self.maxnreg is not None and not 24 <= self.maxnreg <= 255:
             raise ValueError(f"WgmmaConfig.maxnreg={self.maxnreg}: registers a thread must be 24 to 255 "
