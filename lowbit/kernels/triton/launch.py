@@ -121,7 +121,8 @@ class WgmmaConfig:
     # registers fit more CTAs an SM, so that under PDL the next call's CTAs can all start and
     # load their weights while this call runs: 4096x1024 M = 16's table config (256 CTAs) takes
     # 149 (ptxas -v; 3 CTAs of 4 warps an SM), 112 fits 4 with nothing spilled (compiled offline,
-    # tests/kernels/test_wgmma_sass.py); session 17, not yet timed on a GPU
+    # tests/kernels/test_wgmma_sass.py); session 17, not yet timed on a GPU. Not monotonic:
+    # 128 (also 4 CTAs) and 124 spill (37 and 83 LDL/STL), 120 takes 112 and spills nothing (s18)
     maxnreg: int | None = None
 
     @classmethod
