@@ -21,14 +21,22 @@ from tune_kernels import make_layer, pack
 from lowbit.kernels.triton import configs, launch
 
 
+def variant(text: str) -> tuple[str, dict[str, str]]:
+    """``--set`` text -> (its name, {field: value text})."""
+    pairs = [f.split("=", 1) for f in text.split(",")]
+    if not all(len(p) == 2 and p[0] for p in pairs):
+        raise argparse.ArgumentTypeError(f"{text!r}: a variant is FIELD=VALUE[,FIELD=VALUE...], e.g. maxnreg=112")
+    return text, dict(pairs)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--m", type=int, nargs="+", default=[16])
-    ap.add_argument("--set", action="append", default=[], metavar="FIELD=VALUE", help="a variant")
+    ap.add_argument("--set", action="append", default=[], type=variant, metavar="FIELD=VALUE[,FIELD=VALUE...]",
+                    help="a variant (repeat for more)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("wgmma_ab.py needs a CUDA GPU (Hopper)")
-    variants = [(s, dict(f.split("=", 1) for f in s.split(","))) for s in args.set]
     gen = torch.Generator().manual_seed(0)
     print(f"device: {torch.cuda.get_device_name()}; int4 g128 asym, fp16; us per call (best of two, then both)")
     for k, n in SHAPES:
@@ -38,7 +46,7 @@ def main(argv=None) -> int:
             x = torch.randn(m, k, device="cuda", dtype=torch.float16)
             table = configs.wgmma_config(m, n, k, x.device)
             cfgs = {"table": table}
-            for name, fields in variants:
+            for name, fields in args.set:
                 try:
                     cfgs[name] = replace(table, **{f: ast.literal_eval(v) for f, v in fields.items()})
                 except (ValueError, TypeError) as e:

@@ -6,8 +6,10 @@ tests/kernels/test_wgmma_sass.py compiles the kernel offline.
 """
 from __future__ import annotations
 
+import collections
 import importlib
 import sys
+import types
 from dataclasses import replace
 from pathlib import Path
 
@@ -171,8 +173,8 @@ def test_tuner_sweeps_only_the_meetings_a_config_accepts(tk, monkeypatch):
         dict(half_sums=False), dict(half_sums=True), dict(cluster=True)]
     assert tune.split_meetings("wgmma_lut", dict(tile, num_warps=4, split=4)) == [
         dict(half_sums=False), dict(cluster=True), async_meeting]
-    assert tune.split_meetings("wgmma", dict(tile, num_warps=4, split=16))[-1] == async_meeting
-    assert dict(cluster=True) not in tune.split_meetings("wgmma", dict(tile, num_warps=4, split=16))
+    assert tune.split_meetings("wgmma", dict(tile, num_warps=4, split=16)) == [
+        dict(half_sums=False), dict(half_sums=True), async_meeting]
     assert tune.split_meetings("wgmma", dict(tile, num_warps=4, split=1)) == [{}]
 
 
@@ -282,10 +284,6 @@ def test_cluster_launcher_asks_load_balancing_and_leaves_triton_as_it_was(tk, mo
     """The cluster launch swaps the scheduling policy in the C source of its own kernel's
     launcher only, and loads the kernel again for the launch's shared memory; Triton's launcher
     factory is restored afterwards."""
-    import types
-
-    import sys
-
     from triton.backends.nvidia import driver as nvidia
 
     from lowbit.kernels.triton import cluster
@@ -323,8 +321,6 @@ class _FakeKernel:
 
 
 def test_cluster_launch_sets_the_cluster_size_in_the_launch_metadata_once(tk, monkeypatch):
-    import types
-
     balanced = []
     monkeypatch.setattr(tk.launch._cluster, "_load_balanced", balanced.append)
     compiled = types.SimpleNamespace(packed_metadata=(4, 1, 24576), metadata=types.SimpleNamespace(), name="k")
@@ -339,9 +335,6 @@ def test_cluster_launch_sets_the_cluster_size_in_the_launch_metadata_once(tk, mo
 def test_cluster_launch_adds_the_meeting_past_the_compilers_shared_memory(tk, monkeypatch):
     """``extra_shared`` bytes start 16-byte aligned past the compiled kernel's shared memory,
     in the launch metadata and in the metadata the kernel is loaded with (the opt-in > 48 KB)."""
-    import collections
-    import types
-
     monkeypatch.setattr(tk.launch._cluster, "_load_balanced", lambda compiled: None)
     Meta = collections.namedtuple("Meta", "name shared")
     compiled = types.SimpleNamespace(packed_metadata=(4, 1, 49000), metadata=Meta("k", 49000), name="k")
@@ -351,8 +344,6 @@ def test_cluster_launch_adds_the_meeting_past_the_compilers_shared_memory(tk, mo
 
 
 def test_cluster_launch_declines_where_triton_has_no_launch_metadata_to_set(tk, monkeypatch):
-    import types
-
     kernel = _FakeKernel(types.SimpleNamespace(metadata=types.SimpleNamespace(), name="k"))
     assert not tk.launch._cluster.launch(kernel, (1, 64, 1), 8)
     assert kernel.launches == []
