@@ -20,7 +20,8 @@ from torch import nn
 from ..config import QuantConfig
 from ..errors import LowbitError
 from ..formats import pack, unpack
-from ..models.checkpoint import REPORT_FILE, _unique_state_dict, read_tensors, save_state_dict, set_module
+from ..models.checkpoint import (REPORT_FILE, _unique_state_dict, assign_tensors, empty_model, read_tensors,
+                                 save_state_dict, set_module)
 from ..nn import QuantLinear
 
 log = logging.getLogger(__name__)
@@ -241,16 +242,9 @@ def read_model(folder: Path, dtype: torch.dtype | None, marker: str, build: Laye
     build(name, linear, tensors) turns one layer's tensors (by suffix, popped from the file's
     tensors) into IntWeights; float tensors are cast to ``dtype``.
     """
-    from accelerate import init_empty_weights
-    from transformers import AutoConfig, AutoModelForCausalLM
-
-    hf_config = AutoConfig.from_pretrained(str(folder))
-    if hasattr(hf_config, "quantization_config"):
-        del hf_config.quantization_config  # read here, not by transformers
-    tensors = read_tensors(Path(folder))
     dtype = dtype or torch.float32
-    with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
+    model = empty_model(Path(folder), dtype)
+    tensors = read_tensors(Path(folder))
     for name, module in list(model.named_modules()):
         if isinstance(module, nn.Linear) and f"{name}.{marker}" in tensors:
             prefix = f"{name}."
@@ -265,16 +259,7 @@ def read_model(folder: Path, dtype: torch.dtype | None, marker: str, build: Laye
         raise LowbitError(f"checkpoint {folder} holds quantized tensor '{stray[0]}' for a layer that is not a "
                           "Linear of this architecture: the checkpoint does not match its config.json")
     tensors = {k: (t.to(dtype) if t.is_floating_point() else t) for k, t in tensors.items()}
-    try:
-        result = model.load_state_dict(tensors, strict=False, assign=True)
-    except RuntimeError as e:
-        raise LowbitError(f"checkpoint {folder} does not match its config: {str(e).strip().splitlines()[-1]}") from None
-    if result.unexpected_keys:
-        raise LowbitError(f"checkpoint {folder} holds tensor '{result.unexpected_keys[0]}' that its model does not have")
-    model.tie_weights()
-    still_meta = [n for n, t in model.state_dict().items() if t.device.type == "meta"]
-    if still_meta:
-        raise LowbitError(f"checkpoint {folder} is missing tensor '{still_meta[0]}'")
+    assign_tensors(model, tensors, Path(folder))
     model.quant_config = quant_config
     return model.eval()
 

@@ -133,17 +133,34 @@ def read_tensors(folder: Path) -> dict[str, torch.Tensor]:
 
 def load_checkpoint(folder: Path, config_dict: dict, dtype: torch.dtype | None = None) -> nn.Module:
     """The model stored in a lowbit checkpoint folder, on CPU."""
+    cfg = QuantConfig.from_dict(config_dict.get("quantization_config"))
+    model = empty_model(folder, dtype or torch.float32)
+    tensors = read_tensors(folder)
+    swap_quantized_modules(model, tensors, cfg)
+    assign_tensors(model, tensors, folder)
+    cast_float_parameters(model, dtype or torch.float32)  # a checkpoint may store them in 16-bit
+    model.quant_config = cfg
+    return model.eval()
+
+
+def empty_model(folder: Path, dtype: torch.dtype) -> nn.Module:
+    """The causal LM of the folder's config.json with its weights on the meta device (none
+    allocated), built without the config's quantization_config: the checkpoint's quantized
+    layers are ours to read, not transformers'."""
     from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    cfg = QuantConfig.from_dict(config_dict.get("quantization_config"))
     hf_config = AutoConfig.from_pretrained(str(folder))
     if hasattr(hf_config, "quantization_config"):
-        del hf_config.quantization_config  # ours, not one transformers should act on
-    tensors = read_tensors(folder)
+        del hf_config.quantization_config
     with init_empty_weights():
-        model = AutoModelForCausalLM.from_config(hf_config, dtype=dtype or torch.float32)
-    swap_quantized_modules(model, tensors, cfg)
+        return AutoModelForCausalLM.from_config(hf_config, dtype=dtype)
+
+
+def assign_tensors(model: nn.Module, tensors: dict[str, torch.Tensor], folder: Path) -> None:
+    """Put a checkpoint's tensors in place of the model's meta weights (tied weights tied
+    again); a tensor of the wrong shape, one the model lacks, or a weight no tensor fills
+    raises LowbitError naming it."""
     try:
         result = model.load_state_dict(tensors, strict=False, assign=True)
     except RuntimeError as e:
@@ -151,12 +168,9 @@ def load_checkpoint(folder: Path, config_dict: dict, dtype: torch.dtype | None =
     if result.unexpected_keys:
         raise LowbitError(f"checkpoint {folder} holds tensor '{result.unexpected_keys[0]}' that its model does not have")
     model.tie_weights()
-    cast_float_parameters(model, dtype or torch.float32)  # a checkpoint may store them in 16-bit
     still_meta = [n for n, t in model.state_dict().items() if t.device.type == "meta"]
     if still_meta:
         raise LowbitError(f"checkpoint {folder} is missing tensor '{still_meta[0]}'")
-    model.quant_config = cfg
-    return model.eval()
 
 
 def swap_quantized_modules(model: nn.Module, tensors: dict, cfg: QuantConfig) -> None:
@@ -209,5 +223,5 @@ def is_lowbit_checkpoint(config_dict: dict) -> bool:
 
 __all__ = [
     "QUANTIZED_MODULES", "REPORT_FILE", "disk_bytes", "is_lowbit_checkpoint", "load_checkpoint",
-    "read_config", "read_tensors", "save_checkpoint", "save_tensors", "set_module", "swap_quantized_modules",
+    "assign_tensors", "empty_model", "read_config", "read_tensors", "save_checkpoint", "save_tensors", "set_module", "swap_quantized_modules",
 ]
