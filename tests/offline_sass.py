@@ -20,3 +20,13 @@ def sass(test_file: str, **kwargs) -> str:
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr[-2000:]
     return out.stdout
+
+
+def after_ticket(sass_text: str) -> list[str]:
+    """The global-memory operations, fences and L1 invalidations of a split-K meeting after its
+    ticket (the first ``ATOMG.E.ADD``: the sums go out as REDG, which return nothing), in
+    program order, e.g. ``["CCTL.IVALL", "LDG.E.STRONG.GPU", ..., "STG.E.64", "ATOMG.E.EXCH"]``."""
+    import re
+
+    ops = re.findall(r"\b(MEMBAR\.\S+|ATOMG\.E\.[A-Z]+|STG\.E\S*|LDG\.E\S*|CCTL\.\S+)[. ;]", sass_text)
+    return ops[ops.index("ATOMG.E.ADD") + 1:]

@@ -66,3 +66,13 @@ def test_code_book_gemv_keeps_lane_values_out_of_shared_memory(bn, warps, chunks
     if predecode:  # the first step's shuffles come before the PDL wait (ACQBULK), so before the loop
         wait = next(i for i, ln in enumerate(lines) if "ACQBULK" in ln)
         assert len([ln for ln in lines[:wait] if "SHFL.IDX" in ln]) == len(shuffles)
+
+
+def test_last_split_writes_the_output_before_resetting_the_ticket_and_fences_nothing():
+    """``epilogue.store_output``, the split-K meeting of the plain-Triton kernels: as the
+    wgmma kernel's (``test_wgmma_sass``), no fence after the ticket, and the relaxed reset of
+    the ticket is the last memory operation."""
+    tail = offline_sass.after_ticket(_sass(64, 4, 1, 64))
+    assert not [op for op in tail if op.startswith("MEMBAR")]
+    assert tail[-1] == "ATOMG.E.EXCH"
+    assert [op for op in tail if op.startswith("STG")]

@@ -53,3 +53,14 @@ def test_mma16_loop_has_no_shared_memory_traffic(c, v, bnp, wc, wr, wh, depth):
     # emitted once.
     words = 4 * (c // wc) * (2 // wr) * (bnp // (8 * v) // wh) * v
     assert ops.count("HMMA.16816.F32") == 2 * words
+
+
+def test_last_split_writes_the_output_before_resetting_the_ticket_and_fences_nothing():
+    """As the wgmma kernel's meeting (``test_wgmma_sass``): no fence after the ticket, and the
+    relaxed reset of the ticket is the last memory operation."""
+    tail = offline_sass.after_ticket(_sass(BN=64, BNP=64, C=1, V=4, PK=32, GS=128, SPLIT_K=True, EVEN_K=True,
+                                           HAS_ZERO=True, HAS_BIAS=False, PDL=True, WC=1, WR=1, WH=2, DEPTH=2,
+                                           X_BF16=False))
+    assert not [op for op in tail if op.startswith("MEMBAR")]
+    assert tail[-1] == "ATOMG.E.EXCH"
+    assert [op for op in tail if op.startswith("STG")]

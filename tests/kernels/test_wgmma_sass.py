@@ -84,6 +84,18 @@ def test_half_sums_add_eight_fp16_sums_an_atomic_and_read_them_back_in_one_load(
     assert re.findall(r"LDG\.E\.128\.STRONG\.GPU", f16)  # the last split's read back
 
 
+def test_last_split_writes_the_output_before_resetting_the_ticket_and_fences_nothing():
+    """The global meeting's last program: after its ticket (whose acquire orders the reads),
+    it reads the sums, writes y, and leaves zeros and a zero ticket with relaxed stores: no
+    fence (MEMBAR) and no wait for the reset, which cost two L2 round trips before y."""
+    tail = offline_sass.after_ticket(_sass(16, 8, True, mmas=3, accs=4, x16=True))
+    assert not [op for op in tail if op.startswith("MEMBAR")]
+    assert tail[-1] == "ATOMG.E.EXCH"  # the reset is the last memory operation: nothing waits on it
+    reads = [i for i, op in enumerate(tail) if op.startswith("LDG.E") and "STRONG.GPU" in op]
+    stores = [i for i, op in enumerate(tail) if op.startswith("STG")]
+    assert reads and stores and max(reads) < min(stores)
+
+
 def test_cluster_splits_meet_in_shared_memory_without_global_atomics():
     """Split-K in a cluster: two cluster barriers, only the second with a fence (MEMBAR); between
     them the partial tile is stored to the cluster's shared memory (generic ``ST.E`` through

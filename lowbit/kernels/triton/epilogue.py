@@ -120,6 +120,12 @@ def store_output(acc, rm, rn, M, N, y_ptr, stride_ym, bias_ptr, ws_ptr, cnt_ptr,
             # acq_rel atomic per element would fence each read (2-3x slower split-K, H100 run 17).
             total = tl.atomic_add(ws, tl.zeros_like(acc), mask=mask, sem="relaxed")
             total = tl.where(mask, total, 0.0)  # masked-off lanes return nothing defined
-            tl.store(ws, tl.zeros_like(acc), mask=mask)
-            tl.atomic_xchg(cnt_ptr + tile_id, 0)
             _write(total, rm, rn, M, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS, SILU)
+            # Zeros and a zero ticket for the next call. Relaxed: nothing of this grid reads
+            # them again (every split has taken its ticket), and the next grid starts using
+            # them only after this one has ended (stream order; under PDL, its wait returns
+            # when this grid has finished and its memory is visible). A release here (the
+            # default acq_rel) fenced on the zeros' stores and waited for the exchange: two
+            # L2 round trips of the last program, before its output was written.
+            tl.store(ws, tl.zeros_like(acc), mask=mask)
+            tl.atomic_xchg(cnt_ptr + tile_id, 0, sem="relaxed")

@@ -210,13 +210,15 @@ def _greedy_advance_kernel(logits_ptr, token_ptr, out_ptr, pos_ptr, start_ptr, s
     if ticket == B * tl.num_programs(1) - 1:  # the last program: every row's maximum is in
         p = tl.load(pos_ptr)
         col = p - tl.load(start_ptr)
+        # The ticket's acquire orders these after every program's maximum, and the next step's
+        # grid touches the scratch only once this one has ended: relaxed (no fence a row).
         for r in range(B):
-            best = tl.atomic_xchg(scratch_ptr + r, 0)  # read, and leave zero for the next step
+            best = tl.atomic_xchg(scratch_ptr + r, 0, sem="relaxed")  # read, and leave zero for the next step
             idx = 2147483647 - best % 2147483648
             tl.store(out_ptr + r * stride_o + col, idx)
             tl.store(token_ptr + r, idx)
         tl.store(pos_ptr, p + 1)
-        tl.atomic_xchg(scratch_ptr + B, 0)
+        tl.atomic_xchg(scratch_ptr + B, 0, sem="relaxed")
 
 
 def greedy_advance(logits: torch.Tensor, token: torch.Tensor, out: torch.Tensor, pos: torch.Tensor,

@@ -199,15 +199,16 @@ if AVAILABLE:
                 t01 = gl.where(m01, gl.atomic_add(w01, zero, mask=m01, sem="relaxed"), 0.0)
                 t10 = gl.where(m10, gl.atomic_add(w10, zero, mask=m10, sem="relaxed"), 0.0)
                 t11 = gl.where(m11, gl.atomic_add(w11, zero, mask=m11, sem="relaxed"), 0.0)
-                gl.store(w00, zero, mask=m00)
-                gl.store(w01, zero, mask=m01)
-                gl.store(w10, zero, mask=m10)
-                gl.store(w11, zero, mask=m11)
-                gl.atomic_xchg(cnt_ptr + tile, 0)
                 _write(t00, r_top, col_e0, M, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS)
                 _write(t01, r_top, col_e1, M, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS)
                 _write(t10, r_bot, col_e0, M, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS)
                 _write(t11, r_bot, col_e1, M, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS)
+                # Zeros and a zero ticket for the next call, relaxed (why: ``epilogue.store_output``).
+                gl.store(w00, zero, mask=m00)
+                gl.store(w01, zero, mask=m01)
+                gl.store(w10, zero, mask=m10)
+                gl.store(w11, zero, mask=m11)
+                gl.atomic_xchg(cnt_ptr + tile, 0, sem="relaxed")
 
     @gluon.jit
     def _ksum(acc):

@@ -420,8 +420,9 @@ if AVAILABLE:
                 else:
                     total = gl.inline_asm_elementwise(_LOAD_RELAXED, "=f,l,r", [ws.to(gl.int64), mask.to(gl.int32)],
                                                       dtype=gl.float32, is_pure=False, pack=1)
-                gl.store(ws, gl.zeros_like(acc).to(ws_ptr.dtype.element_ty), mask=mask)
-                gl.atomic_xchg(cnt_ptr + tile, 0)
                 _write(total, rows, cols, mask, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS)
+                # Zeros and a zero ticket for the next call, relaxed (why: ``epilogue.store_output``).
+                gl.store(ws, gl.zeros_like(acc).to(ws_ptr.dtype.element_ty), mask=mask)
+                gl.atomic_xchg(cnt_ptr + tile, 0, sem="relaxed")
         else:
             _write(acc, rows, cols, mask, N, y_ptr, stride_ym, bias_ptr, HAS_BIAS)
