@@ -24,7 +24,7 @@ from .calibration.blockwise import BLOCK_STEPS, CALIBRATED, BlockContext, is_ski
 from .config import BNB_BITS, INT_GROUP_METHODS, CalibrationConfig, QuantConfig
 from .errors import LowbitError
 from .models import load_float, resolve_source
-from .models.checkpoint import REPORT_FILE, cast_float_parameters, disk_bytes, read_config, save_checkpoint
+from .models.checkpoint import REPORT_FILE, cast_float_parameters, disk_bytes, read_config
 from .models.registry import arch_for, get_arch, model_type
 from .outdir import atomic_output_dir, check_output_dir
 
