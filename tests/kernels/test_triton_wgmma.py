@@ -124,6 +124,59 @@ def test_wgmma_register_limit_keeps_the_results(tk, cluster):
         check(tk.launch.wgmma(x, pw, None, cfg), ref_out(x, layer), x)
 
 
+@hopper
+@pytest.mark.parametrize("m,n,k,split,accs,x16,dtype,bias", [
+    (16, 256, 4096, 16, 4, True, torch.float16, False),  # 4096x1024 M = 16's shape of config, a chunk a split
+    (13, 200, 2048, 8, 2, False, torch.float16, True),  # ragged M and N, bias
+    (16, 128, 1024, 4, 1, False, torch.bfloat16, False),  # bf16, one accumulator
+])
+@pytest.mark.parametrize("meeting", ["global", "ring", "async"])
+def test_wgmma_predecode_matches_reference(tk, m, n, k, split, accs, x16, dtype, bias, meeting):
+    """A program's one chunk decoded before the PDL wait, its 8 MMAs in flight at once."""
+    layer = make_layer(n, k, 4, 128, False, bias=bias, seed=m + k + split, device=tk.device)
+    x = torch.randn(m, k, device=tk.device).to(dtype)
+    pw = repack(tk, layer, 64)
+    cfg = tk.launch.WgmmaConfig(bm=16, codes=8, stages=3, split=split, mmas=3, accs=accs, x16=x16, pdl=True,
+                                cluster=meeting != "global", meet_async=meeting == "async", predecode=True)
+    for _ in range(2):  # nothing left behind between calls
+        check(tk.launch.wgmma(x, pw, layer.bias, cfg), ref_out(x, layer), x)
+
+
+@hopper
+def test_wgmma_predecode_leaves_empty_cluster_splits_at_zero(tk):
+    """12 chunks over a cluster of 16: a chunk each for 12 CTAs, none for 4 (no x comes to them)."""
+    layer = make_layer(128, 3072, 4, 128, False, seed=5, device=tk.device)
+    x = torch.randn(16, 3072, device=tk.device).half()
+    pw = repack(tk, layer, 64)
+    cfg = tk.launch.WgmmaConfig(bm=16, codes=8, stages=2, split=16, accs=2, pdl=True, cluster=True, meet_async=True,
+                                predecode=True)
+    check(tk.launch.wgmma(x, pw, None, cfg), ref_out(x, layer), x)
+
+
+def test_wgmma_config_refuses_predecode_without_a_chunk_a_stage(tk):
+    with pytest.raises(ValueError, match="predecode=True, codes=4"):
+        tk.launch.WgmmaConfig(bm=16, codes=4, predecode=True)
+
+
+@pytest.mark.parametrize("cluster", [True, False])
+@pytest.mark.parametrize("split,one_chunk", [(16, True), (8, False)])
+def test_wgmma_predecodes_only_where_a_program_has_one_chunk(tk, monkeypatch, cluster, split, one_chunk):
+    """K = 4096 is 16 chunks: at 16 splits a program has one and decodes it ahead, at 8 it
+    has two and runs the loop (the config's predecode notwithstanding)."""
+    pw = repack(tk, make_layer(256, 4096, 4, 128, False), 64)
+    seen = []
+    monkeypatch.setattr(tk.launch._cluster, "launch", lambda kernel, grid, ctas, *a, **kw: seen.append(kw) or True)
+    global_kernel = _FakeKernel(None)
+    monkeypatch.setattr(tk.launch._wgmma, "int4_wgmma_kernel", global_kernel)
+    cfg = tk.launch.WgmmaConfig(bm=16, codes=8, stages=3, split=split, cluster=cluster, predecode=True)
+    tk.launch.wgmma(torch.randn(16, 4096).half(), pw, None, cfg)
+    [kwargs] = seen if cluster else [kw for _, _, kw in global_kernel.launches]
+    assert kwargs["ONE_CHUNK"] is one_chunk
+    tk.launch.wgmma(torch.randn(16, 4096).half(), pw, None, replace(cfg, predecode=False))
+    [kwargs] = seen[1:] if cluster else [kw for _, _, kw in global_kernel.launches[1:]]
+    assert kwargs["ONE_CHUNK"] is False
+
+
 @pytest.mark.parametrize("fields,problem", [
     (dict(split=3), "2, 4, 8 or 16 K splits dividing bnw"),
     (dict(split=32), "2, 4, 8 or 16 K splits dividing bnw"),

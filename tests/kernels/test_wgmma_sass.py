@@ -12,14 +12,16 @@ pytest.importorskip("triton.experimental.gluon._runtime")
 
 
 def _sass(bm: int, codes: int, split: bool, lut: bool = False, mmas: int = 2, accs: int = 1, x16: bool = False,
-          red: int = 4, cluster: int = 1, meet_async: bool = False, stages: int = 3, maxnreg: int | None = None) -> str:
+          red: int = 4, cluster: int = 1, meet_async: bool = False, stages: int = 3, maxnreg: int | None = None,
+          one_chunk: bool = False) -> str:
     return offline_sass.sass(__file__, bm=bm, codes=codes, split=split, lut=lut, mmas=mmas, accs=accs, x16=x16,
-                             red=red, cluster=cluster, meet_async=meet_async, stages=stages, maxnreg=maxnreg)
+                             red=red, cluster=cluster, meet_async=meet_async, stages=stages, maxnreg=maxnreg,
+                             one_chunk=one_chunk)
 
 
 def _compile(bm: int, codes: int, split: bool, lut: bool = False, mmas: int = 2, accs: int = 1,
              x16: bool = False, red: int = 4, cluster: int = 1, meet_async: bool = False, stages: int = 3,
-             maxnreg: int | None = None) -> str:
+             maxnreg: int | None = None, one_chunk: bool = False) -> str:
     import torch
     import triton
     from triton.backends.compiler import GPUTarget
@@ -35,7 +37,7 @@ def _compile(bm: int, codes: int, split: bool, lut: bool = False, mmas: int = 2,
     ints = dict.fromkeys(["M", "N", "KC", "G", "stride_ym", "chunks_per_split", "splits"], "i32")
     cx = dict(BN=64, BNW=64, BM=bm, GS=64 if lut else 128, STAGES=stages, CODES=codes, MMAS=mmas, ACCS=accs, X16=x16, SPLIT_K=split, PDL=True,
               HAS_ZERO=not lut, HAS_BIAS=False, HALF_MATH=True, LUT=lut, RED=red, CLUSTER=cluster,
-              MEET_ASYNC=meet_async, num_warps=4)
+              MEET_ASYNC=meet_async, ONE_CHUNK=one_chunk, num_warps=4)
     sig = {"x_desc": mangle_type(desc), **ptrs, **ints, **dict.fromkeys(cx, "constexpr")}
     attrs = {(kernel.arg_names.index(n),): [["tt.divisibility", 16]]
              for n in list(ptrs) + ["N", "KC", "G", "stride_ym"]}
@@ -129,6 +131,22 @@ def test_async_cluster_meeting_sends_with_st_async_and_needs_no_fence():
     after = ops[sends[-1] + 1:]
     assert after[0].startswith("SYNCS.PHASECHK") and after.count("LDS") == 8
     assert not [op for op in ops if op.startswith(("MEMBAR", "RED", "ATOM"))]
+
+
+@pytest.mark.parametrize("cluster,meet_async", [(1, False), (16, True)], ids=["global", "async"])
+def test_predecode_decodes_before_the_pdl_wait_and_only_multiplies_after_it(cluster, meet_async):
+    """``WgmmaConfig.predecode`` (a program's one chunk): every decode instruction (HADD2,
+    HMUL2) before the PDL wait (ACQBULK), all 16 MMAs after it, with under 128 registers a
+    thread (4 CTAs an SM) and nothing spilled; the loop's version decodes after the wait."""
+    table = dict(bm=16, codes=8, split=cluster == 1, mmas=3, accs=4, x16=True, cluster=cluster, meet_async=meet_async)
+    ahead, loop = _sass(**table, one_chunk=True), _sass(**table)
+    ops = re.findall(r"\b(ACQBULK|HGMMA|HMUL2|HADD2|LDL|STL)\b", ahead)
+    wait = ops.index("ACQBULK")
+    assert ops[:wait].count("HMUL2") == 64 and ops[:wait].count("HADD2") >= 64  # 8 positions x 8 f16x2 a thread
+    assert not {"HMUL2", "HADD2"} & set(ops[wait:]) and ops[wait:].count("HGMMA") == 16
+    assert _registers(ahead) <= 128 and not {"LDL", "STL"} & set(ops)
+    ops = re.findall(r"\b(ACQBULK|HMUL2)\b", loop)
+    assert "HMUL2" not in ops[:ops.index("ACQBULK")]
 
 
 def _registers(sass: str) -> int:

@@ -124,6 +124,11 @@ class WgmmaConfig:
     # tests/kernels/test_wgmma_sass.py); session 17, not yet timed on a GPU. Not monotonic:
     # 128 (also 4 CTAs) and 124 spill (37 and 83 LDL/STL), 120 takes 112 and spills nothing (s18)
     maxnreg: int | None = None
+    # int4, codes=8, where a program gets one chunk (K splits = chunks, e.g. 4096x1024 at 16):
+    # all 8 code positions decoded before the PDL wait, so that after it (on the critical
+    # path) only x's copy, 16 MMAs in flight at once and the meeting remain; elsewhere the loop
+    # runs as usual. Session 19, compiled offline, not yet run on a GPU: no table config uses it
+    predecode: bool = False
 
     @classmethod
     def valid(cls, **fields) -> bool:
@@ -143,6 +148,9 @@ class WgmmaConfig:
             raise ValueError(f"WgmmaConfig.mmas={self.mmas}: MMAs in flight must be 1, 2 or 3")
         if self.accs not in (1, 2, 4):
             raise ValueError(f"WgmmaConfig.accs={self.accs}: accumulators must be 1, 2 or 4")
+        if self.predecode and self.codes != 8:
+            raise ValueError(f"WgmmaConfig(predecode=True, codes={self.codes}): decoding a chunk ahead needs "
+                             f"codes=8 (its x in one stage)")
         if self.x16 and self.accs == 1:
             raise ValueError("WgmmaConfig.x16 needs accs=2 or 4: the odd code positions have accumulators of their own")
         if self.meet_async and not (self.cluster and self.bnw % (16 * self.num_warps) == 0):
@@ -436,16 +444,20 @@ def wgmma(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: Wgm
 
     # a cluster of ``split`` CTAs a tile (the grid counts clusters), no workspace; False where
     # this Triton cannot launch one (then the same config meets in global memory)
-    if cfg.cluster and _cluster.launch(_wgmma.int4_wgmma_kernel, grid + (1,), cfg.split,
-                                       *args(triton.cdiv(pw.chunks, cfg.split), 1, y, y),
+    def one_chunk(per):  # ``WgmmaConfig.predecode`` where a program has one chunk
+        return cfg.predecode and per == 1 and pw.mode != "lut"
+
+    per = triton.cdiv(pw.chunks, cfg.split)
+    if cfg.cluster and _cluster.launch(_wgmma.int4_wgmma_kernel, grid + (1,), cfg.split, *args(per, 1, y, y),
                                        extra_shared=_cluster.meeting_bytes(cfg.bnw, cfg.bm) if cfg.meet_async else 0,
-                                       SPLIT_K=False, CLUSTER=cfg.split, MEET_ASYNC=cfg.meet_async, **kwargs):
+                                       SPLIT_K=False, CLUSTER=cfg.split, MEET_ASYNC=cfg.meet_async,
+                                       ONE_CHUNK=one_chunk(per), **kwargs):
         return y
     per, split, ws, cnt = _split_k(x, y, m * pw.n, grid[0] * grid[1], pw.chunks, cfg.split, 1)
     if split > 1 and red == 8:
         ws = ws.view(torch.float16)  # the zeroed float32 workspace holds twice the fp16 sums
     _wgmma.int4_wgmma_kernel[grid + (split,)](*args(per, split, ws, cnt), SPLIT_K=split > 1, CLUSTER=1, MEET_ASYNC=False,
-                                                  **kwargs)
+                                                  ONE_CHUNK=one_chunk(per), **kwargs)
     return y
 
 

@@ -134,6 +134,82 @@ if AVAILABLE:
             return (w.to(gl.float32) * s.to(gl.float32)).to(dt)
 
     @gluon.jit
+    def _chunk_pairs(words, z_lo, z_hi, X16: gl.constexpr):
+        """A chunk's words -> what ``_code`` takes of them: (pairs, pairs8, z16_lo, z16_hi); without
+        X16 the last three are stand-ins (pairs, z_lo, z_hi) that it does not read."""
+        pairs = _pair(words)
+        if X16:  # 1024 + 16 zero, for the odd positions' 1024 + 16 code
+            return pairs, _shift8(pairs), z_lo * 16.0 - 15360.0, z_hi * 16.0 - 15360.0
+        else:
+            return pairs, pairs, z_lo, z_hi
+
+    @gluon.jit
+    def _code(pairs, pairs8, j: gl.constexpr, s_lo, z_lo, z16_lo, s_hi, z_hi, z16_hi, dt: gl.constexpr,
+              HALF_MATH: gl.constexpr, X16: gl.constexpr):
+        """Code position j (0-7) of a chunk's words as the MMA's left operand, from ``_pair``
+        (``pairs``), ``_shift8`` (``pairs8``, X16 only) and the chunk's halves' scales and 1024 +
+        zero (``z16_*``: 1024 + 16 zero, X16 only)."""
+        if X16:  # odd positions: 16 times the weight, into the odd accumulators
+            return _decode(pairs if j % 4 < 2 else pairs8, j, s_lo if j < 4 else s_hi,
+                           ((z_lo, z16_lo) if j < 4 else (z_hi, z16_hi))[j % 2], dt, HALF_MATH, X16)
+        else:
+            return _decode(pairs, j, s_lo if j < 4 else s_hi, z_lo if j < 4 else z_hi, dt, HALF_MATH, X16)
+
+    @gluon.jit
+    def _x_step(x_smem, st, jj: gl.constexpr, BOXES: gl.constexpr, BOX: gl.constexpr):
+        """Step jj of stage slot st: x^T [32, BM] for the MMA's right operand (a view)."""
+        return x_smem.index(st * BOXES + jj * 32 // BOX).slice((jj * 32) % BOX, 32, dim=1).permute((1, 0))
+
+    #: Pin for ``_pin_before_wait``: the same f16x2 register of 8 operands ($2-$9) xor-ed, and 4
+    #: of it added to the weights' address ($10, $11: a pair's two elements), volatile-loaded.
+    _PIN8 = gl.constexpr("{ .reg .b32 a, b; .reg .b64 o; xor.b32 a, $2, $3; xor.b32 b, $4, $5; xor.b32 a, a, $6; "
+                         "xor.b32 b, b, $7; xor.b32 a, a, $8; xor.b32 b, b, $9; xor.b32 a, a, b; and.b32 a, a, 4; "
+                         "cvt.u64.u32 o, a; add.s64 o, o, $10; ld.volatile.global.b32 $0, [o]; mov.b32 $1, $0; }")
+
+    @gluon.jit
+    def _pin_before_wait(a0, a1, a2, a3, a4, a5, a6, a7, base):
+        """Keep the decode of operands a0-a7 ahead of the PDL wait: ptxas moves the wait above
+        arithmetic it does not depend on, but not above a load (here of one of the weights'
+        first two int32, ``base`` [BNW, 32] int64, at an address that depends on every
+        operand register), as ``half2.pin_before_wait``."""
+        gl.inline_asm_elementwise(_PIN8, "=r,=r,r,r,r,r,r,r,r,r,l,l", [a0, a1, a2, a3, a4, a5, a6, a7, base],
+                                  dtype=gl.int32, is_pure=False, pack=2)
+
+    @gluon.jit
+    def _one_chunk_mmas(x_smem, a0, a1, a2, a3, a4, a5, a6, a7, acc, acc1, acc2, acc3, ACCS: gl.constexpr,
+                        BOXES: gl.constexpr, BOX: gl.constexpr):
+        """The 8 steps' MMAs of a chunk decoded ahead (operands a0-a7, x in stage slot 0), step t
+        into accumulator t % ACCS, all in flight at once; returns the accumulators when done."""
+        acc = warpgroup_mma(a0, _x_step(x_smem, 0, 0, BOXES, BOX), acc, is_async=True)
+        if ACCS == 1:
+            acc = warpgroup_mma(a1, _x_step(x_smem, 0, 1, BOXES, BOX), acc, is_async=True)
+            acc = warpgroup_mma(a2, _x_step(x_smem, 0, 2, BOXES, BOX), acc, is_async=True)
+            acc = warpgroup_mma(a3, _x_step(x_smem, 0, 3, BOXES, BOX), acc, is_async=True)
+            acc = warpgroup_mma(a4, _x_step(x_smem, 0, 4, BOXES, BOX), acc, is_async=True)
+            acc = warpgroup_mma(a5, _x_step(x_smem, 0, 5, BOXES, BOX), acc, is_async=True)
+            acc = warpgroup_mma(a6, _x_step(x_smem, 0, 6, BOXES, BOX), acc, is_async=True)
+            acc = warpgroup_mma(a7, _x_step(x_smem, 0, 7, BOXES, BOX), acc, is_async=True)
+        elif ACCS == 2:
+            acc1 = warpgroup_mma(a1, _x_step(x_smem, 0, 1, BOXES, BOX), acc1, is_async=True)
+            acc = warpgroup_mma(a2, _x_step(x_smem, 0, 2, BOXES, BOX), acc, is_async=True)
+            acc1 = warpgroup_mma(a3, _x_step(x_smem, 0, 3, BOXES, BOX), acc1, is_async=True)
+            acc = warpgroup_mma(a4, _x_step(x_smem, 0, 4, BOXES, BOX), acc, is_async=True)
+            acc1 = warpgroup_mma(a5, _x_step(x_smem, 0, 5, BOXES, BOX), acc1, is_async=True)
+            acc = warpgroup_mma(a6, _x_step(x_smem, 0, 6, BOXES, BOX), acc, is_async=True)
+            acc1 = warpgroup_mma(a7, _x_step(x_smem, 0, 7, BOXES, BOX), acc1, is_async=True)
+        else:
+            acc1 = warpgroup_mma(a1, _x_step(x_smem, 0, 1, BOXES, BOX), acc1, is_async=True)
+            acc2 = warpgroup_mma(a2, _x_step(x_smem, 0, 2, BOXES, BOX), acc2, is_async=True)
+            acc3 = warpgroup_mma(a3, _x_step(x_smem, 0, 3, BOXES, BOX), acc3, is_async=True)
+            acc = warpgroup_mma(a4, _x_step(x_smem, 0, 4, BOXES, BOX), acc, is_async=True)
+            acc1 = warpgroup_mma(a5, _x_step(x_smem, 0, 5, BOXES, BOX), acc1, is_async=True)
+            acc2 = warpgroup_mma(a6, _x_step(x_smem, 0, 6, BOXES, BOX), acc2, is_async=True)
+            acc3 = warpgroup_mma(a7, _x_step(x_smem, 0, 7, BOXES, BOX), acc3, is_async=True)
+        acc, acc1, acc2, acc3, a0, a1, a2, a3, a4, a5, a6, a7 = warpgroup_mma_wait(
+            num_outstanding=0, deps=(acc, acc1, acc2, acc3, a0, a1, a2, a3, a4, a5, a6, a7))
+        return acc, acc1, acc2, acc3
+
+    @gluon.jit
     def _quarters(s_ptr, c, n2, nmask, N, G, GS: gl.constexpr):
         """Chunk c's scales (a code book's absmax) for its four quarters of 64 columns (steps
         2q, 2q + 1), [BNW, 1] each."""
@@ -227,7 +303,7 @@ if AVAILABLE:
         CODES: gl.constexpr, MMAS: gl.constexpr, ACCS: gl.constexpr, X16: gl.constexpr, SPLIT_K: gl.constexpr,
         PDL: gl.constexpr, HAS_ZERO: gl.constexpr, HAS_BIAS: gl.constexpr, HALF_MATH: gl.constexpr,
         LUT: gl.constexpr, RED: gl.constexpr, CLUSTER: gl.constexpr, MEET_ASYNC: gl.constexpr,
-        num_warps: gl.constexpr,
+        ONE_CHUNK: gl.constexpr, num_warps: gl.constexpr,
     ):
         PK: gl.constexpr = 32
         dt: gl.constexpr = x_desc.dtype
@@ -289,57 +365,69 @@ if AVAILABLE:
             sn_lo, zn_lo, sn_hi, zn_hi = _groups(s_ptr, z_ptr, c_begin, n2, nmask, N, G, GS, HAS_ZERO)
         # Under PDL the weights above load while the kernel ahead finishes; x (its output)
         # and the split-K workspace only after it has.
-        gluon_wait(PDL)
-        for b in gl.static_range(STAGES - 1):  # the first STAGES - 1 x tiles
-            _load_x(x_desc, x_smem, ready, i0 + b, b, row0, b < loads, CODES * PK, BOX, BOXES)
-        for c in range(c_begin, c_end):
-            if LUT:
-                words = wn
-                s0, s1, s2, s3 = sn0, sn1, sn2, sn3
-                wn = gl.load(w_ptrs + (c + 1) * (PK * BN), mask=wmask & (c + 1 < c_end), other=0)
-                sn0, sn1, sn2, sn3 = _quarters(s_ptr, gl.minimum(c + 1, c_end - 1), n2, nmask, N, G, GS)
-            else:
-                pairs = _pair(wn)
-                if X16:
-                    pairs8 = _shift8(pairs)
-                s_lo, z_lo, s_hi, z_hi = sn_lo, zn_lo, sn_hi, zn_hi
-                if X16:  # 1024 + 16 zero, for the odd positions' 1024 + 16 code
-                    z16_lo = z_lo * 16.0 - 15360.0
-                    z16_hi = z_hi * 16.0 - 15360.0
-                wn = gl.load(w_ptrs + (c + 1) * (PK * BN), mask=wmask & (c + 1 < c_end), other=0)
-                sn_lo, zn_lo, sn_hi, zn_hi = _groups(s_ptr, z_ptr, gl.minimum(c + 1, c_end - 1), n2, nmask, N, G,
-                                                     GS, HAS_ZERO)
-            for u in gl.static_range(PER):
-                i = (c - c_begin) * PER + u
-                st = i % STAGES
-                mbarrier.wait(ready.index(st), (i // STAGES) & 1)
-                for jj in gl.static_range(CODES):
-                    if LUT:  # times the absmax of the step's quarter chunk
-                        a = _decode_lut(words, lanes, u * CODES + jj, (s0, s1, s2, s3)[(u * CODES + jj) // 2], dt,
-                                        HALF_MATH)
-                    elif X16:  # odd positions: 16 times the weight, into the odd accumulators
-                        a = _decode(pairs if (u * CODES + jj) % 4 < 2 else pairs8, u * CODES + jj,
-                                    s_lo if u * CODES + jj < 4 else s_hi,
-                                    ((z_lo, z16_lo) if u * CODES + jj < 4 else (z_hi, z16_hi))[(u * CODES + jj) % 2],
-                                    dt, HALF_MATH, X16)
-                    else:
-                        a = _decode(pairs, u * CODES + jj, s_lo if u * CODES + jj < 4 else s_hi,
-                                    z_lo if u * CODES + jj < 4 else z_hi, dt, HALF_MATH, X16)
-                    xt = x_smem.index(st * BOXES + jj * PK // BOX).slice((jj * PK) % BOX, PK, dim=1).permute((1, 0))
-                    # Step t's MMA into accumulator t % ACCS, then retire the MMA issued MMAS
-                    # steps ago (its operand registers are free).
-                    if (u * CODES + jj) % ACCS == 0:
-                        acc, a_p1, a_p2, a_p3 = _mma(a, xt, acc, a_p1, a_p2, a_p3, MMAS)
-                    elif (u * CODES + jj) % ACCS == 1:
-                        acc1, a_p1, a_p2, a_p3 = _mma(a, xt, acc1, a_p1, a_p2, a_p3, MMAS)
-                    elif (u * CODES + jj) % ACCS == 2:
-                        acc2, a_p1, a_p2, a_p3 = _mma(a, xt, acc2, a_p1, a_p2, a_p3, MMAS)
-                    else:
-                        acc3, a_p1, a_p2, a_p3 = _mma(a, xt, acc3, a_p1, a_p2, a_p3, MMAS)
-                # Every MMA of the previous stage has retired (MMAS <= CODES): refill its slot.
-                nxt = i + STAGES - 1
-                ps = nxt % STAGES
-                _load_x(x_desc, x_smem, ready, i0 + nxt, ps, row0, nxt < loads, CODES * PK, BOX, BOXES)
+        if ONE_CHUNK:  # (a program has one chunk, int4, 8 codes a stage: ``launch.WgmmaConfig.predecode``)
+            # all 8 operands decoded from the words before the wait, so that after it only x's
+            # copy, the MMAs and the meeting remain (64 registers a thread hold them)
+            gl.static_assert(CODES == 8 and not LUT)
+            pairs, pairs8, z16_lo, z16_hi = _chunk_pairs(wn, zn_lo, zn_hi, X16)
+            a0 = _code(pairs, pairs8, 0, sn_lo, zn_lo, z16_lo, sn_hi, zn_hi, z16_hi, dt, HALF_MATH, X16)
+            a1 = _code(pairs, pairs8, 1, sn_lo, zn_lo, z16_lo, sn_hi, zn_hi, z16_hi, dt, HALF_MATH, X16)
+            a2 = _code(pairs, pairs8, 2, sn_lo, zn_lo, z16_lo, sn_hi, zn_hi, z16_hi, dt, HALF_MATH, X16)
+            a3 = _code(pairs, pairs8, 3, sn_lo, zn_lo, z16_lo, sn_hi, zn_hi, z16_hi, dt, HALF_MATH, X16)
+            a4 = _code(pairs, pairs8, 4, sn_lo, zn_lo, z16_lo, sn_hi, zn_hi, z16_hi, dt, HALF_MATH, X16)
+            a5 = _code(pairs, pairs8, 5, sn_lo, zn_lo, z16_lo, sn_hi, zn_hi, z16_hi, dt, HALF_MATH, X16)
+            a6 = _code(pairs, pairs8, 6, sn_lo, zn_lo, z16_lo, sn_hi, zn_hi, z16_hi, dt, HALF_MATH, X16)
+            a7 = _code(pairs, pairs8, 7, sn_lo, zn_lo, z16_lo, sn_hi, zn_hi, z16_hi, dt, HALF_MATH, X16)
+            _pin_before_wait(a0, a1, a2, a3, a4, a5, a6, a7, gl.full([BNW, PK], 0, gl.int64, layout=a_l) +
+                             qw_ptr.to(gl.int64))
+            gluon_wait(PDL)
+            _load_x(x_desc, x_smem, ready, i0, 0, row0, loads > 0, CODES * PK, BOX, BOXES)
+            if loads > 0:  # (a cluster's last splits may be empty: no x comes)
+                mbarrier.wait(ready.index(0), 0)
+                acc, acc1, acc2, acc3 = _one_chunk_mmas(x_smem, a0, a1, a2, a3, a4, a5, a6, a7, acc, acc1, acc2,
+                                                        acc3, ACCS, BOXES, BOX)
+        else:
+            gluon_wait(PDL)
+            for b in gl.static_range(STAGES - 1):  # the first STAGES - 1 x tiles
+                _load_x(x_desc, x_smem, ready, i0 + b, b, row0, b < loads, CODES * PK, BOX, BOXES)
+            for c in range(c_begin, c_end):
+                if LUT:
+                    words = wn
+                    s0, s1, s2, s3 = sn0, sn1, sn2, sn3
+                    wn = gl.load(w_ptrs + (c + 1) * (PK * BN), mask=wmask & (c + 1 < c_end), other=0)
+                    sn0, sn1, sn2, sn3 = _quarters(s_ptr, gl.minimum(c + 1, c_end - 1), n2, nmask, N, G, GS)
+                else:
+                    s_lo, z_lo, s_hi, z_hi = sn_lo, zn_lo, sn_hi, zn_hi
+                    pairs, pairs8, z16_lo, z16_hi = _chunk_pairs(wn, z_lo, z_hi, X16)
+                    wn = gl.load(w_ptrs + (c + 1) * (PK * BN), mask=wmask & (c + 1 < c_end), other=0)
+                    sn_lo, zn_lo, sn_hi, zn_hi = _groups(s_ptr, z_ptr, gl.minimum(c + 1, c_end - 1), n2, nmask, N, G,
+                                                         GS, HAS_ZERO)
+                for u in gl.static_range(PER):
+                    i = (c - c_begin) * PER + u
+                    st = i % STAGES
+                    mbarrier.wait(ready.index(st), (i // STAGES) & 1)
+                    for jj in gl.static_range(CODES):
+                        if LUT:  # times the absmax of the step's quarter chunk
+                            a = _decode_lut(words, lanes, u * CODES + jj, (s0, s1, s2, s3)[(u * CODES + jj) // 2],
+                                            dt, HALF_MATH)
+                        else:
+                            a = _code(pairs, pairs8, u * CODES + jj, s_lo, z_lo, z16_lo, s_hi, z_hi, z16_hi, dt,
+                                      HALF_MATH, X16)
+                        xt = _x_step(x_smem, st, jj, BOXES, BOX)
+                        # Step t's MMA into accumulator t % ACCS, then retire the MMA issued MMAS
+                        # steps ago (its operand registers are free).
+                        if (u * CODES + jj) % ACCS == 0:
+                            acc, a_p1, a_p2, a_p3 = _mma(a, xt, acc, a_p1, a_p2, a_p3, MMAS)
+                        elif (u * CODES + jj) % ACCS == 1:
+                            acc1, a_p1, a_p2, a_p3 = _mma(a, xt, acc1, a_p1, a_p2, a_p3, MMAS)
+                        elif (u * CODES + jj) % ACCS == 2:
+                            acc2, a_p1, a_p2, a_p3 = _mma(a, xt, acc2, a_p1, a_p2, a_p3, MMAS)
+                        else:
+                            acc3, a_p1, a_p2, a_p3 = _mma(a, xt, acc3, a_p1, a_p2, a_p3, MMAS)
+                    # Every MMA of the previous stage has retired (MMAS <= CODES): refill its slot.
+                    nxt = i + STAGES - 1
+                    ps = nxt % STAGES
+                    _load_x(x_desc, x_smem, ready, i0 + nxt, ps, row0, nxt < loads, CODES * PK, BOX, BOXES)
         acc, acc1, acc2, acc3, a_p1, a_p2, a_p3 = warpgroup_mma_wait(
             num_outstanding=0, deps=(acc, acc1, acc2, acc3, a_p1, a_p2, a_p3))
         if X16:  # the odd accumulators hold 16 times their sums (exact: a power of two)
