@@ -176,35 +176,31 @@ if AVAILABLE:
                                   dtype=gl.int32, is_pure=False, pack=2)
 
     @gluon.jit
+    def _into(a, xt, t: gl.constexpr, acc, acc1, acc2, acc3, ACCS: gl.constexpr):
+        """Issue step t's MMA (a @ xt, async) into accumulator t % ACCS; the four accumulators."""
+        if t % ACCS == 0:
+            acc = warpgroup_mma(a, xt, acc, is_async=True)
+        elif t % ACCS == 1:
+            acc1 = warpgroup_mma(a, xt, acc1, is_async=True)
+        elif t % ACCS == 2:
+            acc2 = warpgroup_mma(a, xt, acc2, is_async=True)
+        else:
+            acc3 = warpgroup_mma(a, xt, acc3, is_async=True)
+        return acc, acc1, acc2, acc3
+
+    @gluon.jit
     def _one_chunk_mmas(x_smem, a0, a1, a2, a3, a4, a5, a6, a7, acc, acc1, acc2, acc3, ACCS: gl.constexpr,
                         BOXES: gl.constexpr, BOX: gl.constexpr):
         """The 8 steps' MMAs of a chunk decoded ahead (operands a0-a7, x in stage slot 0), step t
         into accumulator t % ACCS, all in flight at once; returns the accumulators when done."""
-        acc = warpgroup_mma(a0, _x_step(x_smem, 0, 0, BOXES, BOX), acc, is_async=True)
-        if ACCS == 1:
-            acc = warpgroup_mma(a1, _x_step(x_smem, 0, 1, BOXES, BOX), acc, is_async=True)
-            acc = warpgroup_mma(a2, _x_step(x_smem, 0, 2, BOXES, BOX), acc, is_async=True)
-            acc = warpgroup_mma(a3, _x_step(x_smem, 0, 3, BOXES, BOX), acc, is_async=True)
-            acc = warpgroup_mma(a4, _x_step(x_smem, 0, 4, BOXES, BOX), acc, is_async=True)
-            acc = warpgroup_mma(a5, _x_step(x_smem, 0, 5, BOXES, BOX), acc, is_async=True)
-            acc = warpgroup_mma(a6, _x_step(x_smem, 0, 6, BOXES, BOX), acc, is_async=True)
-            acc = warpgroup_mma(a7, _x_step(x_smem, 0, 7, BOXES, BOX), acc, is_async=True)
-        elif ACCS == 2:
-            acc1 = warpgroup_mma(a1, _x_step(x_smem, 0, 1, BOXES, BOX), acc1, is_async=True)
-            acc = warpgroup_mma(a2, _x_step(x_smem, 0, 2, BOXES, BOX), acc, is_async=True)
-            acc1 = warpgroup_mma(a3, _x_step(x_smem, 0, 3, BOXES, BOX), acc1, is_async=True)
-            acc = warpgroup_mma(a4, _x_step(x_smem, 0, 4, BOXES, BOX), acc, is_async=True)
-            acc1 = warpgroup_mma(a5, _x_step(x_smem, 0, 5, BOXES, BOX), acc1, is_async=True)
-            acc = warpgroup_mma(a6, _x_step(x_smem, 0, 6, BOXES, BOX), acc, is_async=True)
-            acc1 = warpgroup_mma(a7, _x_step(x_smem, 0, 7, BOXES, BOX), acc1, is_async=True)
-        else:
-            acc1 = warpgroup_mma(a1, _x_step(x_smem, 0, 1, BOXES, BOX), acc1, is_async=True)
-            acc2 = warpgroup_mma(a2, _x_step(x_smem, 0, 2, BOXES, BOX), acc2, is_async=True)
-            acc3 = warpgroup_mma(a3, _x_step(x_smem, 0, 3, BOXES, BOX), acc3, is_async=True)
-            acc = warpgroup_mma(a4, _x_step(x_smem, 0, 4, BOXES, BOX), acc, is_async=True)
-            acc1 = warpgroup_mma(a5, _x_step(x_smem, 0, 5, BOXES, BOX), acc1, is_async=True)
-            acc2 = warpgroup_mma(a6, _x_step(x_smem, 0, 6, BOXES, BOX), acc2, is_async=True)
-            acc3 = warpgroup_mma(a7, _x_step(x_smem, 0, 7, BOXES, BOX), acc3, is_async=True)
+        acc, acc1, acc2, acc3 = _into(a0, _x_step(x_smem, 0, 0, BOXES, BOX), 0, acc, acc1, acc2, acc3, ACCS)
+        acc, acc1, acc2, acc3 = _into(a1, _x_step(x_smem, 0, 1, BOXES, BOX), 1, acc, acc1, acc2, acc3, ACCS)
+        acc, acc1, acc2, acc3 = _into(a2, _x_step(x_smem, 0, 2, BOXES, BOX), 2, acc, acc1, acc2, acc3, ACCS)
+        acc, acc1, acc2, acc3 = _into(a3, _x_step(x_smem, 0, 3, BOXES, BOX), 3, acc, acc1, acc2, acc3, ACCS)
+        acc, acc1, acc2, acc3 = _into(a4, _x_step(x_smem, 0, 4, BOXES, BOX), 4, acc, acc1, acc2, acc3, ACCS)
+        acc, acc1, acc2, acc3 = _into(a5, _x_step(x_smem, 0, 5, BOXES, BOX), 5, acc, acc1, acc2, acc3, ACCS)
+        acc, acc1, acc2, acc3 = _into(a6, _x_step(x_smem, 0, 6, BOXES, BOX), 6, acc, acc1, acc2, acc3, ACCS)
+        acc, acc1, acc2, acc3 = _into(a7, _x_step(x_smem, 0, 7, BOXES, BOX), 7, acc, acc1, acc2, acc3, ACCS)
         acc, acc1, acc2, acc3, a0, a1, a2, a3, a4, a5, a6, a7 = warpgroup_mma_wait(
             num_outstanding=0, deps=(acc, acc1, acc2, acc3, a0, a1, a2, a3, a4, a5, a6, a7))
         return acc, acc1, acc2, acc3
