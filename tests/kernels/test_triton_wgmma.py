@@ -231,6 +231,20 @@ def test_tuner_sweeps_only_the_meetings_a_config_accepts(tk, monkeypatch):
     assert tune.split_meetings("wgmma", dict(tile, num_warps=4, split=1)) == [{}]
 
 
+def test_tuner_sweeps_predecode_only_where_a_program_has_one_int4_chunk(tk, monkeypatch):
+    """4096x1024 at M = 16 (16 chunks): predecode only at 16 splits, 8 codes a stage, PDL, int4."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[2] / "benchmarks"))
+    for name in ("kernels", "tune_kernels"):
+        monkeypatch.delitem(sys.modules, name, raising=False)
+    tune = importlib.import_module("tune_kernels")
+    jobs = tune.wgmma_jobs(16, 1024, 16, quick=True)
+    ahead = [cfg for kind, cfg in jobs if cfg.predecode]
+    assert ahead and all(cfg.split == 16 and cfg.codes == 8 and cfg.pdl for cfg in ahead)
+    assert all(kind == "wgmma" for kind, cfg in jobs if cfg.predecode)
+    assert len(ahead) == len([cfg for kind, cfg in jobs if kind == "wgmma" and cfg.split == 16 and cfg.codes == 8
+                              and cfg.pdl and not cfg.predecode])
+
+
 @pytest.mark.parametrize("dtype,n,red", [(torch.float16, 136, 8), (torch.bfloat16, 136, 4), (torch.float16, 132, 4),
                                          (torch.float16, 90, 1)])
 def test_wgmma_half_sums_need_fp16_rows_of_whole_16_byte_groups(tk, dtype, n, red):
