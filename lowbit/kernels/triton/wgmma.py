@@ -14,6 +14,8 @@ words as a [BNW, 32] tensor in the left operand's own register layout decode ele
 into that operand, with no shuffle. A chunk's words (and its groups' scales and zeros) are
 loaded a chunk ahead and serve its 8 steps; each step's MMA runs while the next steps
 are decoded (MMAS in flight; their operand registers are kept alive through the waits).
+Where a program has one chunk (ONE_CHUNK: K split as many ways as it has chunks), its 8
+code positions are decoded before the PDL wait instead, and their 8 MMAs run at once after it.
 
 Decode as in ``gemm_tc``: ``code | 0x6400`` is the fp16 1024 + code, minus 1024 + zero gives
 q - zero exactly, times the scale in fp16 (one rounding, as the reference's weight); bf16
