@@ -78,7 +78,7 @@ def wgmma_jobs(m: int, n: int, kc: int, quick: bool) -> list[tuple]:
                 continue
             # x16 (int4, several accumulators): faster on some shapes, slower on others (s13 run 1)
             # a program of one int4 chunk may decode it before the PDL wait (s19: not yet timed)
-            one_chunk = kind == "wgmma" and codes == 8 and pdl and -(-kc // sp) == 1
+            one_chunk = codes == 8 and pdl and launch.WgmmaConfig.one_chunk(-(-kc // sp), kind == "wgmma_lut")
             for x16, predecode in itertools.product((False, True) if accs > 1 and kind == "wgmma" else (False,),
                                                     (False, True) if one_chunk else (False,)):
                 fields = dict(bm=bm, bnw=bnw, codes=codes, stages=st, num_warps=w, split=sp, mmas=mmas,

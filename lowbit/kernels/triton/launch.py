@@ -130,6 +130,12 @@ class WgmmaConfig:
     # runs as usual. Session 19, compiled offline, not yet run on a GPU: no table config uses it
     predecode: bool = False
 
+    @staticmethod
+    def one_chunk(per: int, lut: bool) -> bool:
+        """Whether a launch whose programs get ``per`` chunks each can take ``predecode``'s path:
+        one chunk a program, int4 (not a code book)."""
+        return per == 1 and not lut
+
     @classmethod
     def valid(cls, **fields) -> bool:
         """Whether ``fields`` make a config: the rules live in ``__post_init__`` only, and a
@@ -444,8 +450,8 @@ def wgmma(x: torch.Tensor, pw: PackedWeight, bias: torch.Tensor | None, cfg: Wgm
 
     # a cluster of ``split`` CTAs a tile (the grid counts clusters), no workspace; False where
     # this Triton cannot launch one (then the same config meets in global memory)
-    def one_chunk(per):  # ``WgmmaConfig.predecode`` where a program has one chunk
-        return cfg.predecode and per == 1 and pw.mode != "lut"
+    def one_chunk(per):  # ``WgmmaConfig.predecode`` where it applies
+        return cfg.predecode and WgmmaConfig.one_chunk(per, pw.mode == "lut")
 
     per = triton.cdiv(pw.chunks, cfg.split)
     if cfg.cluster and _cluster.launch(_wgmma.int4_wgmma_kernel, grid + (1,), cfg.split, *args(per, 1, y, y),
